@@ -1,0 +1,130 @@
+//! On `mio::Poll`: epoll or kqueue driven through the mio crate.
+//!
+//! mio is edge-triggered: it reports an fd once per readiness change. To
+//! keep muxloop's level-triggered contract, every fd reported by one wait
+//! is re-armed (`Registry::reregister`, an `EPOLL_CTL_MOD` or `EV_ADD`) just
+//! before the next wait; the kernel re-evaluates it on re-arm and reports it
+//! again if it is still ready. Cost: one extra syscall per reported fd per
+//! wait, compared with the epoll and kqueue backends.
+
+use std::collections::HashMap;
+use std::io;
+use std::os::fd::RawFd;
+use std::time::Duration;
+
+use mio::unix::SourceFd;
+
+use super::Backend;
+use crate::{Interest, Ready, Token};
+
+const MIN_EVENTS: usize = 64;
+
+pub(crate) struct MioBackend {
+    poll: mio::Poll,
+    events: mio::Events,
+    /// fd and interest of each added token, for re-arming.
+    added: HashMap<Token, (RawFd, Interest)>,
+    /// Tokens reported by the last wait, re-armed before the next one.
+    rearm: Vec<Token>,
+}
+
+fn mio_interest(interest: Interest) -> mio::Interest {
+    match (interest.is_readable(), interest.is_writable()) {
+        (true, true) => mio::Interest::READABLE | mio::Interest::WRITABLE,
+        (true, false) => mio::Interest::READABLE,
+        _ => mio::Interest::WRITABLE,
+    }
+}
+
+impl MioBackend {
+    pub(crate) fn new() -> io::Result<MioBackend> {
+        Ok(MioBackend {
+            poll: mio::Poll::new()?,
+            events: mio::Events::with_capacity(MIN_EVENTS),
+            added: HashMap::new(),
+            rearm: Vec::new(),
+        })
+    }
+
+    fn rearm_reported(&mut self) {
+        for token in self.rearm.drain(..) {
+            let Some(&(fd, interest)) = self.added.get(&token) else {
+                continue;
+            };
+            let res = self.poll.registry().reregister(
+                &mut SourceFd(&fd),
+                mio::Token(token.0),
+                mio_interest(interest),
+            );
+            if let Err(e) = res {
+                // A closed fd: nothing left to report for it.
+                log::debug!("backend=mio fd={fd} rearm failed: {e}");
+            }
+        }
+    }
+}
+
+impl Backend for MioBackend {
+    fn name(&self) -> &'static str {
+        "mio"
+    }
+
+    fn add(&mut self, fd: RawFd, token: Token, interest: Interest) -> io::Result<()> {
+        self.poll.registry().register(
+            &mut SourceFd(&fd),
+            mio::Token(token.0),
+            mio_interest(interest),
+        )?;
+        self.added.insert(token, (fd, interest));
+        Ok(())
+    }
+
+    fn modify(&mut self, fd: RawFd, token: Token, _: Interest, new: Interest) -> io::Result<()> {
+        self.poll.registry().reregister(
+            &mut SourceFd(&fd),
+            mio::Token(token.0),
+            mio_interest(new),
+        )?;
+        self.added.insert(token, (fd, new));
+        Ok(())
+    }
+
+    fn delete(&mut self, fd: RawFd, token: Token, _: Interest) -> io::Result<()> {
+        self.added.remove(&token);
+        self.poll.registry().deregister(&mut SourceFd(&fd))
+    }
+
+    fn wait(
+        &mut self,
+        events: &mut Vec<(Token, Ready)>,
+        timeout: Option<Duration>,
+    ) -> io::Result<()> {
+        self.rearm_reported();
+        let want = self.added.len().max(MIN_EVENTS);
+        if self.events.capacity() < want {
+            // mio's buffer has a fixed size: replace it when registrations
+            // outgrow it, so one wait reports every ready fd.
+            self.events = mio::Events::with_capacity(want.next_power_of_two());
+        }
+        self.poll.poll(&mut self.events, timeout)?;
+        for ev in self.events.iter() {
+            let token = Token(ev.token().0);
+            let mut ready = Ready::EMPTY;
+            if ev.is_readable() {
+                ready |= Ready::READABLE;
+            }
+            if ev.is_writable() {
+                ready |= Ready::WRITABLE;
+            }
+            if ev.is_read_closed() || ev.is_write_closed() {
+                ready |= Ready::HUP;
+            }
+            if ev.is_error() {
+                ready |= Ready::ERROR;
+            }
+            events.push((token, ready));
+            self.rearm.push(token);
+        }
+        Ok(())
+    }
+}

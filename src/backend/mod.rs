@@ -1,0 +1,313 @@
+//! The kernel side: one small file per readiness interface, behind one trait.
+//!
+//! A backend only translates between muxloop's types and the kernel's. All
+//! the bookkeeping — keys, user data, duplicate checks, rollback, EINTR,
+//! timeouts, masking, merging, stale-token protection — lives once in
+//! [`Selector`](crate::Selector).
+
+use std::fmt;
+use std::io;
+use std::os::fd::RawFd;
+use std::str::FromStr;
+use std::time::Duration;
+
+use crate::{Interest, Ready, Token};
+
+#[cfg(muxloop_epoll)]
+mod epoll;
+#[cfg(muxloop_kqueue)]
+mod kqueue;
+mod mio_poll;
+mod poll;
+mod select;
+
+/// The contract between a [`Selector`](crate::Selector) and a kernel
+/// readiness interface.
+///
+/// The selector guarantees that it calls [`add`](Backend::add) only for an
+/// fd that is not currently added, [`modify`](Backend::modify) and
+/// [`delete`](Backend::delete) only for one that is, always with the token
+/// and interest it was added with, and that `events` is empty when
+/// [`wait`](Backend::wait) is called.
+///
+/// A backend must:
+///
+/// * be **level-triggered**: an fd that is still ready is reported again by
+///   the next `wait`, however it is implemented underneath;
+/// * report error and hang-up conditions as [`Ready::ERROR`] /
+///   [`Ready::HUP`] (the selector turns them into readable/writable and masks
+///   them by interest), and never report a direction the fd was not added
+///   for unless one of those is set;
+/// * leave the kernel unchanged when `add` or `modify` fails (roll back any
+///   partial change it made);
+/// * report every ready fd of one wait in one call (no truncation), though it
+///   may report one fd in several entries (the selector merges them);
+/// * wait at least `timeout` unless an event arrives (`None` is forever,
+///   zero never blocks) — rounding a sub-resolution timeout *up*; returning
+///   early with no events, or with `ErrorKind::Interrupted`, is allowed: the
+///   selector retries with the remaining time.
+///
+/// A `delete` whose fd the kernel already dropped (closed, or closed and
+/// reused) may fail with `EBADF` or `ENOENT`; the selector tolerates both.
+///
+/// The conformance suite in `tests/conformance.rs` checks all of this; see
+/// `docs/writing-a-backend.md`.
+pub trait Backend: Send {
+    /// The name users pick the backend by (`"epoll"`, …).
+    fn name(&self) -> &'static str;
+
+    /// Starts watching `fd` for `interest`; events carry `token`.
+    fn add(&mut self, fd: RawFd, token: Token, interest: Interest) -> io::Result<()>;
+
+    /// Changes the interest of an added fd from `old` to `new`.
+    fn modify(&mut self, fd: RawFd, token: Token, old: Interest, new: Interest) -> io::Result<()>;
+
+    /// Stops watching `fd`, which was added with `interest`.
+    fn delete(&mut self, fd: RawFd, token: Token, interest: Interest) -> io::Result<()>;
+
+    /// Waits for readiness and appends `(token, ready)` pairs to `events`.
+    fn wait(
+        &mut self,
+        events: &mut Vec<(Token, Ready)>,
+        timeout: Option<Duration>,
+    ) -> io::Result<()>;
+}
+
+/// The built-in backends, chosen at run time by name.
+///
+/// # Examples
+///
+/// ```
+/// use muxloop::BackendKind;
+///
+/// let kind: BackendKind = "poll".parse().unwrap();
+/// assert_eq!(kind, BackendKind::Poll);
+/// assert_eq!(kind.name(), "poll");
+/// assert!(BackendKind::available().contains(&BackendKind::platform_default()));
+/// assert!("nope".parse::<BackendKind>().is_err());
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BackendKind {
+    /// select(2): everywhere; fds below `FD_SETSIZE` (1024) only; O(highest fd)
+    /// per wait.
+    Select,
+    /// poll(2): everywhere; O(registered fds) per wait.
+    Poll,
+    /// epoll(7): Linux and Android; O(ready fds) per wait.
+    Epoll,
+    /// kqueue(2): macOS, iOS and the BSDs; O(ready fds) per wait.
+    Kqueue,
+    /// The `mio` crate's `Poll` (epoll or kqueue, edge-triggered underneath,
+    /// made level-triggered by re-arming every reported fd).
+    Mio,
+}
+
+/// The environment variable that overrides the default backend.
+pub const BACKEND_ENV: &str = "MUXLOOP_BACKEND";
+
+const ALL: [BackendKind; 5] = [
+    BackendKind::Select,
+    BackendKind::Poll,
+    BackendKind::Epoll,
+    BackendKind::Kqueue,
+    BackendKind::Mio,
+];
+
+const AVAILABLE: &[BackendKind] = &[
+    BackendKind::Select,
+    BackendKind::Poll,
+    #[cfg(muxloop_epoll)]
+    BackendKind::Epoll,
+    #[cfg(muxloop_kqueue)]
+    BackendKind::Kqueue,
+    BackendKind::Mio,
+];
+
+impl BackendKind {
+    /// Every backend muxloop knows, available here or not.
+    pub fn all() -> &'static [BackendKind] {
+        &ALL
+    }
+
+    /// The backends this platform offers, in order of increasing
+    /// scalability (mio last).
+    pub fn available() -> &'static [BackendKind] {
+        AVAILABLE
+    }
+
+    /// Whether this platform offers the backend.
+    pub fn is_available(self) -> bool {
+        AVAILABLE.contains(&self)
+    }
+
+    /// epoll on Linux, kqueue on macOS and the BSDs, poll elsewhere.
+    pub fn platform_default() -> BackendKind {
+        if cfg!(muxloop_epoll) {
+            BackendKind::Epoll
+        } else if cfg!(muxloop_kqueue) {
+            BackendKind::Kqueue
+        } else {
+            BackendKind::Poll
+        }
+    }
+
+    /// The backend named by `MUXLOOP_BACKEND`, or the platform default when
+    /// the variable is unset or empty.
+    ///
+    /// # Errors
+    ///
+    /// `InvalidInput` for an unknown name and `Unsupported` for a backend
+    /// this platform lacks; the message lists what is available. There is no
+    /// silent fallback.
+    pub fn from_env() -> io::Result<BackendKind> {
+        let value = std::env::var_os(BACKEND_ENV);
+        Self::from_env_value(value.as_ref().map(|v| v.to_string_lossy()).as_deref())
+    }
+
+    fn from_env_value(value: Option<&str>) -> io::Result<BackendKind> {
+        match value.map(str::trim) {
+            None | Some("") => Ok(Self::platform_default()),
+            Some(name) => Self::checked(name)
+                .map_err(|e| io::Error::new(e.kind(), format!("{BACKEND_ENV}={name}: {e}"))),
+        }
+    }
+
+    /// Parses `name` and checks that this platform offers it.
+    fn checked(name: &str) -> io::Result<BackendKind> {
+        let kind: BackendKind = name.parse()?;
+        if kind.is_available() {
+            Ok(kind)
+        } else {
+            Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                format!(
+                    "backend {kind} is not available on this platform (available: {})",
+                    available_list()
+                ),
+            ))
+        }
+    }
+
+    /// The name: `"select"`, `"poll"`, `"epoll"`, `"kqueue"` or `"mio"`.
+    pub fn name(self) -> &'static str {
+        match self {
+            BackendKind::Select => "select",
+            BackendKind::Poll => "poll",
+            BackendKind::Epoll => "epoll",
+            BackendKind::Kqueue => "kqueue",
+            BackendKind::Mio => "mio",
+        }
+    }
+
+    /// Opens a new instance of this backend.
+    ///
+    /// # Errors
+    ///
+    /// `Unsupported` if the platform lacks the backend; the kernel's error
+    /// if it refuses to create the instance (e.g. `EMFILE`).
+    pub fn create(self) -> io::Result<Box<dyn Backend>> {
+        let backend: Box<dyn Backend> = match self {
+            BackendKind::Select => Box::new(select::SelectBackend::new()),
+            BackendKind::Poll => Box::new(poll::PollBackend::new()),
+            #[cfg(muxloop_epoll)]
+            BackendKind::Epoll => Box::new(epoll::EpollBackend::new()?),
+            #[cfg(muxloop_kqueue)]
+            BackendKind::Kqueue => Box::new(kqueue::KqueueBackend::new()?),
+            BackendKind::Mio => Box::new(mio_poll::MioBackend::new()?),
+            #[allow(unreachable_patterns)]
+            other => return Err(Self::checked(other.name()).unwrap_err()),
+        };
+        log::debug!("backend=created name={}", backend.name());
+        Ok(backend)
+    }
+}
+
+fn available_list() -> String {
+    let names: Vec<&str> = AVAILABLE.iter().map(|k| k.name()).collect();
+    names.join(", ")
+}
+
+impl fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for BackendKind {
+    type Err = io::Error;
+
+    /// Parses a backend name, case-insensitively.
+    fn from_str(name: &str) -> io::Result<BackendKind> {
+        ALL.iter()
+            .copied()
+            .find(|k| k.name().eq_ignore_ascii_case(name.trim()))
+            .ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("unknown backend {name:?} (available: {})", available_list()),
+                )
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        for &kind in BackendKind::all() {
+            assert_eq!(kind.name().parse::<BackendKind>().unwrap(), kind);
+            assert_eq!(kind.to_string(), kind.name());
+        }
+        assert_eq!("EPOLL".parse::<BackendKind>().unwrap(), BackendKind::Epoll);
+    }
+
+    #[test]
+    fn unknown_name_is_invalid_input_listing_available() {
+        let err = "kpoll".parse::<BackendKind>().unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+        assert!(err.to_string().contains("poll"), "{err}");
+    }
+
+    #[test]
+    fn env_value_selects_or_defaults() {
+        assert_eq!(
+            BackendKind::from_env_value(None).unwrap(),
+            BackendKind::platform_default()
+        );
+        assert_eq!(
+            BackendKind::from_env_value(Some("")).unwrap(),
+            BackendKind::platform_default()
+        );
+        assert_eq!(
+            BackendKind::from_env_value(Some("poll")).unwrap(),
+            BackendKind::Poll
+        );
+        let err = BackendKind::from_env_value(Some("bogus")).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+        assert!(
+            err.to_string().starts_with("MUXLOOP_BACKEND=bogus"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn unavailable_backend_is_unsupported() {
+        for &kind in BackendKind::all() {
+            if !kind.is_available() {
+                let err = BackendKind::from_env_value(Some(kind.name())).unwrap_err();
+                assert_eq!(err.kind(), io::ErrorKind::Unsupported);
+                assert!(kind.create().is_err());
+            }
+        }
+    }
+
+    #[test]
+    fn every_available_backend_can_be_created() {
+        for &kind in BackendKind::available() {
+            let b = kind.create().unwrap();
+            assert_eq!(b.name(), kind.name());
+        }
+    }
+}

@@ -1,0 +1,143 @@
+//! poll(2): an array of `pollfd`, handed to the kernel whole on every wait.
+//!
+//! Cost: O(registered fds) per wait, in the kernel and here. No fd limit
+//! beyond `RLIMIT_NOFILE`. Removal swaps the last entry into the hole, so
+//! add, modify and delete are O(1).
+
+use std::io;
+use std::os::fd::RawFd;
+use std::time::Duration;
+
+use super::Backend;
+use crate::sys;
+use crate::{Interest, Ready, Token};
+
+/// Linux also reports a peer's shutdown of its writing side.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+const READ_EVENTS: libc::c_short = libc::POLLIN | libc::POLLRDHUP;
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+const READ_EVENTS: libc::c_short = libc::POLLIN;
+
+#[cfg(any(target_os = "linux", target_os = "android"))]
+const HUP_EVENTS: libc::c_short = libc::POLLHUP | libc::POLLRDHUP;
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+const HUP_EVENTS: libc::c_short = libc::POLLHUP;
+
+const NONE: usize = usize::MAX;
+
+pub(crate) struct PollBackend {
+    fds: Vec<libc::pollfd>,
+    /// Token of `fds[i]`.
+    tokens: Vec<Token>,
+    /// Position in `fds` of each added fd, indexed by fd.
+    index: Vec<usize>,
+}
+
+fn events_for(interest: Interest) -> libc::c_short {
+    let mut events = 0;
+    if interest.is_readable() {
+        events |= READ_EVENTS;
+    }
+    if interest.is_writable() {
+        events |= libc::POLLOUT;
+    }
+    events
+}
+
+impl PollBackend {
+    pub(crate) fn new() -> PollBackend {
+        PollBackend {
+            fds: Vec::new(),
+            tokens: Vec::new(),
+            index: Vec::new(),
+        }
+    }
+
+    fn position(&self, fd: RawFd) -> io::Result<usize> {
+        match self.index.get(fd as usize) {
+            Some(&pos) if pos != NONE => Ok(pos),
+            _ => Err(io::Error::from_raw_os_error(libc::ENOENT)),
+        }
+    }
+}
+
+impl Backend for PollBackend {
+    fn name(&self) -> &'static str {
+        "poll"
+    }
+
+    fn add(&mut self, fd: RawFd, token: Token, interest: Interest) -> io::Result<()> {
+        // poll(2) would only flag it later, with POLLNVAL.
+        sys::check_open(fd)?;
+        let idx = fd as usize;
+        if self.index.len() <= idx {
+            self.index.resize(idx + 1, NONE);
+        }
+        self.index[idx] = self.fds.len();
+        self.fds.push(libc::pollfd {
+            fd,
+            events: events_for(interest),
+            revents: 0,
+        });
+        self.tokens.push(token);
+        Ok(())
+    }
+
+    fn modify(&mut self, fd: RawFd, token: Token, _: Interest, new: Interest) -> io::Result<()> {
+        let pos = self.position(fd)?;
+        self.fds[pos].events = events_for(new);
+        self.tokens[pos] = token;
+        Ok(())
+    }
+
+    fn delete(&mut self, fd: RawFd, _: Token, _: Interest) -> io::Result<()> {
+        let pos = self.position(fd)?;
+        self.fds.swap_remove(pos);
+        self.tokens.swap_remove(pos);
+        self.index[fd as usize] = NONE;
+        if let Some(moved) = self.fds.get(pos) {
+            self.index[moved.fd as usize] = pos;
+        }
+        Ok(())
+    }
+
+    fn wait(
+        &mut self,
+        events: &mut Vec<(Token, Ready)>,
+        timeout: Option<Duration>,
+    ) -> io::Result<()> {
+        let mut left = sys::poll(&mut self.fds, timeout)?;
+        for (pfd, &token) in self.fds.iter().zip(&self.tokens) {
+            if left == 0 {
+                break;
+            }
+            let re = pfd.revents;
+            if re == 0 {
+                continue;
+            }
+            left -= 1;
+            let mut ready = Ready::EMPTY;
+            if re & (libc::POLLIN | libc::POLLPRI) != 0 {
+                ready |= Ready::READABLE;
+            }
+            if re & libc::POLLOUT != 0 {
+                ready |= Ready::WRITABLE;
+            }
+            if re & HUP_EVENTS != 0 {
+                ready |= Ready::HUP;
+            }
+            if re & libc::POLLERR != 0 {
+                ready |= Ready::ERROR;
+            }
+            if re & libc::POLLNVAL != 0 {
+                log::warn!(
+                    "backend=poll fd={} closed while registered (unregister before close)",
+                    pfd.fd
+                );
+                ready |= Ready::ERROR;
+            }
+            events.push((token, ready));
+        }
+        Ok(())
+    }
+}

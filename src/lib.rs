@@ -1,0 +1,22 @@
+#![doc = include_str!("../README.md")]
+#![warn(
+    missing_docs,
+    unsafe_op_in_unsafe_fn,
+    clippy::undocumented_unsafe_blocks
+)]
+#![cfg(unix)]
+
+mod backend;
+mod event;
+mod interest;
+mod ready;
+mod selector;
+mod sys;
+mod token;
+
+pub use backend::{BACKEND_ENV, Backend, BackendKind};
+pub use event::{Event, Events};
+pub use interest::Interest;
+pub use ready::Ready;
+pub use selector::{Selector, SelectorKey};
+pub use token::Token;

@@ -1,0 +1,180 @@
+//! What fired.
+
+use std::fmt;
+use std::ops::{BitOr, BitOrAssign};
+
+use crate::Interest;
+
+/// The readiness of one file descriptor, as reported by [`Selector::select`].
+///
+/// `readable` and `writable` are what matters for control flow, and they are
+/// always masked by the registration's [`Interest`]: a key registered for
+/// reading never reports `writable`. `error` and `hup` are extra hints about
+/// *why* the fd woke up. An error or hang-up always wakes the fd for each
+/// direction it is registered for (so a reader sees `readable` and then
+/// `read` returns 0 or the error), but whether the hint bits themselves are
+/// set depends on the kernel interface: `select(2)` cannot tell, and sets
+/// neither. See `docs/backends.md`.
+///
+/// [`Selector::select`]: crate::Selector::select
+///
+/// # Examples
+///
+/// ```
+/// use muxloop::Ready;
+///
+/// let r = Ready::READABLE | Ready::HUP;
+/// assert!(r.is_readable() && r.is_hup() && !r.is_writable());
+/// ```
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Ready(u8);
+
+const READABLE: u8 = 0b0001;
+const WRITABLE: u8 = 0b0010;
+const ERROR: u8 = 0b0100;
+const HUP: u8 = 0b1000;
+
+impl Ready {
+    /// Nothing is ready.
+    pub const EMPTY: Ready = Ready(0);
+    /// A read will not block.
+    pub const READABLE: Ready = Ready(READABLE);
+    /// A write will not block.
+    pub const WRITABLE: Ready = Ready(WRITABLE);
+    /// The kernel reported an error condition (`POLLERR`, `EPOLLERR`,
+    /// `EV_ERROR`, an invalid fd). Read or write the fd to learn which error.
+    pub const ERROR: Ready = Ready(ERROR);
+    /// The peer hung up, at least its writing side (`POLLHUP`,
+    /// `EPOLLRDHUP`, `EV_EOF`): the next reads return what is left, then 0.
+    pub const HUP: Ready = Ready(HUP);
+
+    /// Whether a read will not block.
+    pub const fn is_readable(self) -> bool {
+        self.0 & READABLE != 0
+    }
+
+    /// Whether a write will not block.
+    pub const fn is_writable(self) -> bool {
+        self.0 & WRITABLE != 0
+    }
+
+    /// Whether the kernel flagged an error condition.
+    pub const fn is_error(self) -> bool {
+        self.0 & ERROR != 0
+    }
+
+    /// Whether the kernel flagged a hang-up.
+    pub const fn is_hup(self) -> bool {
+        self.0 & HUP != 0
+    }
+
+    /// Whether no bit is set.
+    pub const fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    /// Whether every bit of `other` is set in `self`.
+    pub const fn contains(self, other: Ready) -> bool {
+        self.0 & other.0 == other.0
+    }
+
+    /// The readiness a registration with `interest` sees.
+    ///
+    /// An error or hang-up wakes every registered direction; then the
+    /// directions are masked by `interest`. The result is empty when nothing
+    /// the registration asked for happened.
+    pub(crate) fn masked(self, interest: Interest) -> Ready {
+        let mut bits = self.0;
+        if bits & (ERROR | HUP) != 0 {
+            bits |= READABLE | WRITABLE;
+        }
+        let mut allowed = ERROR | HUP;
+        if interest.is_readable() {
+            allowed |= READABLE;
+        }
+        if interest.is_writable() {
+            allowed |= WRITABLE;
+        }
+        bits &= allowed;
+        if bits & (READABLE | WRITABLE) == 0 {
+            Ready::EMPTY
+        } else {
+            Ready(bits)
+        }
+    }
+
+    /// The directions as an [`Interest`], or `None` if neither is set
+    /// (Python's `mask` in `for key, mask in sel.select()`).
+    pub const fn interest(self) -> Option<Interest> {
+        Interest::from_bits(self.0 & (READABLE | WRITABLE))
+    }
+}
+
+impl BitOr for Ready {
+    type Output = Ready;
+
+    fn bitor(self, other: Ready) -> Ready {
+        Ready(self.0 | other.0)
+    }
+}
+
+impl BitOrAssign for Ready {
+    fn bitor_assign(&mut self, other: Ready) {
+        self.0 |= other.0;
+    }
+}
+
+impl fmt::Debug for Ready {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names = [
+            (READABLE, "READABLE"),
+            (WRITABLE, "WRITABLE"),
+            (ERROR, "ERROR"),
+            (HUP, "HUP"),
+        ];
+        let mut first = true;
+        for (bit, name) in names {
+            if self.0 & bit != 0 {
+                if !first {
+                    f.write_str(" | ")?;
+                }
+                f.write_str(name)?;
+                first = false;
+            }
+        }
+        if first {
+            f.write_str("EMPTY")?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn masking_keeps_only_registered_directions() {
+        let both = Ready::READABLE | Ready::WRITABLE;
+        assert_eq!(both.masked(Interest::READABLE), Ready::READABLE);
+        assert_eq!(both.masked(Interest::WRITABLE), Ready::WRITABLE);
+        assert_eq!(Ready::WRITABLE.masked(Interest::READABLE), Ready::EMPTY);
+    }
+
+    #[test]
+    fn hang_up_wakes_registered_directions() {
+        let r = Ready::HUP.masked(Interest::READABLE);
+        assert_eq!(r, Ready::READABLE | Ready::HUP);
+        let e = Ready::ERROR.masked(Interest::WRITABLE);
+        assert_eq!(e, Ready::WRITABLE | Ready::ERROR);
+    }
+
+    #[test]
+    fn debug_lists_bits() {
+        assert_eq!(
+            format!("{:?}", Ready::READABLE | Ready::HUP),
+            "READABLE | HUP"
+        );
+        assert_eq!(format!("{:?}", Ready::EMPTY), "EMPTY");
+    }
+}

@@ -1,0 +1,604 @@
+//! The selectors-style front: keys, validation, rollback, EINTR, timeouts,
+//! masking, merging and stale-token protection, once for every backend.
+
+use std::fmt;
+use std::io;
+use std::os::fd::RawFd;
+use std::time::{Duration, Instant};
+
+use slab::Slab;
+
+use crate::backend::{Backend, BackendKind};
+use crate::{Event, Events, Interest, Ready, Token};
+
+/// One registration: Python's `SelectorKey(fileobj, fd, events, data)`.
+///
+/// # Examples
+///
+/// ```
+/// use muxloop::{Interest, Selector};
+/// use std::os::fd::AsRawFd;
+/// use std::os::unix::net::UnixStream;
+///
+/// let (a, _b) = UnixStream::pair()?;
+/// let mut sel = Selector::new()?;
+/// let key = sel.register(a.as_raw_fd(), Interest::READABLE, "client")?;
+/// assert_eq!(key.fd(), a.as_raw_fd());
+/// assert_eq!(key.interest(), Interest::READABLE);
+/// assert_eq!(*key.data(), "client");
+/// # Ok::<(), std::io::Error>(())
+/// ```
+pub struct SelectorKey<T> {
+    fd: RawFd,
+    interest: Interest,
+    token: Token,
+    data: T,
+}
+
+impl<T> SelectorKey<T> {
+    /// The registered file descriptor.
+    pub fn fd(&self) -> RawFd {
+        self.fd
+    }
+
+    /// What the registration waits for (Python's `events`).
+    pub fn interest(&self) -> Interest {
+        self.interest
+    }
+
+    /// The token events for this registration carry.
+    pub fn token(&self) -> Token {
+        self.token
+    }
+
+    /// The user data.
+    pub fn data(&self) -> &T {
+        &self.data
+    }
+
+    /// The user data, mutably.
+    pub fn data_mut(&mut self) -> &mut T {
+        &mut self.data
+    }
+
+    /// Consumes the key, returning the user data.
+    pub fn into_data(self) -> T {
+        self.data
+    }
+}
+
+impl<T: fmt::Debug> fmt::Debug for SelectorKey<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SelectorKey")
+            .field("fd", &self.fd)
+            .field("interest", &self.interest)
+            .field("token", &self.token)
+            .field("data", &self.data)
+            .finish()
+    }
+}
+
+struct Slot<T> {
+    key: SelectorKey<T>,
+    /// The `select` round that last reported this slot, and where.
+    round: u64,
+    pos: usize,
+}
+
+const NO_SLOT: usize = usize::MAX;
+
+/// Waits for readiness on many file descriptors: Python's
+/// `selectors.BaseSelector`, on any [`BackendKind`].
+///
+/// Register non-blocking fds with an [`Interest`] and user data `T`; call
+/// [`select`](Selector::select) to learn which are ready. Readiness is
+/// level-triggered on every backend: an fd is reported for as long as it is
+/// ready. The selector does not own the fds: unregister one before closing
+/// it.
+///
+/// | Python `selectors`           | muxloop                                   |
+/// |------------------------------|-------------------------------------------|
+/// | `DefaultSelector()`          | [`Selector::new`] (honours `MUXLOOP_BACKEND`) |
+/// | `EpollSelector()`, …         | [`Selector::with_backend`]                |
+/// | `register(fileobj, events, data)` | [`register`](Selector::register)     |
+/// | `unregister(fileobj)`        | [`unregister`](Selector::unregister)      |
+/// | `modify(fileobj, events, data)` | [`modify`](Selector::modify), [`set_interest`](Selector::set_interest) |
+/// | `select(timeout)`            | [`select`](Selector::select) into [`Events`] |
+/// | `get_key(fileobj)`           | [`key`](Selector::key), [`key_by_token`](Selector::key_by_token) |
+/// | `get_map()`                  | [`keys`](Selector::keys), [`len`](Selector::len) |
+/// | `close()`                    | [`close`](Selector::close), `Drop`        |
+///
+/// # Examples
+///
+/// ```
+/// use muxloop::{Events, Interest, Selector};
+/// use std::io::Write;
+/// use std::os::fd::AsRawFd;
+/// use std::os::unix::net::UnixStream;
+/// use std::time::Duration;
+///
+/// let (a, mut b) = UnixStream::pair()?;
+/// a.set_nonblocking(true)?;
+/// let mut sel = Selector::new()?;
+/// sel.register(a.as_raw_fd(), Interest::READABLE, "a")?;
+///
+/// b.write_all(b"ping")?;
+/// let mut events = Events::new();
+/// sel.select(&mut events, Some(Duration::from_secs(1)))?;
+/// for ev in &events {
+///     let key = sel.key_by_token(ev.token()).expect("still registered");
+///     assert_eq!(*key.data(), "a");
+///     assert!(ev.ready().is_readable());
+/// }
+/// assert_eq!(events.len(), 1);
+/// # Ok::<(), std::io::Error>(())
+/// ```
+pub struct Selector<T> {
+    backend: Option<Box<dyn Backend>>,
+    name: &'static str,
+    slots: Slab<Slot<T>>,
+    /// Generation of each slab index; bumped when the index is freed.
+    generations: Vec<u32>,
+    /// Slab index of each registered fd, indexed by fd.
+    by_fd: Vec<usize>,
+    /// Raw backend output, reused across calls.
+    raw: Vec<(Token, Ready)>,
+    round: u64,
+}
+
+fn closed_error() -> io::Error {
+    io::Error::other("selector is closed")
+}
+
+fn not_found(fd: RawFd) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::NotFound,
+        format!("fd {fd} is not registered"),
+    )
+}
+
+impl<T> Selector<T> {
+    /// A selector on the default backend: the one named by the
+    /// `MUXLOOP_BACKEND` environment variable, else the platform's best
+    /// (see [`BackendKind::platform_default`]).
+    ///
+    /// # Errors
+    ///
+    /// An unknown or unavailable `MUXLOOP_BACKEND` (see
+    /// [`BackendKind::from_env`]); the kernel refusing to create the
+    /// instance.
+    pub fn new() -> io::Result<Selector<T>> {
+        Self::with_backend(BackendKind::from_env()?)
+    }
+
+    /// A selector on the given backend.
+    ///
+    /// # Errors
+    ///
+    /// `Unsupported` if this platform lacks the backend; the kernel refusing
+    /// to create the instance (e.g. `EMFILE`).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use muxloop::{BackendKind, Selector};
+    ///
+    /// for &kind in BackendKind::available() {
+    ///     let sel = Selector::<()>::with_backend(kind)?;
+    ///     assert_eq!(sel.backend_name(), kind.name());
+    /// }
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn with_backend(kind: BackendKind) -> io::Result<Selector<T>> {
+        Ok(Self::from_backend(kind.create()?))
+    }
+
+    /// A selector on a backend of your own (or a wrapper around a built-in
+    /// one, e.g. to count or inject calls). See
+    /// [`Backend`] for the contract.
+    pub fn from_backend(backend: Box<dyn Backend>) -> Selector<T> {
+        let name = backend.name();
+        log::debug!("selector=open backend={name}");
+        Selector {
+            backend: Some(backend),
+            name,
+            slots: Slab::new(),
+            generations: Vec::new(),
+            by_fd: Vec::new(),
+            raw: Vec::new(),
+            round: 0,
+        }
+    }
+
+    /// The backend's name (`"epoll"`, …).
+    pub fn backend_name(&self) -> &'static str {
+        self.name
+    }
+
+    fn backend(&mut self) -> io::Result<&mut Box<dyn Backend>> {
+        self.backend.as_mut().ok_or_else(closed_error)
+    }
+
+    fn slot_of(&self, fd: RawFd) -> Option<usize> {
+        if fd < 0 {
+            return None;
+        }
+        match self.by_fd.get(fd as usize) {
+            Some(&i) if i != NO_SLOT => Some(i),
+            _ => None,
+        }
+    }
+
+    /// Starts watching `fd` for `interest`, attaching `data`.
+    ///
+    /// The fd should be in non-blocking mode: readiness is a hint, and a
+    /// blocking read after a spurious wake-up would stall the whole loop.
+    ///
+    /// # Errors
+    ///
+    /// * `InvalidInput`: `fd` is negative, or the backend cannot watch it
+    ///   (select(2) and `fd >= FD_SETSIZE`);
+    /// * `AlreadyExists`: `fd` is already registered (through any handle
+    ///   with that number — perhaps it was closed and reused without
+    ///   `unregister`);
+    /// * the kernel's error (`EBADF` for a closed fd, `EPERM` from epoll for
+    ///   a regular file, …).
+    ///
+    /// On error nothing is registered, in the selector or in the kernel.
+    pub fn register(
+        &mut self,
+        fd: RawFd,
+        interest: Interest,
+        data: T,
+    ) -> io::Result<&SelectorKey<T>> {
+        if self.backend.is_none() {
+            return Err(closed_error());
+        }
+        if fd < 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("invalid fd {fd}: file descriptors are non-negative"),
+            ));
+        }
+        if self.slot_of(fd).is_some() {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("fd {fd} is already registered (closed and reused without unregister?)"),
+            ));
+        }
+        let index = self.slots.vacant_key();
+        if index > Token::MAX_INDEX {
+            return Err(io::Error::new(
+                io::ErrorKind::OutOfMemory,
+                "too many registrations for the token space",
+            ));
+        }
+        if self.generations.len() <= index {
+            self.generations.resize(index + 1, 0);
+        }
+        let token = Token::new(index, self.generations[index]);
+        let name = self.name;
+        self.backend()?.add(fd, token, interest).map_err(|e| {
+            log::debug!("selector=register backend={name} fd={fd} error={e}");
+            e
+        })?;
+        log::trace!(
+            "selector=register backend={name} fd={fd} interest={interest:?} token={token:?}"
+        );
+        let idx = fd as usize;
+        if self.by_fd.len() <= idx {
+            self.by_fd.resize(idx + 1, NO_SLOT);
+        }
+        self.by_fd[idx] = index;
+        let slot = Slot {
+            key: SelectorKey {
+                fd,
+                interest,
+                token,
+                data,
+            },
+            round: 0,
+            pos: 0,
+        };
+        let i = self.slots.insert(slot);
+        Ok(&self.slots[i].key)
+    }
+
+    /// Stops watching `fd` and hands back its key (with the data).
+    ///
+    /// Succeeds even if the fd was already closed, or closed and its number
+    /// reused, before this call: the kernel's `EBADF`/`ENOENT` is ignored.
+    ///
+    /// # Errors
+    ///
+    /// `NotFound` if `fd` is not registered; an error if the selector is
+    /// closed.
+    pub fn unregister(&mut self, fd: RawFd) -> io::Result<SelectorKey<T>> {
+        if self.backend.is_none() {
+            return Err(closed_error());
+        }
+        let index = self.slot_of(fd).ok_or_else(|| not_found(fd))?;
+        let (token, interest) = {
+            let key = &self.slots[index].key;
+            (key.token, key.interest)
+        };
+        let name = self.name;
+        match self.backend()?.delete(fd, token, interest) {
+            Ok(()) => log::trace!("selector=unregister backend={name} fd={fd}"),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EBADF | libc::ENOENT)) => {
+                log::debug!(
+                    "selector=unregister backend={name} fd={fd} already gone in kernel: {e}"
+                );
+            }
+            Err(e) => {
+                log::warn!("selector=unregister backend={name} fd={fd} kernel error ignored: {e}")
+            }
+        }
+        Ok(self.forget(index))
+    }
+
+    /// Removes slot `index` from the maps and retires its token.
+    fn forget(&mut self, index: usize) -> SelectorKey<T> {
+        let slot = self.slots.remove(index);
+        self.by_fd[slot.key.fd as usize] = NO_SLOT;
+        self.generations[index] = self.generations[index].wrapping_add(1);
+        slot.key
+    }
+
+    /// Changes the interest and the data of a registered fd.
+    ///
+    /// When `interest` is unchanged only the data is swapped: no system
+    /// call is made.
+    ///
+    /// # Errors
+    ///
+    /// `NotFound` if `fd` is not registered; the kernel's error. On error the
+    /// key keeps its old interest and data (`data` is dropped) and the
+    /// backend is left watching the old interest, so the selector and the
+    /// kernel agree.
+    pub fn modify(
+        &mut self,
+        fd: RawFd,
+        interest: Interest,
+        data: T,
+    ) -> io::Result<&SelectorKey<T>> {
+        let index = self.modify_interest(fd, interest)?;
+        let key = &mut self.slots[index].key;
+        key.data = data;
+        Ok(key)
+    }
+
+    /// Changes only the interest of a registered fd, keeping its data.
+    ///
+    /// # Errors
+    ///
+    /// As [`modify`](Selector::modify).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use muxloop::{Events, Interest, Selector};
+    /// use std::os::fd::AsRawFd;
+    /// use std::os::unix::net::UnixStream;
+    /// use std::time::Duration;
+    ///
+    /// let (a, _b) = UnixStream::pair()?;
+    /// let mut sel = Selector::new()?;
+    /// sel.register(a.as_raw_fd(), Interest::READABLE, ())?;
+    /// let mut events = Events::new();
+    /// assert_eq!(sel.select(&mut events, Some(Duration::ZERO))?, 0);
+    /// sel.set_interest(a.as_raw_fd(), Interest::WRITABLE)?;
+    /// assert_eq!(sel.select(&mut events, Some(Duration::ZERO))?, 1);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn set_interest(&mut self, fd: RawFd, interest: Interest) -> io::Result<&SelectorKey<T>> {
+        let index = self.modify_interest(fd, interest)?;
+        Ok(&self.slots[index].key)
+    }
+
+    fn modify_interest(&mut self, fd: RawFd, interest: Interest) -> io::Result<usize> {
+        if self.backend.is_none() {
+            return Err(closed_error());
+        }
+        let index = self.slot_of(fd).ok_or_else(|| not_found(fd))?;
+        let (token, old) = {
+            let key = &self.slots[index].key;
+            (key.token, key.interest)
+        };
+        if old != interest {
+            let name = self.name;
+            self.backend()?.modify(fd, token, old, interest)?;
+            log::trace!("selector=modify backend={name} fd={fd} interest={interest:?}");
+            self.slots[index].key.interest = interest;
+        }
+        Ok(index)
+    }
+
+    /// The key of a registered fd.
+    pub fn key(&self, fd: RawFd) -> Option<&SelectorKey<T>> {
+        self.slot_of(fd).map(|i| &self.slots[i].key)
+    }
+
+    /// The key of a registered fd, to change its data.
+    pub fn key_mut(&mut self, fd: RawFd) -> Option<&mut SelectorKey<T>> {
+        self.slot_of(fd).map(|i| &mut self.slots[i].key)
+    }
+
+    /// The key an event belongs to, if that registration still exists.
+    ///
+    /// Returns `None` once the registration is gone, even if the fd number
+    /// (or the slot) has since been registered again: that is how a
+    /// handler that unregisters fds while iterating over [`Events`] avoids
+    /// acting on a stale event.
+    pub fn key_by_token(&self, token: Token) -> Option<&SelectorKey<T>> {
+        self.slots
+            .get(token.index())
+            .map(|s| &s.key)
+            .filter(|k| k.token == token)
+    }
+
+    /// [`key_by_token`](Selector::key_by_token), mutably.
+    pub fn key_by_token_mut(&mut self, token: Token) -> Option<&mut SelectorKey<T>> {
+        self.slots
+            .get_mut(token.index())
+            .map(|s| &mut s.key)
+            .filter(|k| k.token == token)
+    }
+
+    /// Every registered key, in no particular order (Python's `get_map()`).
+    pub fn keys(&self) -> impl Iterator<Item = &SelectorKey<T>> {
+        self.slots.iter().map(|(_, s)| &s.key)
+    }
+
+    /// How many fds are registered.
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Whether no fd is registered.
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    /// Whether [`close`](Selector::close) was called.
+    pub fn is_closed(&self) -> bool {
+        self.backend.is_none()
+    }
+
+    /// Releases the kernel object and forgets every key (dropping the data).
+    /// Every later operation fails; closing again does nothing. `Drop` does
+    /// the same.
+    pub fn close(&mut self) {
+        if let Some(backend) = self.backend.take() {
+            log::debug!(
+                "selector=close backend={} keys={}",
+                backend.name(),
+                self.slots.len()
+            );
+            drop(backend);
+            self.slots.clear();
+            self.by_fd.clear();
+            self.generations.clear();
+        }
+    }
+
+    /// Waits until at least one registered fd is ready or `timeout`
+    /// passes, and fills `events` with one entry per ready fd.
+    ///
+    /// * `None` waits as long as it takes;
+    /// * `Some(Duration::ZERO)` polls without blocking;
+    /// * any other timeout waits at least that long if nothing happens
+    ///   (rounded up to the backend's resolution, never down to a busy
+    ///   loop); huge values are clamped, never overflow.
+    ///
+    /// Readiness is level-triggered and masked by each key's interest; read
+    /// and write readiness of one fd come as one event. A signal arriving
+    /// during the wait (`EINTR`) does not end it: the wait resumes with the
+    /// time that is left. Returns the number of events.
+    ///
+    /// `events` is cleared first and keeps its capacity, so reusing one
+    /// buffer does not allocate in steady state. Since the events live
+    /// outside the selector, a handler may register, modify and unregister
+    /// while iterating over them; check each event with
+    /// [`key_by_token`](Selector::key_by_token).
+    ///
+    /// # Errors
+    ///
+    /// The kernel's error (other than `EINTR`); an error if the selector is
+    /// closed.
+    pub fn select(&mut self, events: &mut Events, timeout: Option<Duration>) -> io::Result<usize> {
+        events.clear();
+        if self.backend.is_none() {
+            return Err(closed_error());
+        }
+        let start = Instant::now();
+        // An unrepresentable deadline is as good as none.
+        let deadline = timeout.and_then(|t| start.checked_add(t));
+        let mut remaining = timeout;
+        loop {
+            self.raw.clear();
+            let backend = self.backend.as_mut().ok_or_else(closed_error)?;
+            match backend.wait(&mut self.raw, remaining) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+                    log::trace!("selector=select backend={} eintr, retrying", self.name);
+                }
+                Err(e) => return Err(e),
+            }
+            self.collect(events);
+            if !events.is_empty() || remaining == Some(Duration::ZERO) {
+                break;
+            }
+            // Nothing to report: a timeout the kernel rounded down, a
+            // signal, or only events for stale registrations. Wait out the
+            // rest so the caller never wakes early.
+            if let Some(deadline) = deadline {
+                let now = Instant::now();
+                if now >= deadline {
+                    break;
+                }
+                remaining = Some(deadline - now);
+            }
+        }
+        log::trace!(
+            "selector=select backend={} events={}",
+            self.name,
+            events.len()
+        );
+        Ok(events.len())
+    }
+
+    /// Turns the raw backend output into masked, merged, live events.
+    fn collect(&mut self, events: &mut Events) {
+        self.round += 1;
+        let round = self.round;
+        let mut stale = 0usize;
+        for &(token, ready) in &self.raw {
+            let Some(slot) = self.slots.get_mut(token.index()) else {
+                stale += 1;
+                continue;
+            };
+            if slot.key.token != token {
+                stale += 1;
+                continue;
+            }
+            let ready = ready.masked(slot.key.interest);
+            if ready.is_empty() {
+                continue;
+            }
+            if slot.round == round {
+                events.list[slot.pos].ready |= ready;
+            } else {
+                slot.round = round;
+                slot.pos = events.list.len();
+                events.list.push(Event {
+                    token,
+                    fd: slot.key.fd,
+                    ready,
+                });
+            }
+        }
+        if stale > 0 {
+            log::warn!(
+                "selector=select backend={} dropped {stale} event(s) for fds closed while registered",
+                self.name
+            );
+        }
+    }
+}
+
+impl<T> Drop for Selector<T> {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+impl<T> fmt::Debug for Selector<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Selector")
+            .field("backend", &self.name)
+            .field("len", &self.slots.len())
+            .field("closed", &self.backend.is_none())
+            .finish()
+    }
+}

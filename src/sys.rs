@@ -1,0 +1,309 @@
+//! Every `unsafe` line of the crate: thin, checked wrappers around the raw
+//! system calls the backends use. Each wrapper turns a `-1` return into an
+//! [`io::Error`] carrying `errno`, and owns descriptors through [`OwnedFd`]
+//! so nothing leaks on an error path.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::time::Duration;
+
+/// Calls a libc function and turns `-1` into `io::Error::last_os_error()`.
+macro_rules! syscall {
+    ($fn:ident ( $($arg:expr),* $(,)? )) => {{
+        // SAFETY: each call site documents why its arguments are valid.
+        let res = unsafe { libc::$fn($($arg),*) };
+        if res == -1 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(res)
+        }
+    }};
+}
+
+// ---------------------------------------------------------------------------
+// Timeouts. Every conversion rounds *up*, so a wait is never shorter than
+// asked, and saturates instead of overflowing.
+// ---------------------------------------------------------------------------
+
+/// Milliseconds for poll(2) and epoll_wait(2): `-1` for "forever", rounded
+/// up so that 100 µs becomes 1 ms, not 0 (which would spin).
+pub(crate) fn timeout_ms(timeout: Option<Duration>) -> libc::c_int {
+    match timeout {
+        None => -1,
+        Some(t) => {
+            let ms = t.as_nanos().div_ceil(1_000_000);
+            ms.min(libc::c_int::MAX as u128) as libc::c_int
+        }
+    }
+}
+
+/// A `timeval` for select(2), rounded up to the microsecond. Seconds are
+/// clamped to what every kernel accepts (select(2) rejects more than 10^8 s
+/// on some systems with EINVAL).
+pub(crate) fn timeval(t: Duration) -> libc::timeval {
+    const MAX_SECS: u64 = 100_000_000;
+    let mut secs = t.as_secs();
+    let mut micros = u64::from(t.subsec_nanos()).div_ceil(1_000);
+    if micros == 1_000_000 {
+        secs += 1;
+        micros = 0;
+    }
+    if secs >= MAX_SECS {
+        secs = MAX_SECS;
+        micros = 0;
+    }
+    libc::timeval {
+        tv_sec: secs as libc::time_t,
+        tv_usec: micros as libc::suseconds_t,
+    }
+}
+
+/// A `timespec` for kevent(2), clamped like [`timeval`].
+#[cfg(muxloop_kqueue)]
+pub(crate) fn timespec(t: Duration) -> libc::timespec {
+    const MAX_SECS: u64 = 100_000_000;
+    let (secs, nanos) = if t.as_secs() >= MAX_SECS {
+        (MAX_SECS, 0)
+    } else {
+        (t.as_secs(), t.subsec_nanos())
+    };
+    libc::timespec {
+        tv_sec: secs as libc::time_t,
+        tv_nsec: nanos as _,
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Descriptors.
+// ---------------------------------------------------------------------------
+
+/// Whether `fd` names an open descriptor of this process.
+pub(crate) fn fd_is_open(fd: RawFd) -> bool {
+    // SAFETY: F_GETFD only reads the descriptor flags; any integer is a
+    // valid argument and a closed one yields EBADF.
+    fd >= 0 && syscall!(fcntl(fd, libc::F_GETFD)).is_ok()
+}
+
+/// Fails with EBADF unless `fd` is open, for backends whose kernel interface
+/// would only notice later (select(2), poll(2)).
+pub(crate) fn check_open(fd: RawFd) -> io::Result<()> {
+    if fd_is_open(fd) {
+        Ok(())
+    } else {
+        Err(io::Error::from_raw_os_error(libc::EBADF))
+    }
+}
+
+/// Takes ownership of a freshly created descriptor.
+fn owned(fd: RawFd) -> OwnedFd {
+    // SAFETY: callers pass a descriptor the kernel just returned to them and
+    // that nothing else owns.
+    unsafe { OwnedFd::from_raw_fd(fd) }
+}
+
+// ---------------------------------------------------------------------------
+// select(2)
+// ---------------------------------------------------------------------------
+
+/// A bounds-checked `fd_set`. `FD_SET` beyond `FD_SETSIZE` writes past the
+/// end of the structure; these methods refuse such an fd instead.
+pub(crate) struct FdSet(libc::fd_set);
+
+/// The highest fd an [`FdSet`] can hold, plus one.
+pub(crate) const FD_SETSIZE: RawFd = libc::FD_SETSIZE as RawFd;
+
+impl FdSet {
+    pub(crate) fn new() -> FdSet {
+        let mut set = std::mem::MaybeUninit::<libc::fd_set>::uninit();
+        // SAFETY: FD_ZERO initialises every byte of the set it is given.
+        unsafe { libc::FD_ZERO(set.as_mut_ptr()) };
+        // SAFETY: initialised just above.
+        FdSet(unsafe { set.assume_init() })
+    }
+
+    fn in_range(fd: RawFd) -> bool {
+        (0..FD_SETSIZE).contains(&fd)
+    }
+
+    /// Adds `fd`; returns false (and changes nothing) if it is out of range.
+    pub(crate) fn insert(&mut self, fd: RawFd) -> bool {
+        if !Self::in_range(fd) {
+            return false;
+        }
+        // SAFETY: 0 <= fd < FD_SETSIZE, so the bit lies inside the set.
+        unsafe { libc::FD_SET(fd, &mut self.0) };
+        true
+    }
+
+    pub(crate) fn remove(&mut self, fd: RawFd) {
+        if Self::in_range(fd) {
+            // SAFETY: 0 <= fd < FD_SETSIZE, so the bit lies inside the set.
+            unsafe { libc::FD_CLR(fd, &mut self.0) };
+        }
+    }
+
+    pub(crate) fn contains(&self, fd: RawFd) -> bool {
+        // SAFETY: 0 <= fd < FD_SETSIZE, so the bit lies inside the set.
+        Self::in_range(fd) && unsafe { libc::FD_ISSET(fd, &self.0) }
+    }
+}
+
+impl Clone for FdSet {
+    fn clone(&self) -> FdSet {
+        FdSet(self.0)
+    }
+}
+
+/// select(2) on read and write sets; `nfds` is the highest fd plus one.
+pub(crate) fn select(
+    nfds: RawFd,
+    read: &mut FdSet,
+    write: &mut FdSet,
+    timeout: Option<Duration>,
+) -> io::Result<usize> {
+    debug_assert!(nfds <= FD_SETSIZE);
+    let mut tv = timeout.map(timeval);
+    let tv_ptr = tv
+        .as_mut()
+        .map_or(std::ptr::null_mut(), |tv| tv as *mut libc::timeval);
+    // SAFETY: both sets are valid fd_sets covering nfds <= FD_SETSIZE bits;
+    // the timeout is null or points at a live timeval.
+    let n = syscall!(select(
+        nfds,
+        &mut read.0,
+        &mut write.0,
+        std::ptr::null_mut(),
+        tv_ptr
+    ))?;
+    Ok(n as usize)
+}
+
+// ---------------------------------------------------------------------------
+// poll(2)
+// ---------------------------------------------------------------------------
+
+pub(crate) fn poll(fds: &mut [libc::pollfd], timeout: Option<Duration>) -> io::Result<usize> {
+    // SAFETY: the pointer and length describe a live, writable slice.
+    let n = syscall!(poll(
+        fds.as_mut_ptr(),
+        fds.len() as libc::nfds_t,
+        timeout_ms(timeout)
+    ))?;
+    Ok(n as usize)
+}
+
+// ---------------------------------------------------------------------------
+// epoll (Linux, Android)
+// ---------------------------------------------------------------------------
+
+#[cfg(muxloop_epoll)]
+pub(crate) fn epoll_create() -> io::Result<OwnedFd> {
+    // SAFETY: no pointers involved.
+    let fd = syscall!(epoll_create1(libc::EPOLL_CLOEXEC))?;
+    Ok(owned(fd))
+}
+
+#[cfg(muxloop_epoll)]
+pub(crate) fn epoll_ctl(
+    epfd: &OwnedFd,
+    op: libc::c_int,
+    fd: RawFd,
+    events: u32,
+    data: u64,
+) -> io::Result<()> {
+    let mut ev = libc::epoll_event { events, u64: data };
+    // SAFETY: `ev` is a valid epoll_event (ignored by EPOLL_CTL_DEL, which
+    // still wants a non-null pointer on kernels before 2.6.9).
+    syscall!(epoll_ctl(epfd.as_raw_fd(), op, fd, &mut ev))?;
+    Ok(())
+}
+
+/// epoll_wait(2) into the spare capacity of `events`, which must be empty.
+#[cfg(muxloop_epoll)]
+pub(crate) fn epoll_wait(
+    epfd: &OwnedFd,
+    events: &mut Vec<libc::epoll_event>,
+    timeout: Option<Duration>,
+) -> io::Result<()> {
+    debug_assert!(events.is_empty());
+    let cap = events.capacity().min(libc::c_int::MAX as usize) as libc::c_int;
+    // SAFETY: the kernel writes at most `cap` entries into the vector's
+    // spare capacity, which is at least that long.
+    let n = syscall!(epoll_wait(
+        epfd.as_raw_fd(),
+        events.as_mut_ptr(),
+        cap,
+        timeout_ms(timeout)
+    ))?;
+    // SAFETY: the kernel initialised the first `n <= cap` entries.
+    unsafe { events.set_len(n as usize) };
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// kqueue (macOS, iOS, FreeBSD, OpenBSD, NetBSD, DragonFly)
+// ---------------------------------------------------------------------------
+
+#[cfg(muxloop_kqueue)]
+pub(crate) fn kqueue() -> io::Result<OwnedFd> {
+    // SAFETY: no pointers involved.
+    let fd = owned(syscall!(kqueue())?);
+    // kqueue(2) has no close-on-exec flag on every system; set it here.
+    // SAFETY: `fd` is open and owned.
+    syscall!(fcntl(fd.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC))?;
+    Ok(fd)
+}
+
+/// A buffer of kevent records that may move between threads.
+#[cfg(muxloop_kqueue)]
+pub(crate) struct KeventList(pub(crate) Vec<libc::kevent>);
+
+// SAFETY: the only pointer in a kevent is `udata`, which muxloop uses as an
+// integer token and never dereferences.
+#[cfg(muxloop_kqueue)]
+unsafe impl Send for KeventList {}
+
+/// A kevent change record. Built field by field because the struct has
+/// extra members on some systems (FreeBSD 12's `ext`).
+#[cfg(muxloop_kqueue)]
+pub(crate) fn kevent_change(fd: RawFd, filter: i16, flags: u16, udata: usize) -> libc::kevent {
+    // SAFETY: kevent is plain integers and a pointer; all-zero is valid.
+    let mut kev: libc::kevent = unsafe { std::mem::zeroed() };
+    kev.ident = fd as _;
+    kev.filter = filter as _;
+    kev.flags = flags as _;
+    kev.udata = udata as _;
+    kev
+}
+
+/// kevent(2): applies `changes` and collects into the spare capacity of
+/// `events` (which must be empty). With `EV_RECEIPT` set on every change,
+/// pass `events` at least as long as `changes` and a zero timeout.
+#[cfg(muxloop_kqueue)]
+pub(crate) fn kevent(
+    kq: &OwnedFd,
+    changes: &[libc::kevent],
+    events: &mut Vec<libc::kevent>,
+    timeout: Option<Duration>,
+) -> io::Result<()> {
+    debug_assert!(events.is_empty());
+    let ts = timeout.map(timespec);
+    let ts_ptr = ts
+        .as_ref()
+        .map_or(std::ptr::null(), |ts| ts as *const libc::timespec);
+    let cap = events.capacity().min(libc::c_int::MAX as usize);
+    // SAFETY: `changes` is a live slice, the kernel writes at most `cap`
+    // records into the spare capacity of `events`, and the timeout is null
+    // or points at a live timespec.
+    let n = syscall!(kevent(
+        kq.as_raw_fd(),
+        changes.as_ptr(),
+        changes.len() as _,
+        events.as_mut_ptr(),
+        cap as _,
+        ts_ptr
+    ))?;
+    // SAFETY: the kernel initialised the first `n <= cap` records.
+    unsafe { events.set_len(n as usize) };
+    Ok(())
+}
