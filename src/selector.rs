@@ -580,9 +580,18 @@ impl<T> Selector<T> {
         }
         if stale > 0 {
             log::warn!(
-                "selector=select backend={} dropped {stale} event(s) for fds closed while registered",
+                "selector=select backend={} dropped {stale} event(s) for fds closed while registered; purging",
                 self.name
             );
+            if let Some(backend) = self.backend.as_mut() {
+                let mut live = self
+                    .slots
+                    .iter()
+                    .map(|(_, s)| (s.key.fd, s.key.token, s.key.interest));
+                if let Err(e) = backend.purge(&mut live) {
+                    log::warn!("selector=select backend={} purge failed: {e}", self.name);
+                }
+            }
         }
     }
 }

@@ -42,14 +42,13 @@ pub(crate) fn timeout_ms(timeout: Option<Duration>) -> libc::c_int {
 /// on some systems with EINVAL).
 pub(crate) fn timeval(t: Duration) -> libc::timeval {
     const MAX_SECS: u64 = 100_000_000;
-    let mut secs = t.as_secs();
-    let mut micros = u64::from(t.subsec_nanos()).div_ceil(1_000);
+    let (mut secs, mut micros) = if t.as_secs() >= MAX_SECS {
+        (MAX_SECS, 0)
+    } else {
+        (t.as_secs(), u64::from(t.subsec_nanos()).div_ceil(1_000))
+    };
     if micros == 1_000_000 {
         secs += 1;
-        micros = 0;
-    }
-    if secs >= MAX_SECS {
-        secs = MAX_SECS;
         micros = 0;
     }
     libc::timeval {

@@ -12,8 +12,9 @@
 //!   (epoll_ctl(2)); the error reaches the selector, which rolls back;
 //! * an fd closed without `delete` leaves the registration alive if another
 //!   descriptor still refers to the same open file (epoll(7), Q6); its events
-//!   carry a token whose generation no longer matches and are dropped by the
-//!   selector.
+//!   carry a token the selector no longer knows, and since no `EPOLL_CTL_DEL`
+//!   can name it any more, `purge` replaces the epoll instance with a fresh
+//!   one holding only the live registrations.
 
 use std::io;
 use std::os::fd::{OwnedFd, RawFd};
@@ -84,6 +85,31 @@ impl Backend for EpollBackend {
         // fails with EBADF, a reused one with ENOENT), so count it gone.
         self.added -= 1;
         sys::epoll_ctl(&self.ep, libc::EPOLL_CTL_DEL, fd, 0, 0)
+    }
+
+    fn purge(
+        &mut self,
+        live: &mut dyn Iterator<Item = (RawFd, Token, Interest)>,
+    ) -> io::Result<()> {
+        let ep = sys::epoll_create()?;
+        let mut added = 0;
+        for (fd, token, interest) in live {
+            match sys::epoll_ctl(
+                &ep,
+                libc::EPOLL_CTL_ADD,
+                fd,
+                events_for(interest),
+                token.0 as u64,
+            ) {
+                Ok(()) => added += 1,
+                // Closed as well: nothing to watch.
+                Err(e) => log::warn!("backend=epoll fd={fd} not re-added on purge: {e}"),
+            }
+        }
+        log::debug!("backend=epoll purge re-added={added}");
+        self.ep = ep;
+        self.added = added;
+        Ok(())
     }
 
     fn wait(

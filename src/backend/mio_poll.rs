@@ -94,6 +94,32 @@ impl Backend for MioBackend {
         self.poll.registry().deregister(&mut SourceFd(&fd))
     }
 
+    fn purge(
+        &mut self,
+        live: &mut dyn Iterator<Item = (RawFd, Token, Interest)>,
+    ) -> io::Result<()> {
+        // Same reason as the epoll backend: mio cannot deregister a
+        // registration whose fd number is gone, so start a new Poll.
+        let poll = mio::Poll::new()?;
+        self.added.clear();
+        self.rearm.clear();
+        for (fd, token, interest) in live {
+            let res = poll.registry().register(
+                &mut SourceFd(&fd),
+                mio::Token(token.0),
+                mio_interest(interest),
+            );
+            match res {
+                Ok(()) => {
+                    self.added.insert(token, (fd, interest));
+                }
+                Err(e) => log::warn!("backend=mio fd={fd} not re-added on purge: {e}"),
+            }
+        }
+        self.poll = poll;
+        Ok(())
+    }
+
     fn wait(
         &mut self,
         events: &mut Vec<(Token, Ready)>,

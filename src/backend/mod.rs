@@ -71,6 +71,22 @@ pub trait Backend: Send {
         events: &mut Vec<(Token, Ready)>,
         timeout: Option<Duration>,
     ) -> io::Result<()>;
+
+    /// Called when `wait` reported a token that belongs to no registration.
+    ///
+    /// That happens when an fd was closed while registered but its open
+    /// file lives on through a duplicate: epoll keeps watching it, and no
+    /// `delete` can reach it any more (epoll(7), "Questions and answers",
+    /// Q6). Being level-triggered, it would wake every wait from now on.
+    /// Backends where this can happen re-create their kernel object and add
+    /// the `live` registrations again; the default does nothing.
+    fn purge(
+        &mut self,
+        live: &mut dyn Iterator<Item = (RawFd, Token, Interest)>,
+    ) -> io::Result<()> {
+        let _ = live;
+        Ok(())
+    }
 }
 
 /// The built-in backends, chosen at run time by name.

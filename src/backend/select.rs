@@ -44,19 +44,31 @@ impl SelectBackend {
 
     /// select(2) failed with EBADF: some added fd was closed behind our
     /// back. Report each closed one as an error (as poll's POLLNVAL would) so
-    /// the owner notices and unregisters it.
-    fn report_closed(&self, events: &mut Vec<(Token, Ready)>) -> bool {
+    /// the owner notices and unregisters it, and take it out of `read` and
+    /// `write` so the others can still be polled. Returns false if no
+    /// closed fd was found.
+    fn report_closed(
+        &self,
+        events: &mut Vec<(Token, Ready)>,
+        read: &mut FdSet,
+        write: &mut FdSet,
+    ) -> bool {
+        let mut found = false;
         for (fd, token) in self.tokens.iter().enumerate() {
-            if let Some(token) = token {
-                if !sys::fd_is_open(fd as RawFd) {
+            let fd = fd as RawFd;
+            if let Some(token) = *token {
+                if !sys::fd_is_open(fd) {
                     log::warn!(
                         "backend=select fd={fd} closed while registered (unregister before close)"
                     );
-                    events.push((*token, Ready::ERROR));
+                    events.push((token, Ready::ERROR));
+                    read.remove(fd);
+                    write.remove(fd);
+                    found = true;
                 }
             }
         }
-        !events.is_empty()
+        found
     }
 }
 
@@ -112,15 +124,21 @@ impl Backend for SelectBackend {
     ) -> io::Result<()> {
         let mut read = self.read.clone();
         let mut write = self.write.clone();
-        let n = match sys::select(self.max_fd + 1, &mut read, &mut write, timeout) {
-            Ok(n) => n,
-            Err(e) if e.raw_os_error() == Some(libc::EBADF) && self.report_closed(events) => {
-                return Ok(());
+        let nfds = self.max_fd + 1;
+        match sys::select(nfds, &mut read, &mut write, timeout) {
+            Ok(0) => return Ok(()),
+            Ok(_) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EBADF) => {
+                read = self.read.clone();
+                write = self.write.clone();
+                if !self.report_closed(events, &mut read, &mut write) {
+                    return Err(e);
+                }
+                // Poll the live ones without blocking: the closed fds are
+                // already something to report.
+                sys::select(nfds, &mut read, &mut write, Some(Duration::ZERO))?;
             }
             Err(e) => return Err(e),
-        };
-        if n == 0 {
-            return Ok(());
         }
         for (fd, token) in self.tokens.iter().enumerate() {
             let Some(token) = *token else { continue };

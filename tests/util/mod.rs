@@ -1,0 +1,232 @@
+//! Helpers shared by the integration tests: socket pairs, pipes, fd limits,
+//! signals, a call-counting backend wrapper.
+#![allow(dead_code)]
+
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::sync::Arc;
+use std::sync::Once;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use muxloop::{Backend, BackendKind, Events, Interest, Ready, Selector, Token};
+
+/// Logs to the test harness once per process (`RUST_LOG=trace` to see).
+pub fn init_logging() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let _ = env_logger::builder().is_test(true).try_init();
+    });
+}
+
+/// A selector of `kind` with logging on.
+pub fn selector<T>(kind: BackendKind) -> Selector<T> {
+    init_logging();
+    Selector::with_backend(kind).expect("create selector")
+}
+
+/// A connected, non-blocking Unix socket pair.
+pub fn pair() -> (UnixStream, UnixStream) {
+    let (a, b) = UnixStream::pair().expect("socketpair");
+    a.set_nonblocking(true).unwrap();
+    b.set_nonblocking(true).unwrap();
+    (a, b)
+}
+
+/// A non-blocking pipe: (read end, write end).
+pub fn pipe() -> (OwnedFd, OwnedFd) {
+    let mut fds = [0; 2];
+    // SAFETY: `fds` has room for the two descriptors pipe2 writes.
+    let rc = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) };
+    assert_eq!(rc, 0, "pipe2: {}", io::Error::last_os_error());
+    // SAFETY: both descriptors were just created and are owned by nobody else.
+    unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
+}
+
+/// Writes until the socket's buffer is full.
+pub fn fill(s: &mut UnixStream) -> usize {
+    let buf = [0x5a; 65536];
+    let mut total = 0;
+    loop {
+        match s.write(&buf) {
+            Ok(n) => total += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return total,
+            Err(e) => panic!("fill: {e}"),
+        }
+    }
+}
+
+/// Reads until the socket would block; returns the byte count.
+pub fn drain(s: &mut UnixStream) -> usize {
+    let mut buf = [0; 65536];
+    let mut total = 0;
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return total,
+            Ok(n) => total += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return total,
+            Err(e) => panic!("drain: {e}"),
+        }
+    }
+}
+
+/// One `select`, as `(fd, ready)` pairs sorted by fd.
+pub fn ready<T>(sel: &mut Selector<T>, timeout: Option<Duration>) -> Vec<(RawFd, Ready)> {
+    let mut events = Events::new();
+    sel.select(&mut events, timeout).expect("select");
+    let mut out: Vec<_> = events.iter().map(|e| (e.fd(), e.ready())).collect();
+    out.sort_by_key(|e| e.0);
+    out
+}
+
+/// `select(0)`, as [`ready`].
+pub fn poll_now<T>(sel: &mut Selector<T>) -> Vec<(RawFd, Ready)> {
+    ready(sel, Some(Duration::ZERO))
+}
+
+/// The fds of one `select(0)`.
+pub fn ready_fds<T>(sel: &mut Selector<T>) -> Vec<RawFd> {
+    poll_now(sel).into_iter().map(|e| e.0).collect()
+}
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit; returns the new soft
+/// limit.
+pub fn raise_fd_limit() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is a valid, writable rlimit.
+    assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }, 0);
+    lim.rlim_cur = lim.rlim_max;
+    // SAFETY: `lim` is a valid rlimit; raising the soft limit up to the hard
+    // one is always allowed.
+    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) }, 0);
+    lim.rlim_cur as u64
+}
+
+/// A duplicate of `fd` numbered at least `min`.
+pub fn dup_at_least(fd: RawFd, min: RawFd) -> OwnedFd {
+    // SAFETY: F_DUPFD_CLOEXEC creates a new descriptor and touches no memory.
+    let new = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, min) };
+    assert!(new >= 0, "F_DUPFD: {}", io::Error::last_os_error());
+    // SAFETY: `new` was just created and is owned by nobody else.
+    unsafe { OwnedFd::from_raw_fd(new) }
+}
+
+/// Makes `target` refer to what `src` refers to (dup2), atomically closing
+/// whatever `target` referred to: "closed and reused" in one step, with no
+/// window in which another thread could take the number.
+pub fn dup_onto(src: &impl AsRawFd, target: RawFd) {
+    // SAFETY: dup2 touches no memory; `target` is owned by the caller, who
+    // accepts that its old file is closed.
+    let rc = unsafe { libc::dup3(src.as_raw_fd(), target, libc::O_CLOEXEC) };
+    assert_eq!(rc, target, "dup3: {}", io::Error::last_os_error());
+}
+
+/// Installs a no-op SIGUSR1 handler *without* `SA_RESTART`, so a blocking
+/// wait in the signalled thread returns `EINTR`.
+pub fn install_sigusr1_interrupter() {
+    extern "C" fn noop(_: libc::c_int) {}
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: a zeroed sigaction is valid; we set a handler that does
+        // nothing (async-signal-safe) and no SA_RESTART.
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = noop as *const () as usize;
+            libc::sigemptyset(&mut sa.sa_mask);
+            sa.sa_flags = 0;
+            assert_eq!(libc::sigaction(libc::SIGUSR1, &sa, std::ptr::null_mut()), 0);
+        }
+    });
+}
+
+/// The calling thread, for [`interrupt`].
+pub fn this_thread() -> libc::pthread_t {
+    // SAFETY: no preconditions.
+    unsafe { libc::pthread_self() }
+}
+
+/// Sends SIGUSR1 to `thread`.
+pub fn interrupt(thread: libc::pthread_t) {
+    // SAFETY: `thread` is alive: the test joins the interrupting helper
+    // before the target thread can finish.
+    let rc = unsafe { libc::pthread_kill(thread, libc::SIGUSR1) };
+    assert_eq!(rc, 0);
+}
+
+/// Wraps a backend and counts the calls made to it.
+pub struct Counting {
+    inner: Box<dyn Backend>,
+    pub calls: Arc<Calls>,
+}
+
+#[derive(Default)]
+pub struct Calls {
+    pub add: AtomicUsize,
+    pub modify: AtomicUsize,
+    pub delete: AtomicUsize,
+    pub wait: AtomicUsize,
+}
+
+impl Calls {
+    pub fn ctl(&self) -> usize {
+        self.add.load(Ordering::SeqCst)
+            + self.modify.load(Ordering::SeqCst)
+            + self.delete.load(Ordering::SeqCst)
+    }
+
+    pub fn waits(&self) -> usize {
+        self.wait.load(Ordering::SeqCst)
+    }
+}
+
+/// A selector of `kind` whose backend calls are counted.
+pub fn counting_selector<T>(kind: BackendKind) -> (Selector<T>, Arc<Calls>) {
+    init_logging();
+    let calls = Arc::new(Calls::default());
+    let backend = Counting {
+        inner: kind.create().expect("create backend"),
+        calls: calls.clone(),
+    };
+    (Selector::from_backend(Box::new(backend)), calls)
+}
+
+impl Backend for Counting {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+
+    fn add(&mut self, fd: RawFd, token: Token, interest: Interest) -> io::Result<()> {
+        self.calls.add.fetch_add(1, Ordering::SeqCst);
+        self.inner.add(fd, token, interest)
+    }
+
+    fn modify(&mut self, fd: RawFd, token: Token, old: Interest, new: Interest) -> io::Result<()> {
+        self.calls.modify.fetch_add(1, Ordering::SeqCst);
+        self.inner.modify(fd, token, old, new)
+    }
+
+    fn delete(&mut self, fd: RawFd, token: Token, interest: Interest) -> io::Result<()> {
+        self.calls.delete.fetch_add(1, Ordering::SeqCst);
+        self.inner.delete(fd, token, interest)
+    }
+
+    fn wait(
+        &mut self,
+        events: &mut Vec<(Token, Ready)>,
+        timeout: Option<Duration>,
+    ) -> io::Result<()> {
+        self.calls.wait.fetch_add(1, Ordering::SeqCst);
+        self.inner.wait(events, timeout)
+    }
+
+    fn purge(
+        &mut self,
+        live: &mut dyn Iterator<Item = (RawFd, Token, Interest)>,
+    ) -> io::Result<()> {
+        self.inner.purge(live)
+    }
+}
