@@ -11,7 +11,7 @@ use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::{Duration, Instant};
 
-use muxloop::{BackendKind, Events, Interest, Ready, Selector};
+use muxloop::{BackendKind, Events, Interest, Ready};
 use util::*;
 
 const R: Interest = Interest::READABLE;

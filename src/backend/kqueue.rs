@@ -13,6 +13,10 @@
 //!   tolerates;
 //! * `EV_EOF` is reported as a hang-up, `EV_ERROR` as an error.
 
+// The kevent field types differ between the BSDs (NetBSD widens `filter` and
+// `flags` to u32), so the casts below are needed on some and no-ops on others.
+#![allow(clippy::unnecessary_cast)]
+
 use std::io;
 use std::os::fd::{OwnedFd, RawFd};
 use std::time::Duration;

@@ -37,9 +37,16 @@ pub fn pair() -> (UnixStream, UnixStream) {
 /// A non-blocking pipe: (read end, write end).
 pub fn pipe() -> (OwnedFd, OwnedFd) {
     let mut fds = [0; 2];
-    // SAFETY: `fds` has room for the two descriptors pipe2 writes.
-    let rc = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) };
-    assert_eq!(rc, 0, "pipe2: {}", io::Error::last_os_error());
+    // SAFETY: `fds` has room for the two descriptors pipe writes.
+    let rc = unsafe { libc::pipe(fds.as_mut_ptr()) };
+    assert_eq!(rc, 0, "pipe: {}", io::Error::last_os_error());
+    for fd in fds {
+        // SAFETY: fcntl on descriptors we just created; no memory involved.
+        unsafe {
+            libc::fcntl(fd, libc::F_SETFL, libc::O_NONBLOCK);
+            libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+        }
+    }
     // SAFETY: both descriptors were just created and are owned by nobody else.
     unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
 }
@@ -92,6 +99,7 @@ pub fn ready_fds<T>(sel: &mut Selector<T>) -> Vec<RawFd> {
 
 /// Raises the soft `RLIMIT_NOFILE` to the hard limit; returns the new soft
 /// limit.
+#[allow(clippy::unnecessary_cast)] // rlim_t is not u64 everywhere
 pub fn raise_fd_limit() -> u64 {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
@@ -121,8 +129,8 @@ pub fn dup_at_least(fd: RawFd, min: RawFd) -> OwnedFd {
 pub fn dup_onto(src: &impl AsRawFd, target: RawFd) {
     // SAFETY: dup2 touches no memory; `target` is owned by the caller, who
     // accepts that its old file is closed.
-    let rc = unsafe { libc::dup3(src.as_raw_fd(), target, libc::O_CLOEXEC) };
-    assert_eq!(rc, target, "dup3: {}", io::Error::last_os_error());
+    let rc = unsafe { libc::dup2(src.as_raw_fd(), target) };
+    assert_eq!(rc, target, "dup2: {}", io::Error::last_os_error());
 }
 
 /// Installs a no-op SIGUSR1 handler *without* `SA_RESTART`, so a blocking

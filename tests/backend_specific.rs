@@ -1,0 +1,174 @@
+//! Behaviour that only some backends have: select's FD_SETSIZE limit,
+//! epoll's refusal of regular files, and rollback when a backend fails.
+
+mod util;
+
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use muxloop::{Backend, BackendKind, Interest, Ready, Selector, Token};
+use util::*;
+
+#[test]
+fn select_refuses_fd_at_or_above_fd_setsize_at_register() {
+    raise_fd_limit();
+    let (a, _b) = pair();
+    let high = dup_at_least(a.as_raw_fd(), 1500);
+    let mut sel = selector::<()>(BackendKind::Select);
+    let err = sel
+        .register(high.as_raw_fd(), Interest::READABLE, ())
+        .unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+    assert!(err.to_string().contains("FD_SETSIZE"), "{err}");
+    assert!(sel.is_empty());
+    // Nothing half-registered: the selector keeps working.
+    sel.register(a.as_raw_fd(), Interest::WRITABLE, ()).unwrap();
+    assert_eq!(ready_fds(&mut sel), vec![a.as_raw_fd()]);
+}
+
+#[test]
+fn select_accepts_the_highest_fd_below_fd_setsize() {
+    raise_fd_limit();
+    let (a, _b) = pair();
+    let fd = dup_at_least(a.as_raw_fd(), 1000);
+    if fd.as_raw_fd() >= libc::FD_SETSIZE as RawFd {
+        return; // the test process is unusually crowded
+    }
+    let mut sel = selector::<()>(BackendKind::Select);
+    sel.register(fd.as_raw_fd(), Interest::WRITABLE, ())
+        .unwrap();
+    assert_eq!(ready_fds(&mut sel), vec![fd.as_raw_fd()]);
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn epoll_refuses_regular_file_and_rolls_back() {
+    let file = std::fs::File::open("Cargo.toml").unwrap();
+    let mut sel = selector::<&str>(BackendKind::Epoll);
+    let err = sel
+        .register(file.as_raw_fd(), Interest::READABLE, "file")
+        .unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EPERM), "{err}");
+    assert!(sel.is_empty());
+    assert!(sel.key(file.as_raw_fd()).is_none());
+    assert_eq!(
+        sel.unregister(file.as_raw_fd()).unwrap_err().kind(),
+        io::ErrorKind::NotFound
+    );
+}
+
+#[test]
+fn poll_and_select_accept_regular_files_as_always_ready() {
+    let file = std::fs::File::open("Cargo.toml").unwrap();
+    for kind in [BackendKind::Select, BackendKind::Poll] {
+        let mut sel = selector::<()>(kind);
+        sel.register(file.as_raw_fd(), Interest::READABLE, ())
+            .unwrap();
+        assert_eq!(ready_fds(&mut sel), vec![file.as_raw_fd()], "{kind}");
+    }
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn epoll_failed_modify_leaves_key_and_kernel_on_the_old_interest() {
+    let (a, _ab) = pair();
+    let fd = a.as_raw_fd();
+    let mut sel = selector::<&str>(BackendKind::Epoll);
+    sel.register(fd, Interest::WRITABLE, "old").unwrap();
+    // The number now names a file epoll does not watch: MOD fails.
+    let (pr, _pw) = pipe();
+    dup_onto(&pr, fd);
+    let err = sel.modify(fd, Interest::READABLE, "new").unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::ENOENT), "{err}");
+    let key = sel.key(fd).unwrap();
+    assert_eq!((key.interest(), *key.data()), (Interest::WRITABLE, "old"));
+    sel.unregister(fd).unwrap();
+}
+
+/// A backend wrapper that fails `add` / `modify` on demand, to check that a
+/// failure leaves no half-state in the selector.
+struct Failing {
+    inner: Box<dyn Backend>,
+    fail: Arc<AtomicBool>,
+}
+
+impl Backend for Failing {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+
+    fn add(&mut self, fd: RawFd, token: Token, interest: Interest) -> io::Result<()> {
+        if self.fail.load(Ordering::SeqCst) {
+            return Err(io::Error::from_raw_os_error(libc::ENOMEM));
+        }
+        self.inner.add(fd, token, interest)
+    }
+
+    fn modify(&mut self, fd: RawFd, token: Token, old: Interest, new: Interest) -> io::Result<()> {
+        if self.fail.load(Ordering::SeqCst) {
+            return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+        }
+        self.inner.modify(fd, token, old, new)
+    }
+
+    fn delete(&mut self, fd: RawFd, token: Token, interest: Interest) -> io::Result<()> {
+        self.inner.delete(fd, token, interest)
+    }
+
+    fn wait(
+        &mut self,
+        events: &mut Vec<(Token, Ready)>,
+        timeout: Option<Duration>,
+    ) -> io::Result<()> {
+        self.inner.wait(events, timeout)
+    }
+}
+
+#[test]
+fn failed_backend_calls_leave_no_half_state_on_any_backend() {
+    init_logging();
+    for &kind in BackendKind::available() {
+        let fail = Arc::new(AtomicBool::new(false));
+        let backend = Failing {
+            inner: kind.create().unwrap(),
+            fail: fail.clone(),
+        };
+        let mut sel = Selector::from_backend(Box::new(backend));
+        let (a, _ab) = pair();
+        let (c, _cb) = pair();
+        let fd = a.as_raw_fd();
+
+        fail.store(true, Ordering::SeqCst);
+        let err = sel.register(fd, Interest::WRITABLE, "a").unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::ENOMEM), "{kind}");
+        assert!(sel.is_empty() && sel.key(fd).is_none(), "{kind}");
+        fail.store(false, Ordering::SeqCst);
+        let token = sel.register(fd, Interest::WRITABLE, "a").unwrap().token();
+        sel.register(c.as_raw_fd(), Interest::READABLE, "c")
+            .unwrap();
+
+        fail.store(true, Ordering::SeqCst);
+        let err = sel.modify(fd, Interest::READABLE, "changed").unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::ENOSPC), "{kind}");
+        let key = sel.key(fd).unwrap();
+        assert_eq!(key.interest(), Interest::WRITABLE, "{kind}");
+        assert_eq!(*key.data(), "a", "{kind}");
+        assert_eq!(key.token(), token, "{kind}");
+        // Kernel and selector still agree: fd reported as writable.
+        assert_eq!(poll_now(&mut sel), vec![(fd, Ready::WRITABLE)], "{kind}");
+        fail.store(false, Ordering::SeqCst);
+        assert_eq!(sel.len(), 2);
+    }
+}
+
+#[test]
+fn unknown_backend_name_lists_what_is_available() {
+    let err = "iocp".parse::<BackendKind>().unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+    for kind in BackendKind::available() {
+        assert!(err.to_string().contains(kind.name()), "{err}");
+    }
+}
