@@ -20,3 +20,16 @@ pub use interest::Interest;
 pub use ready::Ready;
 pub use selector::{Selector, SelectorKey};
 pub use token::Token;
+
+/// The guides under `docs/` are compiled and run as doc-tests too.
+#[cfg(doctest)]
+#[doc = include_str!("../docs/writing-a-backend.md")]
+struct WritingABackend;
+
+#[cfg(doctest)]
+#[doc = include_str!("../docs/architecture.md")]
+struct Architecture;
+
+#[cfg(doctest)]
+#[doc = include_str!("../docs/backends.md")]
+struct Backends;

@@ -238,3 +238,128 @@ impl Backend for Counting {
         self.inner.purge(live)
     }
 }
+
+/// A tiny deterministic PRNG (xorshift64*) for test payloads.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+
+    pub fn bytes(&mut self, len: usize) -> Vec<u8> {
+        (0..len).map(|_| self.next() as u8).collect()
+    }
+}
+
+/// The path of a built example (`cargo test` builds every example).
+pub fn example_path(name: &str) -> std::path::PathBuf {
+    let mut dir = std::env::current_exe().expect("current_exe");
+    dir.pop(); // the test binary
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let path = dir.join("examples").join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo test` (which builds the examples) or `cargo build --examples`",
+        path.display()
+    );
+    path
+}
+
+/// A running example server; killed when dropped.
+pub struct ServerProcess {
+    pub child: std::process::Child,
+    pub addr: std::net::SocketAddr,
+    pub first_line: String,
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `cmd` (an example server), waits for its
+/// `listening on ADDR (backend NAME)` line and returns it running.
+pub fn start_server(mut cmd: std::process::Command) -> ServerProcess {
+    use std::io::BufRead;
+    cmd.stdout(std::process::Stdio::piped())
+        .stdin(std::process::Stdio::null());
+    let mut child = cmd.spawn().expect("spawn example");
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = std::io::BufReader::new(stdout);
+    let mut first_line = String::new();
+    lines.read_line(&mut first_line).expect("first line");
+    // Keep draining stdout so the server never blocks on a full pipe.
+    std::thread::spawn(move || {
+        let mut sink = String::new();
+        while lines.read_line(&mut sink).map(|n| n > 0).unwrap_or(false) {
+            sink.clear();
+        }
+    });
+    let addr = first_line
+        .strip_prefix("listening on ")
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected first line {first_line:?}"));
+    ServerProcess {
+        child,
+        addr,
+        first_line,
+    }
+}
+
+/// Connects `clients` blocking TCP clients to `addr` at once; each sends
+/// `rounds` random payloads (1..=max_len bytes) and checks every byte of the
+/// echo. Returns the number of bytes verified.
+pub fn echo_clients(
+    addr: std::net::SocketAddr,
+    clients: usize,
+    rounds: usize,
+    max_len: usize,
+) -> usize {
+    use std::net::TcpStream;
+    let streams: Vec<TcpStream> = (0..clients)
+        .map(|_| {
+            let s = TcpStream::connect(addr).expect("connect");
+            s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+            s.set_write_timeout(Some(Duration::from_secs(20))).unwrap();
+            s
+        })
+        .collect();
+    let handles: Vec<_> = streams
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut s)| {
+            std::thread::spawn(move || {
+                let mut rng = Rng::new(i as u64 + 1);
+                let mut total = 0;
+                for _ in 0..rounds {
+                    let len = 1 + rng.below(max_len as u64) as usize;
+                    let out = rng.bytes(len);
+                    s.write_all(&out).expect("send");
+                    let mut back = vec![0; len];
+                    s.read_exact(&mut back).expect("echo");
+                    assert!(back == out, "client {i}: echo differs");
+                    total += len;
+                }
+                total
+            })
+        })
+        .collect();
+    handles.into_iter().map(|h| h.join().expect("client")).sum()
+}
