@@ -8,17 +8,23 @@
 
 mod backend;
 mod event;
+mod event_loop;
 mod interest;
 mod ready;
 mod selector;
+mod signal;
 mod sys;
+mod timer;
 mod token;
+mod waker;
 
 pub use backend::{BACKEND_ENV, Backend, BackendKind};
 pub use event::{Event, Events};
+pub use event_loop::{EventLoop, LoopHandle, LoopStats, PostAction, SourceEvent, SourceId};
 pub use interest::Interest;
 pub use ready::Ready;
 pub use selector::{Selector, SelectorKey};
+pub use timer::TimerId;
 pub use token::Token;
 
 /// The guides under `docs/` are compiled and run as doc-tests too.

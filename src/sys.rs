@@ -306,3 +306,139 @@ pub(crate) fn kevent(
     unsafe { events.set_len(n as usize) };
     Ok(())
 }
+
+// ---------------------------------------------------------------------------
+// Wake-ups: eventfd on Linux, a self-pipe elsewhere.
+// ---------------------------------------------------------------------------
+
+/// A non-blocking, close-on-exec eventfd.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+pub(crate) fn eventfd() -> io::Result<OwnedFd> {
+    // SAFETY: no pointers involved.
+    let fd = syscall!(eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC))?;
+    Ok(owned(fd))
+}
+
+/// A non-blocking, close-on-exec pipe: (read end, write end).
+pub(crate) fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [-1; 2];
+    // SAFETY: `fds` has room for the two descriptors pipe(2) writes.
+    syscall!(pipe(fds.as_mut_ptr()))?;
+    let (r, w) = (owned(fds[0]), owned(fds[1]));
+    for fd in [&r, &w] {
+        // SAFETY: fcntl on descriptors we own; no memory involved.
+        syscall!(fcntl(fd.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK))?;
+        // SAFETY: as above.
+        syscall!(fcntl(fd.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC))?;
+    }
+    Ok((r, w))
+}
+
+/// write(2) of `buf` to `fd`.
+pub(crate) fn write(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
+    // SAFETY: the pointer and length describe a live slice.
+    let n = syscall!(write(fd, buf.as_ptr().cast(), buf.len()))?;
+    Ok(n as usize)
+}
+
+/// read(2) from `fd` into `buf`.
+pub(crate) fn read(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: the pointer and length describe a live, writable slice.
+    let n = syscall!(read(fd, buf.as_mut_ptr().cast(), buf.len()))?;
+    Ok(n as usize)
+}
+
+// ---------------------------------------------------------------------------
+// Signals: a process-wide handler that forwards the signal number as one
+// byte to the pipe of the loop that asked for it.
+// ---------------------------------------------------------------------------
+
+/// One more than the highest signal number muxloop accepts.
+pub(crate) const NSIG: usize = 65;
+
+/// Per signal: the write end of the pipe to forward it to, or -1.
+static SIGNAL_PIPES: [std::sync::atomic::AtomicI32; NSIG] =
+    [const { std::sync::atomic::AtomicI32::new(-1) }; NSIG];
+
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn errno_location() -> *mut libc::c_int {
+    // SAFETY: returns the calling thread's errno; always valid.
+    unsafe { libc::__errno_location() }
+}
+
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+fn errno_location() -> *mut libc::c_int {
+    // SAFETY: returns the calling thread's errno; always valid.
+    unsafe { libc::__error() }
+}
+
+extern "C" fn forward_signal(signum: libc::c_int) {
+    let Some(slot) = SIGNAL_PIPES.get(signum as usize) else {
+        return;
+    };
+    let fd = slot.load(std::sync::atomic::Ordering::Relaxed);
+    if fd < 0 {
+        return;
+    }
+    let byte = signum as u8;
+    let errno = errno_location();
+    // SAFETY: only async-signal-safe calls: reading and restoring errno
+    // (write may change it behind the interrupted code's back) and write(2)
+    // of one byte from the stack to a non-blocking pipe. A full pipe drops
+    // the byte, which is fine: one pending byte is enough to wake the loop.
+    unsafe {
+        let saved = *errno;
+        libc::write(fd, (&byte as *const u8).cast(), 1);
+        *errno = saved;
+    }
+}
+
+/// The disposition a signal had before muxloop took it over.
+pub(crate) struct SavedAction(libc::sigaction);
+
+// SAFETY: a sigaction is plain data (a handler address, flags and a mask);
+// it is only passed back to sigaction(2).
+unsafe impl Send for SavedAction {}
+
+/// Routes `signum` to `pipe_write` and returns the previous disposition.
+/// Fails with `AlreadyExists` if another loop already handles it.
+pub(crate) fn install_signal(signum: i32, pipe_write: RawFd) -> io::Result<SavedAction> {
+    let slot = &SIGNAL_PIPES[signum as usize];
+    if slot
+        .compare_exchange(
+            -1,
+            pipe_write,
+            std::sync::atomic::Ordering::SeqCst,
+            std::sync::atomic::Ordering::SeqCst,
+        )
+        .is_err()
+    {
+        return Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            format!("signal {signum} is already handled by another event loop"),
+        ));
+    }
+    // SAFETY: a zeroed sigaction is a valid value to fill in.
+    let mut new: libc::sigaction = unsafe { std::mem::zeroed() };
+    new.sa_sigaction = forward_signal as *const () as usize;
+    new.sa_flags = libc::SA_RESTART;
+    // SAFETY: `new.sa_mask` is a valid sigset_t to initialise.
+    unsafe { libc::sigemptyset(&mut new.sa_mask) };
+    // SAFETY: as above, for the slot sigaction(2) fills with the old action.
+    let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
+    // SAFETY: both pointers refer to live sigaction values.
+    if let Err(e) = syscall!(sigaction(signum, &new, &mut old)) {
+        slot.store(-1, std::sync::atomic::Ordering::SeqCst);
+        return Err(e);
+    }
+    Ok(SavedAction(old))
+}
+
+/// Restores the disposition saved by [`install_signal`] and stops
+/// forwarding `signum`.
+pub(crate) fn restore_signal(signum: i32, saved: &SavedAction) -> io::Result<()> {
+    // SAFETY: `saved.0` is the sigaction the kernel returned earlier.
+    let res = syscall!(sigaction(signum, &saved.0, std::ptr::null_mut()));
+    SIGNAL_PIPES[signum as usize].store(-1, std::sync::atomic::Ordering::SeqCst);
+    res.map(|_| ())
+}

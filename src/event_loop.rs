@@ -1,0 +1,882 @@
+//! The reactor: owns sources, dispatches readiness to callbacks, runs
+//! timers, deferred calls, cross-thread work and signals.
+
+use std::any::Any;
+use std::collections::VecDeque;
+use std::fmt;
+use std::io;
+use std::marker::PhantomData;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::signal::Signals;
+use crate::timer::{Timer, TimerId, Timers};
+use crate::waker::Waker;
+use crate::{BackendKind, Events, Interest, Ready, Selector, Token};
+
+/// What a callback wants done with its registration after it returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PostAction {
+    /// Keep it.
+    Continue,
+    /// Remove it: a source is unregistered and dropped (closing its fd); a
+    /// repeating timer is cancelled.
+    Remove,
+}
+
+/// Identifies a source registered with [`EventLoop::add`]. The type
+/// parameter is the source's type, so [`EventLoop::remove`] hands back
+/// exactly what was added.
+pub struct SourceId<Src> {
+    token: Token,
+    _source: PhantomData<fn() -> Src>,
+}
+
+impl<Src> SourceId<Src> {
+    fn new(token: Token) -> SourceId<Src> {
+        SourceId {
+            token,
+            _source: PhantomData,
+        }
+    }
+
+    /// The selector token of the registration (unique while it lives).
+    pub fn token(&self) -> Token {
+        self.token
+    }
+}
+
+impl<Src> Clone for SourceId<Src> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<Src> Copy for SourceId<Src> {}
+
+impl<Src> PartialEq for SourceId<Src> {
+    fn eq(&self, other: &Self) -> bool {
+        self.token == other.token
+    }
+}
+
+impl<Src> Eq for SourceId<Src> {}
+
+impl<Src> std::hash::Hash for SourceId<Src> {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.token.hash(state)
+    }
+}
+
+impl<Src> fmt::Debug for SourceId<Src> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SourceId({:?})", self.token)
+    }
+}
+
+/// What a source callback is told: which source fired and how.
+pub struct SourceEvent<Src> {
+    id: SourceId<Src>,
+    ready: Ready,
+}
+
+impl<Src> SourceEvent<Src> {
+    /// The source that fired (to modify or remove it).
+    pub fn id(&self) -> SourceId<Src> {
+        self.id
+    }
+
+    /// What is ready, masked by the source's interest.
+    pub fn ready(&self) -> Ready {
+        self.ready
+    }
+
+    /// Shorthand for `ready().is_readable()`.
+    pub fn is_readable(&self) -> bool {
+        self.ready.is_readable()
+    }
+
+    /// Shorthand for `ready().is_writable()`.
+    pub fn is_writable(&self) -> bool {
+        self.ready.is_writable()
+    }
+}
+
+/// Counters, readable with [`EventLoop::stats`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LoopStats {
+    /// Loop iterations (one `select` each).
+    pub iterations: u64,
+    /// Source callbacks run.
+    pub events_dispatched: u64,
+    /// Timer callbacks run.
+    pub timers_fired: u64,
+    /// Deferred calls run ([`EventLoop::call_soon`] and
+    /// [`LoopHandle::call_soon`]).
+    pub calls_run: u64,
+    /// Signal callbacks run.
+    pub signals_dispatched: u64,
+    /// Time spent waiting in `select`.
+    pub wait_time: Duration,
+    /// Time spent running callbacks of every kind.
+    pub callback_time: Duration,
+}
+
+type Call<S> = Box<dyn FnOnce(&mut EventLoop<S>, &mut S)>;
+type RemoteCall<S> = Box<dyn FnOnce(&mut EventLoop<S>, &mut S) + Send>;
+type Repeat<S> = Box<dyn FnMut(&mut EventLoop<S>, &mut S) -> PostAction>;
+type SignalCallback<S> = Box<dyn FnMut(&mut EventLoop<S>, &mut S)>;
+type Hook<S> = Box<dyn FnMut(&mut S)>;
+
+enum TimerCallback<S> {
+    Once(Call<S>),
+    Every(Repeat<S>),
+}
+
+/// A registered source with its callback, type-erased.
+trait Dispatch<S> {
+    fn dispatch(
+        &mut self,
+        lp: &mut EventLoop<S>,
+        token: Token,
+        ready: Ready,
+        state: &mut S,
+    ) -> PostAction;
+    fn source(&self) -> &dyn Any;
+    fn source_mut(&mut self) -> &mut dyn Any;
+    fn into_source(self: Box<Self>) -> Box<dyn Any>;
+}
+
+struct Entry<Src, F> {
+    source: Src,
+    callback: F,
+}
+
+impl<S, Src, F> Dispatch<S> for Entry<Src, F>
+where
+    Src: 'static,
+    F: FnMut(&mut EventLoop<S>, &mut Src, SourceEvent<Src>, &mut S) -> PostAction,
+{
+    fn dispatch(
+        &mut self,
+        lp: &mut EventLoop<S>,
+        token: Token,
+        ready: Ready,
+        state: &mut S,
+    ) -> PostAction {
+        let ev = SourceEvent {
+            id: SourceId::new(token),
+            ready,
+        };
+        (self.callback)(lp, &mut self.source, ev, state)
+    }
+
+    fn source(&self) -> &dyn Any {
+        &self.source
+    }
+
+    fn source_mut(&mut self) -> &mut dyn Any {
+        &mut self.source
+    }
+
+    fn into_source(self: Box<Self>) -> Box<dyn Any> {
+        Box::new(self.source)
+    }
+}
+
+/// What the loop's selector keys hold.
+enum Slot<S> {
+    /// A user source; `None` while its callback runs.
+    Source(Option<Box<dyn Dispatch<S>>>),
+    Waker,
+    Signals,
+}
+
+/// The part of the loop other threads can reach.
+struct Remote<S> {
+    queue: Mutex<Vec<RemoteCall<S>>>,
+    stop: AtomicBool,
+    alive: AtomicBool,
+    waker: Waker,
+}
+
+/// A single-threaded reactor: the `for key, mask in sel.select():
+/// key.data(key.fileobj, mask)` loop of Python's `selectors` example, as a
+/// type, plus timers, deferred calls, a thread-safe handle and signals.
+///
+/// `S` is the state every callback gets `&mut` access to, so callbacks need
+/// no `Rc<RefCell<…>>`: pass it to [`run`](EventLoop::run).
+///
+/// # Examples
+///
+/// ```
+/// use muxloop::{EventLoop, Interest, PostAction};
+/// use std::io::{Read, Write};
+/// use std::os::unix::net::UnixStream;
+/// use std::time::Duration;
+///
+/// let (a, mut b) = UnixStream::pair()?;
+/// a.set_nonblocking(true)?;
+/// let mut lp = EventLoop::<Vec<u8>>::new()?;
+/// lp.add(a, Interest::READABLE, |lp, sock, _ev, got| {
+///     let mut buf = [0; 64];
+///     let n = sock.read(&mut buf).unwrap_or(0);
+///     got.extend_from_slice(&buf[..n]);
+///     lp.stop();
+///     PostAction::Continue
+/// })?;
+/// lp.call_later(Duration::from_secs(5), |lp, _| lp.stop()); // a safety net
+/// b.write_all(b"hi")?;
+/// let mut received = Vec::new();
+/// lp.run(&mut received)?;
+/// assert_eq!(received, b"hi");
+/// # Ok::<(), std::io::Error>(())
+/// ```
+pub struct EventLoop<S = ()> {
+    selector: Selector<Slot<S>>,
+    events: Events,
+    timers: Timers<TimerCallback<S>>,
+    /// The repeating timer whose callback runs, and whether it was
+    /// cancelled meanwhile.
+    running_timer: Option<(TimerId, bool)>,
+    soon: VecDeque<Call<S>>,
+    remote: Arc<Remote<S>>,
+    signals: Option<Signals<SignalCallback<S>>>,
+    stopped: bool,
+    before_sleep: Option<Hook<S>>,
+    after_wake: Option<Hook<S>>,
+    stats: LoopStats,
+}
+
+fn busy(what: &str) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::ResourceBusy,
+        format!(
+            "{what} is running its callback: return PostAction::Remove, or use EventLoop::discard"
+        ),
+    )
+}
+
+fn unknown_source(token: Token) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::NotFound,
+        format!("source {token:?} is not registered (already removed?)"),
+    )
+}
+
+impl<S> EventLoop<S> {
+    /// A loop on the default backend (`MUXLOOP_BACKEND`, else the
+    /// platform's best).
+    ///
+    /// # Errors
+    ///
+    /// As [`Selector::new`]; the kernel refusing the wake-up fd.
+    pub fn new() -> io::Result<EventLoop<S>> {
+        Self::with_backend(BackendKind::from_env()?)
+    }
+
+    /// A loop on the given backend.
+    ///
+    /// # Errors
+    ///
+    /// As [`Selector::with_backend`]; the kernel refusing the wake-up fd.
+    pub fn with_backend(kind: BackendKind) -> io::Result<EventLoop<S>> {
+        Self::with_selector(Selector::with_backend(kind)?)
+    }
+
+    fn with_selector(mut selector: Selector<Slot<S>>) -> io::Result<EventLoop<S>> {
+        let waker = Waker::new()?;
+        selector.register(waker.fd(), Interest::READABLE, Slot::Waker)?;
+        log::debug!("loop=new backend={}", selector.backend_name());
+        Ok(EventLoop {
+            selector,
+            events: Events::with_capacity(256),
+            timers: Timers::new(),
+            running_timer: None,
+            soon: VecDeque::new(),
+            remote: Arc::new(Remote {
+                queue: Mutex::new(Vec::new()),
+                stop: AtomicBool::new(false),
+                alive: AtomicBool::new(true),
+                waker,
+            }),
+            signals: None,
+            stopped: false,
+            before_sleep: None,
+            after_wake: None,
+            stats: LoopStats::default(),
+        })
+    }
+
+    /// The backend's name.
+    pub fn backend_name(&self) -> &'static str {
+        self.selector.backend_name()
+    }
+
+    // --- sources -------------------------------------------------------------
+
+    /// Registers a non-blocking source (a socket, pipe, mio or std type —
+    /// anything with an fd) and the callback to run when it is ready. The
+    /// loop owns the source from now on, so it cannot be closed while
+    /// registered; [`remove`](EventLoop::remove) hands it back.
+    ///
+    /// The callback gets the loop (to add, modify or remove sources,
+    /// schedule timers, stop), the source, the [`SourceEvent`] and the
+    /// state, and says with its return value whether to keep the source.
+    ///
+    /// # Errors
+    ///
+    /// As [`Selector::register`] (e.g. `InvalidInput` for an fd the select
+    /// backend cannot watch). On error the source is dropped, which closes
+    /// it.
+    pub fn add<Src, F>(
+        &mut self,
+        source: Src,
+        interest: Interest,
+        callback: F,
+    ) -> io::Result<SourceId<Src>>
+    where
+        Src: AsRawFd + 'static,
+        F: FnMut(&mut EventLoop<S>, &mut Src, SourceEvent<Src>, &mut S) -> PostAction + 'static,
+    {
+        let fd = source.as_raw_fd();
+        let entry: Box<dyn Dispatch<S>> = Box::new(Entry { source, callback });
+        let key = self
+            .selector
+            .register(fd, interest, Slot::Source(Some(entry)))?;
+        log::trace!("loop=add fd={fd} interest={interest:?}");
+        Ok(SourceId::new(key.token()))
+    }
+
+    fn source_fd(&self, token: Token) -> io::Result<RawFd> {
+        match self.selector.key_by_token(token) {
+            Some(key) if matches!(key.data(), Slot::Source(_)) => Ok(key.fd()),
+            _ => Err(unknown_source(token)),
+        }
+    }
+
+    /// Changes what a source waits for. Allowed inside any callback,
+    /// including the source's own.
+    ///
+    /// # Errors
+    ///
+    /// `NotFound` if the source was removed; as [`Selector::modify`].
+    pub fn modify<Src>(&mut self, id: SourceId<Src>, interest: Interest) -> io::Result<()> {
+        let fd = self.source_fd(id.token)?;
+        self.selector.set_interest(fd, interest)?;
+        Ok(())
+    }
+
+    /// The interest a source is registered with.
+    pub fn interest<Src>(&self, id: SourceId<Src>) -> Option<Interest> {
+        self.source_fd(id.token).ok()?;
+        self.selector.key_by_token(id.token).map(|k| k.interest())
+    }
+
+    /// Unregisters a source and hands it back. Takes effect at once: no
+    /// event collected earlier in this iteration reaches it, nor a new
+    /// source that reuses its fd number.
+    ///
+    /// # Errors
+    ///
+    /// `NotFound` if already removed; `ResourceBusy` for the source whose
+    /// callback is running (it holds the source: return
+    /// [`PostAction::Remove`] or call [`discard`](EventLoop::discard)).
+    pub fn remove<Src: 'static>(&mut self, id: SourceId<Src>) -> io::Result<Src> {
+        let fd = self.source_fd(id.token)?;
+        if matches!(
+            self.selector.key(fd).map(|k| k.data()),
+            Some(Slot::Source(None))
+        ) {
+            return Err(busy("the source"));
+        }
+        let key = self.selector.unregister(fd)?;
+        log::trace!("loop=remove fd={fd}");
+        match key.into_data() {
+            Slot::Source(Some(entry)) => entry
+                .into_source()
+                .downcast::<Src>()
+                .map(|b| *b)
+                .map_err(|_| io::Error::other("source id of another type")),
+            _ => Err(unknown_source(id.token)),
+        }
+    }
+
+    /// Unregisters a source and drops it (closing its fd). Works for any
+    /// source, including the one whose callback is running: it is
+    /// unregistered at once and dropped when its callback returns.
+    ///
+    /// # Errors
+    ///
+    /// `NotFound` if already removed.
+    pub fn discard<Src>(&mut self, id: SourceId<Src>) -> io::Result<()> {
+        let fd = self.source_fd(id.token)?;
+        drop(self.selector.unregister(fd)?);
+        log::trace!("loop=discard fd={fd}");
+        Ok(())
+    }
+
+    /// The source, unless removed or running its callback (which has it).
+    pub fn source<Src: 'static>(&self, id: SourceId<Src>) -> Option<&Src> {
+        match self.selector.key_by_token(id.token)?.data() {
+            Slot::Source(Some(entry)) => entry.source().downcast_ref(),
+            _ => None,
+        }
+    }
+
+    /// The source, mutably; as [`source`](EventLoop::source).
+    pub fn source_mut<Src: 'static>(&mut self, id: SourceId<Src>) -> Option<&mut Src> {
+        match self.selector.key_by_token_mut(id.token)?.data_mut() {
+            Slot::Source(Some(entry)) => entry.source_mut().downcast_mut(),
+            _ => None,
+        }
+    }
+
+    /// How many sources are registered (the loop's own wake-up and signal
+    /// fds not counted).
+    pub fn source_count(&self) -> usize {
+        self.selector
+            .keys()
+            .filter(|k| matches!(k.data(), Slot::Source(_)))
+            .count()
+    }
+
+    // --- timers and deferred calls -------------------------------------------
+
+    /// Runs `callback` once, `delay` from now (never earlier).
+    pub fn call_later<F>(&mut self, delay: Duration, callback: F) -> TimerId
+    where
+        F: FnOnce(&mut EventLoop<S>, &mut S) + 'static,
+    {
+        let now = Instant::now();
+        let at = now.checked_add(delay).unwrap_or_else(|| far_future(now));
+        self.call_at(at, callback)
+    }
+
+    /// Runs `callback` once at `deadline` (never earlier). Timers due at the
+    /// same instant run in the order they were scheduled.
+    pub fn call_at<F>(&mut self, deadline: Instant, callback: F) -> TimerId
+    where
+        F: FnOnce(&mut EventLoop<S>, &mut S) + 'static,
+    {
+        self.timers
+            .insert(deadline, None, TimerCallback::Once(Box::new(callback)))
+    }
+
+    /// Runs `callback` every `interval`, first `interval` from now, until it
+    /// returns [`PostAction::Remove`] or is cancelled. A late loop does not
+    /// fire a burst of missed runs: the next run is one interval after the
+    /// late one. A zero interval runs once per loop iteration.
+    pub fn call_every<F>(&mut self, interval: Duration, callback: F) -> TimerId
+    where
+        F: FnMut(&mut EventLoop<S>, &mut S) -> PostAction + 'static,
+    {
+        let now = Instant::now();
+        let at = now.checked_add(interval).unwrap_or_else(|| far_future(now));
+        self.timers
+            .insert(at, Some(interval), TimerCallback::Every(Box::new(callback)))
+    }
+
+    /// Cancels a timer; returns whether it was pending. Cancelling a
+    /// repeating timer from its own callback stops it too.
+    pub fn cancel(&mut self, id: TimerId) -> bool {
+        if let Some((running, cancelled)) = &mut self.running_timer {
+            if *running == id {
+                let was = !*cancelled;
+                *cancelled = true;
+                return was;
+            }
+        }
+        self.timers.cancel(id)
+    }
+
+    /// How many timers are pending.
+    pub fn timer_count(&self) -> usize {
+        self.timers.len()
+    }
+
+    /// Runs `callback` on the next iteration, before the loop sleeps again.
+    pub fn call_soon<F>(&mut self, callback: F)
+    where
+        F: FnOnce(&mut EventLoop<S>, &mut S) + 'static,
+    {
+        self.soon.push_back(Box::new(callback));
+    }
+
+    /// A handle other threads can use to queue work and stop the loop.
+    pub fn handle(&self) -> LoopHandle<S> {
+        LoopHandle {
+            remote: self.remote.clone(),
+        }
+    }
+
+    // --- signals -------------------------------------------------------------
+
+    /// Runs `callback` in loop context whenever the process receives
+    /// `signum` (e.g. `libc::SIGINT`). Replaces an earlier callback for the
+    /// same signal. Signals arriving together are coalesced, as the kernel
+    /// does.
+    ///
+    /// # Errors
+    ///
+    /// `InvalidInput` for SIGKILL, SIGSTOP and numbers that are not
+    /// signals; `AlreadyExists` if another loop in this process handles the
+    /// signal.
+    pub fn add_signal<F>(&mut self, signum: i32, callback: F) -> io::Result<()>
+    where
+        F: FnMut(&mut EventLoop<S>, &mut S) + 'static,
+    {
+        crate::signal::validate(signum)?;
+        if self.signals.is_none() {
+            let signals = Signals::new()?;
+            self.selector
+                .register(signals.fd(), Interest::READABLE, Slot::Signals)?;
+            self.signals = Some(signals);
+        }
+        let signals = self.signals.as_mut().expect("created above");
+        signals.add(signum, Box::new(callback))
+    }
+
+    /// Stops handling `signum` and restores the disposition it had before
+    /// [`add_signal`](EventLoop::add_signal). Returns whether it was
+    /// handled.
+    ///
+    /// # Errors
+    ///
+    /// `InvalidInput` for a number that is not a signal; the kernel's
+    /// error restoring the old disposition.
+    pub fn remove_signal(&mut self, signum: i32) -> io::Result<bool> {
+        crate::signal::validate(signum)?;
+        let Some(signals) = self.signals.as_mut() else {
+            return Ok(false);
+        };
+        signals.remove(signum)
+    }
+
+    // --- running -------------------------------------------------------------
+
+    /// Sets a hook run just before the loop waits in `select`.
+    pub fn set_before_sleep<F: FnMut(&mut S) + 'static>(&mut self, hook: F) {
+        self.before_sleep = Some(Box::new(hook));
+    }
+
+    /// Sets a hook run just after `select` returns.
+    pub fn set_after_wake<F: FnMut(&mut S) + 'static>(&mut self, hook: F) {
+        self.after_wake = Some(Box::new(hook));
+    }
+
+    /// Counters since the loop was created.
+    pub fn stats(&self) -> LoopStats {
+        self.stats
+    }
+
+    /// Makes [`run`](EventLoop::run) return after the current iteration.
+    pub fn stop(&mut self) {
+        self.stopped = true;
+    }
+
+    /// Whether [`stop`](EventLoop::stop) was called since `run` started.
+    pub fn is_stopped(&self) -> bool {
+        self.stopped
+    }
+
+    /// Runs iterations until [`stop`](EventLoop::stop) (or
+    /// [`LoopHandle::stop`]).
+    ///
+    /// # Errors
+    ///
+    /// The selector's error; the loop can be run again afterwards.
+    pub fn run(&mut self, state: &mut S) -> io::Result<()> {
+        self.stopped = false;
+        log::debug!("loop=run backend={}", self.backend_name());
+        while !self.stopped {
+            self.iterate(None, state)?;
+        }
+        log::debug!("loop=stopped");
+        Ok(())
+    }
+
+    /// Runs one iteration: waits at most `timeout` (less if a timer is due
+    /// or a call is queued; `None` = as long as it takes), then runs what
+    /// became ready, due timers and queued calls.
+    ///
+    /// # Errors
+    ///
+    /// The selector's error.
+    pub fn run_once(&mut self, timeout: Option<Duration>, state: &mut S) -> io::Result<()> {
+        self.iterate(timeout, state)
+    }
+
+    fn iterate(&mut self, cap: Option<Duration>, state: &mut S) -> io::Result<()> {
+        let now = Instant::now();
+        let timeout = if !self.soon.is_empty() || self.stopped {
+            Some(Duration::ZERO)
+        } else {
+            match self.timers.next_deadline() {
+                Some(deadline) => {
+                    let until = deadline.saturating_duration_since(now);
+                    Some(cap.map_or(until, |c| c.min(until)))
+                }
+                None => cap,
+            }
+        };
+        if let Some(hook) = self.before_sleep.as_mut() {
+            hook(state);
+        }
+        let mut events = std::mem::take(&mut self.events);
+        let waited = Instant::now();
+        let res = self.selector.select(&mut events, timeout);
+        let woke = Instant::now();
+        self.stats.wait_time += woke - waited;
+        if let Some(hook) = self.after_wake.as_mut() {
+            hook(state);
+        }
+        if let Err(e) = res {
+            self.events = events;
+            return Err(e);
+        }
+        log::trace!("loop=iterate events={} timeout={timeout:?}", events.len());
+        for ev in events.iter() {
+            self.dispatch(ev.token(), ev.ready(), state);
+        }
+        self.events = events;
+        self.run_timers(state);
+        self.run_soon(state);
+        self.stats.iterations += 1;
+        self.stats.callback_time += woke.elapsed();
+        Ok(())
+    }
+
+    fn dispatch(&mut self, token: Token, ready: Ready, state: &mut S) {
+        // Gone already: removed by an earlier callback of this iteration.
+        let Some(key) = self.selector.key_by_token_mut(token) else {
+            return;
+        };
+        let entry = match key.data_mut() {
+            Slot::Source(entry) => entry.take(),
+            Slot::Waker => return self.run_remote(state),
+            Slot::Signals => return self.run_signals(state),
+        };
+        let Some(mut entry) = entry else { return };
+        self.stats.events_dispatched += 1;
+        let action = entry.dispatch(self, token, ready, state);
+        match self.selector.key_by_token_mut(token) {
+            Some(key) if action == PostAction::Continue => {
+                *key.data_mut() = Slot::Source(Some(entry));
+            }
+            Some(key) => {
+                let fd = key.fd();
+                log::trace!("loop=remove fd={fd} by=callback");
+                let _ = self.selector.unregister(fd);
+            }
+            // Discarded by its own callback: drop it now.
+            None => {}
+        }
+    }
+
+    fn run_timers(&mut self, state: &mut S) {
+        let now = Instant::now();
+        let mut rearm = Vec::new();
+        while let Some((id, timer)) = self.timers.pop_expired(now) {
+            self.stats.timers_fired += 1;
+            let Timer {
+                deadline,
+                interval,
+                callback,
+                ..
+            } = timer;
+            match callback {
+                TimerCallback::Once(cb) => cb(self, state),
+                TimerCallback::Every(mut cb) => {
+                    self.running_timer = Some((id, false));
+                    let action = cb(self, state);
+                    let (_, cancelled) = self.running_timer.take().expect("set above");
+                    if action == PostAction::Continue && !cancelled {
+                        let interval = interval.unwrap_or_default();
+                        let mut next = deadline + interval;
+                        if next <= now {
+                            next = now + interval;
+                        }
+                        rearm.push((id, next, interval, cb));
+                    }
+                }
+            }
+        }
+        // Re-armed after the pass, so a short interval cannot starve the
+        // loop by firing again within the same pass.
+        for (id, next, interval, cb) in rearm {
+            self.timers.schedule(
+                id,
+                Timer::new(next, Some(interval), TimerCallback::Every(cb)),
+            );
+        }
+    }
+
+    fn run_soon(&mut self, state: &mut S) {
+        // Only what was queued before this pass: calls queued now run on the
+        // next iteration.
+        for _ in 0..self.soon.len() {
+            let Some(call) = self.soon.pop_front() else {
+                break;
+            };
+            self.stats.calls_run += 1;
+            call(self, state);
+        }
+    }
+
+    fn run_remote(&mut self, state: &mut S) {
+        self.remote.waker.reset();
+        if self.remote.stop.swap(false, Ordering::AcqRel) {
+            self.stopped = true;
+        }
+        let calls =
+            std::mem::take(&mut *self.remote.queue.lock().unwrap_or_else(|e| e.into_inner()));
+        for call in calls {
+            self.stats.calls_run += 1;
+            call(self, state);
+        }
+    }
+
+    fn run_signals(&mut self, state: &mut S) {
+        let mut pending = Vec::new();
+        if let Some(signals) = self.signals.as_ref() {
+            signals.drain(&mut pending);
+        }
+        for signum in pending {
+            let Some(mut cb) = self.signals.as_mut().and_then(|s| s.take(signum)) else {
+                continue;
+            };
+            log::debug!("loop=signal signum={signum}");
+            self.stats.signals_dispatched += 1;
+            cb(self, state);
+            if let Some(signals) = self.signals.as_mut() {
+                signals.put_back(signum, cb);
+            }
+        }
+    }
+}
+
+fn far_future(now: Instant) -> Instant {
+    // About 30 years: as good as never, and safe to add to.
+    now + Duration::from_secs(30 * 365 * 86_400)
+}
+
+impl<S> Drop for EventLoop<S> {
+    fn drop(&mut self) {
+        self.remote.alive.store(false, Ordering::Release);
+        log::debug!("loop=drop");
+    }
+}
+
+impl<S> fmt::Debug for EventLoop<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EventLoop")
+            .field("backend", &self.backend_name())
+            .field("sources", &self.source_count())
+            .field("timers", &self.timers.len())
+            .field("stats", &self.stats)
+            .finish()
+    }
+}
+
+/// A thread-safe handle to an [`EventLoop`]: queue work for it and stop it
+/// from any thread. `Send + Sync + Clone`, whatever the loop's state type.
+///
+/// Wake-ups are coalesced: however many calls are queued before the loop
+/// gets to them, it is woken once (an eventfd on Linux, a self-pipe
+/// elsewhere), and works on every backend.
+///
+/// # Examples
+///
+/// ```
+/// use muxloop::EventLoop;
+///
+/// let mut lp = EventLoop::<u32>::new()?;
+/// let handle = lp.handle();
+/// let worker = std::thread::spawn(move || {
+///     handle.call_soon(|lp, n| {
+///         *n += 1;
+///         lp.stop();
+///     }).unwrap();
+/// });
+/// let mut n = 0;
+/// lp.run(&mut n)?; // blocks with no timeout until the worker's call
+/// worker.join().unwrap();
+/// assert_eq!(n, 1);
+/// # Ok::<(), std::io::Error>(())
+/// ```
+pub struct LoopHandle<S> {
+    remote: Arc<Remote<S>>,
+}
+
+impl<S> LoopHandle<S> {
+    fn check_alive(&self) -> io::Result<()> {
+        if self.remote.alive.load(Ordering::Acquire) {
+            Ok(())
+        } else {
+            Err(io::Error::new(
+                io::ErrorKind::NotConnected,
+                "the event loop was dropped",
+            ))
+        }
+    }
+
+    /// Queues `callback` to run on the loop's thread, in loop context, and
+    /// wakes the loop (Python's `call_soon_threadsafe`).
+    ///
+    /// # Errors
+    ///
+    /// `NotConnected` if the loop was dropped; the kernel's error waking it.
+    pub fn call_soon<F>(&self, callback: F) -> io::Result<()>
+    where
+        F: FnOnce(&mut EventLoop<S>, &mut S) + Send + 'static,
+    {
+        self.check_alive()?;
+        self.remote
+            .queue
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Box::new(callback));
+        self.remote.waker.wake()
+    }
+
+    /// Makes the loop's `run` return after its current iteration.
+    ///
+    /// # Errors
+    ///
+    /// As [`call_soon`](LoopHandle::call_soon).
+    pub fn stop(&self) -> io::Result<()> {
+        self.check_alive()?;
+        self.remote.stop.store(true, Ordering::Release);
+        self.remote.waker.wake()
+    }
+
+    /// Wakes the loop without queuing anything (its iteration ends early,
+    /// e.g. to re-evaluate timers).
+    ///
+    /// # Errors
+    ///
+    /// As [`call_soon`](LoopHandle::call_soon).
+    pub fn wake(&self) -> io::Result<()> {
+        self.check_alive()?;
+        self.remote.waker.wake()
+    }
+}
+
+impl<S> Clone for LoopHandle<S> {
+    fn clone(&self) -> Self {
+        LoopHandle {
+            remote: self.remote.clone(),
+        }
+    }
+}
+
+impl<S> fmt::Debug for LoopHandle<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LoopHandle")
+            .field("alive", &self.remote.alive.load(Ordering::Relaxed))
+            .finish()
+    }
+}

@@ -1,0 +1,560 @@
+//! EventLoop behaviour, written once and run on every backend: dispatch,
+//! removal inside callbacks, stale-event protection with fd reuse, stop,
+//! run_once, timers, call_soon and the cross-thread handle.
+
+mod util;
+
+use std::cell::RefCell;
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
+use std::os::unix::net::UnixStream;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use muxloop::{BackendKind, EventLoop, Interest, LoopHandle, PostAction};
+use util::*;
+
+fn new_loop<S>(kind: BackendKind) -> EventLoop<S> {
+    init_logging();
+    EventLoop::with_backend(kind).expect("event loop")
+}
+
+/// Stops the loop after `secs` whatever happens, so a broken test fails
+/// instead of hanging.
+fn safety_net<S: 'static>(lp: &mut EventLoop<S>, secs: u64) -> muxloop::TimerId {
+    lp.call_later(Duration::from_secs(secs), |lp, _| lp.stop())
+}
+
+mod cases {
+    use super::*;
+
+    // --- sources ---------------------------------------------------------------
+
+    pub fn readable_source_runs_its_callback_with_state(kind: BackendKind) {
+        let (a, mut b) = pair();
+        let mut lp = new_loop::<Vec<u8>>(kind);
+        lp.add(a, Interest::READABLE, |lp, sock, ev, got| {
+            assert!(ev.is_readable());
+            let mut buf = [0; 16];
+            let n = sock.read(&mut buf).unwrap();
+            got.extend_from_slice(&buf[..n]);
+            lp.stop();
+            PostAction::Continue
+        })
+        .unwrap();
+        safety_net(&mut lp, 5);
+        b.write_all(b"hello").unwrap();
+        let mut got = Vec::new();
+        lp.run(&mut got).unwrap();
+        assert_eq!(got, b"hello");
+        assert_eq!(lp.source_count(), 1);
+        assert_eq!(lp.stats().events_dispatched, 1);
+    }
+
+    pub fn post_action_remove_drops_and_closes_the_source(kind: BackendKind) {
+        let (a, mut b) = pair();
+        let mut lp = new_loop::<u32>(kind);
+        lp.add(a, Interest::READABLE, |_, sock, _, calls| {
+            *calls += 1;
+            drain(sock);
+            PostAction::Remove
+        })
+        .unwrap();
+        b.write_all(b"x").unwrap();
+        let mut calls = 0;
+        for _ in 0..3 {
+            lp.run_once(Some(Duration::from_millis(20)), &mut calls)
+                .unwrap();
+            b.write_all(b"y").ok();
+        }
+        assert_eq!(calls, 1);
+        assert_eq!(lp.source_count(), 0);
+        // The loop dropped `a`: its peer sees EOF.
+        b.set_nonblocking(false).unwrap();
+        b.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        assert_eq!(b.read(&mut [0; 8]).unwrap(), 0);
+    }
+
+    pub fn remove_hands_the_source_back_open(kind: BackendKind) {
+        let (a, mut b) = pair();
+        let fd = a.as_raw_fd();
+        let mut lp = new_loop::<()>(kind);
+        let id = lp
+            .add(a, Interest::READABLE, |_, _, _, _| PostAction::Continue)
+            .unwrap();
+        assert_eq!(lp.source(id).unwrap().as_raw_fd(), fd);
+        let mut a = lp.remove(id).unwrap();
+        assert_eq!(a.as_raw_fd(), fd);
+        assert!(lp.remove(id).is_err(), "removed twice");
+        assert!(lp.source(id).is_none());
+        b.write_all(b"ok").unwrap();
+        let mut buf = [0; 2];
+        a.set_nonblocking(false).unwrap();
+        a.read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"ok");
+    }
+
+    pub fn removal_by_an_earlier_callback_suppresses_a_collected_event(kind: BackendKind) {
+        let (a, mut ab) = pair();
+        let (c, mut cb) = pair();
+        let mut lp = new_loop::<Vec<&'static str>>(kind);
+        let ids: Rc<RefCell<Vec<muxloop::SourceId<UnixStream>>>> = Rc::default();
+        for (sock, name) in [(a, "a"), (c, "c")] {
+            let ids2 = ids.clone();
+            let id = lp
+                .add(sock, Interest::READABLE, move |lp, _, ev, log| {
+                    log.push(name);
+                    // Remove every other source.
+                    for &other in ids2.borrow().iter() {
+                        if other != ev.id() {
+                            let _ = lp.remove(other);
+                        }
+                    }
+                    PostAction::Continue
+                })
+                .unwrap();
+            ids.borrow_mut().push(id);
+        }
+        ab.write_all(b"x").unwrap();
+        cb.write_all(b"x").unwrap();
+        std::thread::sleep(Duration::from_millis(10));
+        let mut log = Vec::new();
+        lp.run_once(Some(Duration::from_secs(1)), &mut log).unwrap();
+        assert_eq!(
+            log.len(),
+            1,
+            "both were ready; the second was removed: {log:?}"
+        );
+        assert_eq!(lp.source_count(), 1);
+    }
+
+    pub fn stale_event_never_reaches_a_new_source_on_the_same_fd(kind: BackendKind) {
+        let (a, mut ab) = pair();
+        let (b, mut bb) = pair();
+        let b_fd = b.as_raw_fd();
+        let mut lp = new_loop::<Vec<String>>(kind);
+        let b_id = Rc::new(RefCell::new(None));
+        let b_id2 = b_id.clone();
+        lp.add(a, Interest::READABLE, move |lp, _, _, log| {
+            log.push("a".into());
+            // Remove b (its event is already collected) and put a fresh,
+            // idle socket on the very same fd number.
+            let Some(id) = b_id2.borrow_mut().take() else {
+                return PostAction::Continue;
+            };
+            let old: UnixStream = lp.remove(id).unwrap();
+            let (fresh, _keep) = pair();
+            let raw = old.into_raw_fd();
+            dup_onto(&fresh, raw);
+            // SAFETY: `raw` is open (dup_onto made it a copy of `fresh`)
+            // and owned by nobody else since `into_raw_fd`.
+            let reused = unsafe { UnixStream::from_raw_fd(raw) };
+            std::mem::forget(_keep);
+            lp.add(
+                reused,
+                Interest::READABLE,
+                |_, _, _, log: &mut Vec<String>| {
+                    log.push("reused".into());
+                    PostAction::Continue
+                },
+            )
+            .unwrap();
+            PostAction::Continue
+        })
+        .unwrap();
+        let id = lp
+            .add(b, Interest::READABLE, |_, _, _, log| {
+                log.push("b".into());
+                PostAction::Continue
+            })
+            .unwrap();
+        *b_id.borrow_mut() = Some(id);
+        bb.write_all(b"x").unwrap();
+        ab.write_all(b"x").unwrap();
+        std::thread::sleep(Duration::from_millis(10));
+        let mut log = Vec::new();
+        lp.run_once(Some(Duration::from_secs(1)), &mut log).unwrap();
+        // Order of a and b within the batch is the kernel's; if a ran
+        // first, b's event must be dropped and "reused" must not run.
+        assert!(!log.contains(&"reused".to_string()), "{log:?}");
+        if log[0] == "a" {
+            assert_eq!(log, vec!["a"], "stale event delivered");
+        }
+        let _ = b_fd;
+    }
+
+    pub fn own_removal_is_busy_but_discard_works(kind: BackendKind) {
+        let (a, mut b) = pair();
+        let mut lp = new_loop::<Vec<String>>(kind);
+        lp.add(a, Interest::READABLE, |lp, sock, ev, log| {
+            drain(sock);
+            let err = lp.remove(ev.id()).unwrap_err();
+            log.push(format!("{:?}", err.kind()));
+            lp.discard(ev.id()).unwrap();
+            assert!(lp.discard(ev.id()).is_err());
+            PostAction::Continue
+        })
+        .unwrap();
+        b.write_all(b"x").unwrap();
+        let mut log = Vec::new();
+        lp.run_once(Some(Duration::from_secs(1)), &mut log).unwrap();
+        assert_eq!(log, vec!["ResourceBusy"]);
+        assert_eq!(lp.source_count(), 0);
+        b.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        b.set_nonblocking(false).unwrap();
+        assert_eq!(b.read(&mut [0; 4]).unwrap(), 0, "discarded source closed");
+    }
+
+    pub fn modify_inside_callback_switches_interest(kind: BackendKind) {
+        let (a, mut b) = pair();
+        let mut lp = new_loop::<Vec<&'static str>>(kind);
+        lp.add(a, Interest::READABLE, |lp, sock, ev, log| {
+            if ev.is_readable() {
+                drain(sock);
+                log.push("read");
+                lp.modify(ev.id(), Interest::WRITABLE).unwrap();
+            } else {
+                log.push("write");
+                lp.stop();
+            }
+            PostAction::Continue
+        })
+        .unwrap();
+        safety_net(&mut lp, 5);
+        b.write_all(b"x").unwrap();
+        let mut log = Vec::new();
+        lp.run(&mut log).unwrap();
+        assert_eq!(log, vec!["read", "write"]);
+    }
+
+    pub fn run_once_returns_after_its_timeout(kind: BackendKind) {
+        let mut lp = new_loop::<()>(kind);
+        let t = Instant::now();
+        lp.run_once(Some(Duration::from_millis(30)), &mut ())
+            .unwrap();
+        let took = t.elapsed();
+        assert!(took >= Duration::from_millis(30), "{took:?}");
+        assert!(took < Duration::from_secs(3), "{took:?}");
+        assert_eq!(lp.stats().iterations, 1);
+    }
+
+    pub fn hooks_run_around_the_wait(kind: BackendKind) {
+        let mut lp = new_loop::<Vec<&'static str>>(kind);
+        lp.set_before_sleep(|log| log.push("before"));
+        lp.set_after_wake(|log| log.push("after"));
+        lp.call_soon(|_, log| log.push("soon"));
+        let mut log = Vec::new();
+        lp.run_once(Some(Duration::ZERO), &mut log).unwrap();
+        assert_eq!(log, vec!["before", "after", "soon"]);
+    }
+
+    pub fn call_soon_runs_on_the_next_iteration_in_order(kind: BackendKind) {
+        let mut lp = new_loop::<Vec<u32>>(kind);
+        lp.call_soon(|lp, log| {
+            log.push(1);
+            lp.call_soon(|_, log| log.push(3));
+        });
+        lp.call_soon(|_, log| log.push(2));
+        let mut log = Vec::new();
+        lp.run_once(Some(Duration::from_secs(5)), &mut log).unwrap();
+        assert_eq!(log, vec![1, 2]);
+        let t = Instant::now();
+        lp.run_once(Some(Duration::from_secs(5)), &mut log).unwrap();
+        assert_eq!(log, vec![1, 2, 3]);
+        assert!(
+            t.elapsed() < Duration::from_secs(2),
+            "queued call did not shorten the wait"
+        );
+        assert_eq!(lp.stats().calls_run, 3);
+    }
+
+    // --- timers ----------------------------------------------------------------
+
+    pub fn timer_never_fires_early(kind: BackendKind) {
+        let mut lp = new_loop::<Vec<Duration>>(kind);
+        let t0 = Instant::now();
+        for ms in [5u64, 25, 50] {
+            lp.call_later(Duration::from_millis(ms), move |lp, fired| {
+                let at = t0.elapsed();
+                assert!(
+                    at >= Duration::from_millis(ms),
+                    "{ms} ms timer fired at {at:?}"
+                );
+                fired.push(at);
+                if fired.len() == 3 {
+                    lp.stop();
+                }
+            });
+        }
+        safety_net(&mut lp, 10);
+        let mut fired = Vec::new();
+        lp.run(&mut fired).unwrap();
+        assert_eq!(fired.len(), 3);
+        assert!(fired[2] < Duration::from_secs(5));
+        assert_eq!(lp.stats().timers_fired, 3);
+    }
+
+    pub fn timers_due_together_fire_in_scheduling_order(kind: BackendKind) {
+        let mut lp = new_loop::<Vec<u32>>(kind);
+        let at = Instant::now() + Duration::from_millis(10);
+        for i in 0..20 {
+            lp.call_at(at, move |_, log| log.push(i));
+        }
+        let mut log = Vec::new();
+        while log.len() < 20 {
+            lp.run_once(Some(Duration::from_secs(1)), &mut log).unwrap();
+        }
+        assert_eq!(log, (0..20).collect::<Vec<_>>());
+    }
+
+    pub fn cancelled_timer_never_fires(kind: BackendKind) {
+        let mut lp = new_loop::<Vec<&'static str>>(kind);
+        let a = lp.call_later(Duration::from_millis(5), |_, log| log.push("cancelled"));
+        lp.call_later(Duration::from_millis(20), |lp, log| {
+            log.push("kept");
+            lp.stop();
+        });
+        assert!(lp.cancel(a));
+        assert!(!lp.cancel(a));
+        safety_net(&mut lp, 5);
+        let mut log = Vec::new();
+        lp.run(&mut log).unwrap();
+        assert_eq!(log, vec!["kept"]);
+    }
+
+    pub fn repeating_timer_repeats_until_it_says_remove(kind: BackendKind) {
+        let mut lp = new_loop::<Vec<Instant>>(kind);
+        let start = Instant::now();
+        lp.call_every(Duration::from_millis(10), |lp, ticks| {
+            ticks.push(Instant::now());
+            if ticks.len() == 5 {
+                lp.call_later(Duration::from_millis(40), |lp, _| lp.stop());
+                PostAction::Remove
+            } else {
+                PostAction::Continue
+            }
+        });
+        let net = safety_net(&mut lp, 10);
+        let mut ticks = Vec::new();
+        lp.run(&mut ticks).unwrap();
+        assert!(lp.cancel(net));
+        assert_eq!(ticks.len(), 5, "stopped after Remove");
+        for (i, t) in ticks.iter().enumerate() {
+            let min = Duration::from_millis(10 * (i as u64 + 1));
+            assert!(*t - start >= min, "tick {i} early: {:?}", *t - start);
+        }
+        assert_eq!(lp.timer_count(), 0);
+    }
+
+    pub fn repeating_timer_can_cancel_itself(kind: BackendKind) {
+        let mut lp = new_loop::<u32>(kind);
+        let id = Rc::new(RefCell::new(None));
+        let id2 = id.clone();
+        let t = lp.call_every(Duration::from_millis(5), move |lp, n| {
+            *n += 1;
+            assert!(lp.cancel(id2.borrow().unwrap()));
+            PostAction::Continue
+        });
+        *id.borrow_mut() = Some(t);
+        lp.call_later(Duration::from_millis(60), |lp, _| lp.stop());
+        let mut n = 0;
+        lp.run(&mut n).unwrap();
+        assert_eq!(n, 1);
+    }
+
+    pub fn timer_shortens_an_unbounded_wait(kind: BackendKind) {
+        let mut lp = new_loop::<bool>(kind);
+        lp.call_later(Duration::from_millis(20), |_, fired| *fired = true);
+        let t = Instant::now();
+        let mut fired = false;
+        while !fired {
+            lp.run_once(None, &mut fired).unwrap();
+            assert!(t.elapsed() < Duration::from_secs(5));
+        }
+        assert!(t.elapsed() >= Duration::from_millis(20));
+    }
+
+    pub fn hundred_thousand_timers_fire_once_each_in_order(kind: BackendKind) {
+        let mut lp = new_loop::<(u64, u64)>(kind);
+        let base = Instant::now() + Duration::from_millis(5);
+        const N: u64 = 100_000;
+        let mut ids = Vec::new();
+        for i in 0..N {
+            // 100 distinct deadlines, 1,000 timers each.
+            let at = base + Duration::from_micros(i % 100 * 10);
+            ids.push(lp.call_at(at, move |_, (count, last)| {
+                let key = (i % 100) * N + i;
+                assert!(key > *last || *count == 0, "out of order");
+                *last = key;
+                *count += 1;
+            }));
+        }
+        // Cancel every tenth.
+        for id in ids.iter().step_by(10) {
+            assert!(lp.cancel(*id));
+        }
+        let mut st = (0, 0);
+        let t = Instant::now();
+        while lp.timer_count() > 0 {
+            lp.run_once(Some(Duration::from_millis(50)), &mut st)
+                .unwrap();
+            assert!(t.elapsed() < Duration::from_secs(30));
+        }
+        assert_eq!(st.0, N - N / 10);
+    }
+
+    // --- the handle --------------------------------------------------------------
+
+    pub fn handle_wakes_a_loop_blocked_without_timeout(kind: BackendKind) {
+        let mut lp = new_loop::<Vec<&'static str>>(kind);
+        let handle = lp.handle();
+        let t = Instant::now();
+        let th = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            handle
+                .call_soon(|lp, log| {
+                    log.push("remote");
+                    lp.stop();
+                })
+                .unwrap();
+        });
+        let mut log = Vec::new();
+        lp.run(&mut log).unwrap();
+        th.join().unwrap();
+        assert_eq!(log, vec!["remote"]);
+        assert!(t.elapsed() >= Duration::from_millis(45));
+    }
+
+    pub fn many_wakes_from_many_threads_coalesce(kind: BackendKind) {
+        const THREADS: u64 = 4;
+        const CALLS: u64 = 5_000;
+        let mut lp = new_loop::<u64>(kind);
+        let handles: Vec<_> = (0..THREADS)
+            .map(|_| {
+                let h = lp.handle();
+                std::thread::spawn(move || {
+                    for _ in 0..CALLS {
+                        h.call_soon(|_, n| *n += 1).unwrap();
+                    }
+                })
+            })
+            .collect();
+        let mut n = 0;
+        let t = Instant::now();
+        while n < THREADS * CALLS {
+            lp.run_once(Some(Duration::from_millis(100)), &mut n)
+                .unwrap();
+            assert!(t.elapsed() < Duration::from_secs(30));
+        }
+        for h in handles {
+            h.join().unwrap();
+        }
+        assert_eq!(n, THREADS * CALLS);
+        // Far fewer iterations than calls: wake-ups were coalesced.
+        assert!(
+            lp.stats().iterations < THREADS * CALLS / 2,
+            "{:?}",
+            lp.stats()
+        );
+    }
+
+    pub fn handle_stop_ends_run(kind: BackendKind) {
+        let mut lp = new_loop::<()>(kind);
+        let h = lp.handle();
+        let th = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(20));
+            h.stop().unwrap();
+        });
+        lp.run(&mut ()).unwrap();
+        th.join().unwrap();
+    }
+
+    pub fn handle_outliving_the_loop_reports_it(kind: BackendKind) {
+        let lp = new_loop::<()>(kind);
+        let h = lp.handle();
+        drop(lp);
+        let err = h.call_soon(|_, _| {}).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::NotConnected);
+        assert!(h.stop().is_err());
+    }
+}
+
+#[test]
+fn loop_handle_is_send_sync_clone() {
+    fn check<T: Send + Sync + Clone + 'static>() {}
+    check::<LoopHandle<()>>();
+    // Even for a state type that is neither Send nor Sync.
+    check::<LoopHandle<Rc<RefCell<u32>>>>();
+}
+
+#[test]
+fn select_loop_refuses_a_high_fd_and_drops_it() {
+    raise_fd_limit();
+    let (a, mut b) = pair();
+    let high = dup_at_least(a.as_raw_fd(), 1500);
+    drop(a);
+    let mut lp = new_loop::<()>(BackendKind::Select);
+    let err = lp
+        .add(UnixStream::from(high), Interest::READABLE, |_, _, _, _| {
+            PostAction::Continue
+        })
+        .unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
+    assert_eq!(lp.source_count(), 0);
+    // The refused source was dropped: the peer sees EOF.
+    b.set_nonblocking(false).unwrap();
+    b.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    assert_eq!(b.read(&mut [0; 1]).unwrap(), 0);
+}
+
+macro_rules! loop_suite {
+    ($module:ident, $kind:expr) => {
+        mod $module {
+            loop_suite!(@cases $kind;
+                readable_source_runs_its_callback_with_state,
+                post_action_remove_drops_and_closes_the_source,
+                remove_hands_the_source_back_open,
+                removal_by_an_earlier_callback_suppresses_a_collected_event,
+                stale_event_never_reaches_a_new_source_on_the_same_fd,
+                own_removal_is_busy_but_discard_works,
+                modify_inside_callback_switches_interest,
+                run_once_returns_after_its_timeout,
+                hooks_run_around_the_wait,
+                call_soon_runs_on_the_next_iteration_in_order,
+                timer_never_fires_early,
+                timers_due_together_fire_in_scheduling_order,
+                cancelled_timer_never_fires,
+                repeating_timer_repeats_until_it_says_remove,
+                repeating_timer_can_cancel_itself,
+                timer_shortens_an_unbounded_wait,
+                hundred_thousand_timers_fire_once_each_in_order,
+                handle_wakes_a_loop_blocked_without_timeout,
+                many_wakes_from_many_threads_coalesce,
+                handle_stop_ends_run,
+                handle_outliving_the_loop_reports_it,
+            );
+        }
+    };
+    (@cases $kind:expr; $($case:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $case() {
+                super::cases::$case($kind)
+            }
+        )*
+    };
+}
+
+loop_suite!(select, muxloop::BackendKind::Select);
+loop_suite!(poll, muxloop::BackendKind::Poll);
+#[cfg(any(target_os = "linux", target_os = "android"))]
+loop_suite!(epoll, muxloop::BackendKind::Epoll);
+#[cfg(any(
+    target_os = "macos",
+    target_os = "freebsd",
+    target_os = "openbsd",
+    target_os = "netbsd",
+    target_os = "dragonfly"
+))]
+loop_suite!(kqueue, muxloop::BackendKind::Kqueue);
+loop_suite!(mio_backend, muxloop::BackendKind::Mio);
