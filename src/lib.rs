@@ -39,3 +39,7 @@ struct Architecture;
 #[cfg(doctest)]
 #[doc = include_str!("../docs/backends.md")]
 struct Backends;
+
+#[cfg(doctest)]
+#[doc = include_str!("../docs/event-loop.md")]
+struct EventLoopGuide;

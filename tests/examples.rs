@@ -99,3 +99,58 @@ fn selectors_echo_on_select_closes_connections_beyond_fd_setsize_and_keeps_servi
         assert_eq!(&buf, b"still here", "client {i}");
     }
 }
+
+#[test]
+fn multi_port_answers_ok_on_both_ports_on_every_backend() {
+    for &kind in BackendKind::available() {
+        let mut cmd = Command::new(example_path("multi_port"));
+        cmd.args([
+            "--ports",
+            "0,0",
+            "--backend",
+            kind.name(),
+            "--max-seconds",
+            "60",
+        ]);
+        // The first line lists both addresses: parse it here.
+        cmd.stdout(std::process::Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+        std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+        let addrs: Vec<std::net::SocketAddr> = line
+            .strip_prefix("listening on ")
+            .and_then(|r| r.split_whitespace().next())
+            .unwrap_or_else(|| panic!("{line:?}"))
+            .split(',')
+            .map(|a| a.parse().unwrap())
+            .collect();
+        assert_eq!(addrs.len(), 2, "{line:?}");
+        assert!(line.contains(&format!("(backend {})", kind.name())));
+        let mut clients: Vec<TcpStream> = addrs
+            .iter()
+            .flat_map(|a| (0..5).map(move |_| TcpStream::connect(a).unwrap()))
+            .collect();
+        for round in 0..3 {
+            for c in &mut clients {
+                c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                c.write_all(format!("hello {round}").as_bytes()).unwrap();
+                let mut ok = [0; 2];
+                c.read_exact(&mut ok).unwrap();
+                assert_eq!(&ok, b"ok", "{kind}");
+            }
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+#[test]
+fn timers_example_runs_to_completion() {
+    let out = Command::new(example_path("timers")).output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("result Some(500000500000)"), "{text}");
+    assert!(text.contains("tick 1"), "{text}");
+}
