@@ -245,6 +245,23 @@ impl<T> Selector<T> {
     ///   a regular file, …).
     ///
     /// On error nothing is registered, in the selector or in the kernel.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use muxloop::{Interest, Selector};
+    /// use std::io::ErrorKind;
+    /// use std::os::fd::AsRawFd;
+    /// use std::os::unix::net::UnixStream;
+    ///
+    /// let (a, _b) = UnixStream::pair()?;
+    /// let mut sel = Selector::new()?;
+    /// let token = sel.register(a.as_raw_fd(), Interest::READABLE, 1)?.token();
+    /// let err = sel.register(a.as_raw_fd(), Interest::WRITABLE, 2).unwrap_err();
+    /// assert_eq!(err.kind(), ErrorKind::AlreadyExists);
+    /// assert_eq!(sel.key_by_token(token).map(|k| *k.data()), Some(1));
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn register(
         &mut self,
         fd: RawFd,
@@ -313,6 +330,24 @@ impl<T> Selector<T> {
     ///
     /// `NotFound` if `fd` is not registered; an error if the selector is
     /// closed.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use muxloop::{Interest, Selector};
+    /// use std::os::fd::AsRawFd;
+    /// use std::os::unix::net::UnixStream;
+    ///
+    /// let (a, _b) = UnixStream::pair()?;
+    /// let fd = a.as_raw_fd();
+    /// let mut sel = Selector::new()?;
+    /// sel.register(fd, Interest::READABLE, String::from("conn 1"))?;
+    /// drop(a); // closed before unregister: still fine
+    /// let key = sel.unregister(fd)?;
+    /// assert_eq!(key.into_data(), "conn 1");
+    /// assert!(sel.is_empty());
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn unregister(&mut self, fd: RawFd) -> io::Result<SelectorKey<T>> {
         if self.backend.is_none() {
             return Err(closed_error());
@@ -356,6 +391,22 @@ impl<T> Selector<T> {
     /// key keeps its old interest and data (`data` is dropped) and the
     /// backend is left watching the old interest, so the selector and the
     /// kernel agree.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use muxloop::{Interest, Selector};
+    /// use std::os::fd::AsRawFd;
+    /// use std::os::unix::net::UnixStream;
+    ///
+    /// let (a, _b) = UnixStream::pair()?;
+    /// let mut sel = Selector::new()?;
+    /// sel.register(a.as_raw_fd(), Interest::READABLE, "reading")?;
+    /// let key = sel.modify(a.as_raw_fd(), Interest::BOTH, "reading and writing")?;
+    /// assert_eq!(key.interest(), Interest::BOTH);
+    /// assert_eq!(*key.data(), "reading and writing");
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn modify(
         &mut self,
         fd: RawFd,

@@ -558,3 +558,57 @@ loop_suite!(epoll, muxloop::BackendKind::Epoll);
 ))]
 loop_suite!(kqueue, muxloop::BackendKind::Kqueue);
 loop_suite!(mio_backend, muxloop::BackendKind::Mio);
+
+#[test]
+fn any_source_with_an_fd_can_be_added() {
+    use std::net::UdpSocket;
+    init_logging();
+    let mut lp = EventLoop::<Vec<&'static str>>::new().unwrap();
+
+    // std UDP.
+    let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+    udp.set_nonblocking(true).unwrap();
+    let udp_addr = udp.local_addr().unwrap();
+    lp.add(udp, Interest::READABLE, |_, sock, _, log| {
+        let mut buf = [0; 64];
+        if sock.recv_from(&mut buf).is_ok() {
+            log.push("std udp");
+        }
+        PostAction::Remove
+    })
+    .unwrap();
+
+    // mio UDP.
+    let mio_udp = mio::net::UdpSocket::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let mio_addr = mio_udp.local_addr().unwrap();
+    lp.add(mio_udp, Interest::READABLE, |_, sock, _, log| {
+        let mut buf = [0; 64];
+        if sock.recv_from(&mut buf).is_ok() {
+            log.push("mio udp");
+        }
+        PostAction::Remove
+    })
+    .unwrap();
+
+    // A pipe.
+    let (r, w) = pipe();
+    lp.add(r, Interest::READABLE, |_, _, ev, log| {
+        assert!(ev.is_readable());
+        log.push("pipe");
+        PostAction::Remove
+    })
+    .unwrap();
+
+    let sender = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    sender.send_to(b"a", udp_addr).unwrap();
+    sender.send_to(b"b", mio_addr).unwrap();
+    drop(w);
+    let mut log = Vec::new();
+    let t = Instant::now();
+    while lp.source_count() > 0 {
+        lp.run_once(Some(Duration::from_millis(100)), &mut log).unwrap();
+        assert!(t.elapsed() < Duration::from_secs(5), "{log:?}");
+    }
+    log.sort();
+    assert_eq!(log, vec!["mio udp", "pipe", "std udp"]);
+}
