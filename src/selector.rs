@@ -631,7 +631,8 @@ impl<T> Selector<T> {
         }
         if stale > 0 {
             log::warn!(
-                "selector=select backend={} dropped {stale} event(s) for fds closed while registered; purging",
+                "selector=select backend={} dropped {stale} event(s) of registrations the kernel kept \
+                 (an fd closed while a dup keeps its file open); rebuilding the kernel set",
                 self.name
             );
             if let Some(backend) = self.backend.as_mut() {

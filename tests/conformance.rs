@@ -478,6 +478,58 @@ mod cases {
         drop(a);
     }
 
+    pub fn reregister_after_number_reuse_watches_the_new_file(kind: BackendKind) {
+        // unregister + register of one fd number may be coalesced by a
+        // backend; if the number now names another file, that file must be
+        // watched, not left silent.
+        let (a, _ab) = pair();
+        let fd = a.as_raw_fd();
+        let mut sel = selector(kind);
+        sel.register(fd, R, "old").unwrap();
+        sel.unregister(fd).unwrap();
+        let (c, mut cb) = pair();
+        dup_onto(&c, fd);
+        sel.register(fd, R, "new").unwrap();
+        assert!(poll_now(&mut sel).is_empty());
+        cb.write_all(b"x").unwrap();
+        assert_eq!(ready_fds(&mut sel), vec![fd]);
+        drop(a);
+    }
+
+    pub fn reregister_with_another_interest_takes_the_new_one(kind: BackendKind) {
+        let (a, mut ab) = pair();
+        let fd = a.as_raw_fd();
+        let mut sel = selector(kind);
+        ab.write_all(b"x").unwrap();
+        sel.register(fd, R, ()).unwrap();
+        for _ in 0..3 {
+            sel.unregister(fd).unwrap();
+            sel.register(fd, W, ()).unwrap();
+            assert_eq!(poll_now(&mut sel), vec![(fd, Ready::WRITABLE)]);
+            sel.unregister(fd).unwrap();
+            sel.register(fd, R, ()).unwrap();
+            assert_eq!(poll_now(&mut sel), vec![(fd, Ready::READABLE)]);
+        }
+    }
+
+    pub fn unregister_then_close_while_a_dup_lives_does_not_spin(kind: BackendKind) {
+        // The usual unregister-then-close, except that a dup keeps the file
+        // open and ready. A backend that defers the kernel delete must not
+        // leave it waking every wait.
+        let (a, ab) = pair();
+        let dup = a.try_clone().unwrap();
+        let (mut sel, calls) = counting_selector(kind);
+        sel.register(a.as_raw_fd(), R, ()).unwrap();
+        sel.unregister(a.as_raw_fd()).unwrap();
+        drop(a);
+        (&ab).write_all(b"x").unwrap();
+        let t = Instant::now();
+        assert!(ready(&mut sel, Some(Duration::from_millis(100))).is_empty());
+        assert!(t.elapsed() >= Duration::from_millis(100));
+        assert!(calls.waits() <= 4, "{} waits: spinning", calls.waits());
+        drop(dup);
+    }
+
     pub fn stale_token_is_not_resolved_after_slot_reuse(kind: BackendKind) {
         let (a, mut ab) = pair();
         let (c, _cb) = pair();
@@ -739,6 +791,9 @@ macro_rules! conformance {
                 closed_and_reused_fd_number_can_be_unregistered_and_registered,
                 closed_registered_fd_does_not_break_select,
                 closed_fd_whose_file_stays_ready_does_not_spin,
+                reregister_after_number_reuse_watches_the_new_file,
+                reregister_with_another_interest_takes_the_new_one,
+                unregister_then_close_while_a_dup_lives_does_not_spin,
                 stale_token_is_not_resolved_after_slot_reuse,
                 handlers_may_change_registrations_while_iterating,
                 zero_timeout_does_not_block,

@@ -6,6 +6,13 @@
 //!
 //! * the event buffer always has room for every registered fd, so one wait
 //!   never truncates (`maxevents` is a hard cap in epoll_wait(2));
+//! * a delete is deferred to the next wait, and an add of the same fd
+//!   before then becomes one `EPOLL_CTL_MOD` instead of `DEL` + `ADD` (as
+//!   libev does), which halves the syscalls of the common "stop watching,
+//!   start again" pattern. If the fd now names another file, the MOD fails
+//!   with `ENOENT` and a plain `ADD` follows, so a reused fd is never left
+//!   unwatched; a MOD can only succeed on the very file the registration
+//!   belongs to, since epoll keys registrations by file and fd;
 //! * `EPOLLRDHUP` is requested with read interest so a peer's half-close is
 //!   reported as a hang-up (epoll(7), since Linux 2.6.17);
 //! * regular files and directories are refused by the kernel with `EPERM`
@@ -30,6 +37,10 @@ pub(crate) struct EpollBackend {
     ep: OwnedFd,
     events: Vec<libc::epoll_event>,
     added: usize,
+    /// fds deleted since the last wait, still registered in the kernel.
+    deferred: Vec<RawFd>,
+    /// Per fd: whether it is in `deferred` and not re-added since.
+    is_deferred: Vec<bool>,
 }
 
 fn events_for(interest: Interest) -> u32 {
@@ -49,7 +60,35 @@ impl EpollBackend {
             ep: sys::epoll_create()?,
             events: Vec::with_capacity(MIN_EVENTS),
             added: 0,
+            deferred: Vec::new(),
+            is_deferred: Vec::new(),
         })
+    }
+
+    /// Takes `fd` off the deferred list; returns whether it was on it.
+    fn undefer(&mut self, fd: RawFd) -> bool {
+        match self.is_deferred.get_mut(fd as usize) {
+            Some(flag) if *flag => {
+                *flag = false;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Applies the deferred deletes. Errors are expected and ignored: a
+    /// closed fd (EBADF) or a reused one (ENOENT) has nothing left to
+    /// delete.
+    fn flush_deletes(&mut self) {
+        for i in 0..self.deferred.len() {
+            let fd = self.deferred[i];
+            if self.undefer(fd) {
+                if let Err(e) = sys::epoll_ctl(&self.ep, libc::EPOLL_CTL_DEL, fd, 0, 0) {
+                    log::trace!("backend=epoll fd={fd} deferred delete: {e}");
+                }
+            }
+        }
+        self.deferred.clear();
     }
 }
 
@@ -59,6 +98,25 @@ impl Backend for EpollBackend {
     }
 
     fn add(&mut self, fd: RawFd, token: Token, interest: Interest) -> io::Result<()> {
+        if self.undefer(fd) {
+            // Still registered since a delete this round: reuse it.
+            let res = sys::epoll_ctl(
+                &self.ep,
+                libc::EPOLL_CTL_MOD,
+                fd,
+                events_for(interest),
+                token.0 as u64,
+            );
+            match res {
+                Ok(()) => {
+                    self.added += 1;
+                    return Ok(());
+                }
+                // The fd now names another file (or was closed): fall
+                // through to a plain ADD, which reports the real problem.
+                Err(e) => log::trace!("backend=epoll fd={fd} coalesced MOD failed: {e}"),
+            }
+        }
         sys::epoll_ctl(
             &self.ep,
             libc::EPOLL_CTL_ADD,
@@ -81,10 +139,16 @@ impl Backend for EpollBackend {
     }
 
     fn delete(&mut self, fd: RawFd, _: Token, _: Interest) -> io::Result<()> {
-        // The selector forgets the fd whatever the kernel says (a closed fd
-        // fails with EBADF, a reused one with ENOENT), so count it gone.
+        // Deferred to the next wait (see the module docs); no event can
+        // arrive for the fd before then.
         self.added -= 1;
-        sys::epoll_ctl(&self.ep, libc::EPOLL_CTL_DEL, fd, 0, 0)
+        let idx = fd as usize;
+        if self.is_deferred.len() <= idx {
+            self.is_deferred.resize(idx + 1, false);
+        }
+        self.is_deferred[idx] = true;
+        self.deferred.push(fd);
+        Ok(())
     }
 
     fn purge(
@@ -109,6 +173,8 @@ impl Backend for EpollBackend {
         log::debug!("backend=epoll purge re-added={added}");
         self.ep = ep;
         self.added = added;
+        self.deferred.clear();
+        self.is_deferred.clear();
         Ok(())
     }
 
@@ -117,6 +183,7 @@ impl Backend for EpollBackend {
         events: &mut Vec<(Token, Ready)>,
         timeout: Option<Duration>,
     ) -> io::Result<()> {
+        self.flush_deletes();
         self.events.clear();
         let want = self.added.max(MIN_EVENTS);
         if self.events.capacity() < want {

@@ -49,6 +49,9 @@ mod select;
 ///
 /// A `delete` whose fd the kernel already dropped (closed, or closed and
 /// reused) may fail with `EBADF` or `ENOENT`; the selector tolerates both.
+/// A backend may defer a delete to the start of the next `wait`, and turn a
+/// delete and re-add of the same fd in between into one kernel update, as
+/// long as it never leaves a re-added fd unwatched.
 ///
 /// The conformance suite in `tests/conformance.rs` checks all of this; see
 /// `docs/writing-a-backend.md`.

@@ -263,7 +263,9 @@ impl Rng {
     }
 }
 
-/// The path of a built example (`cargo test` builds every example).
+/// The path of a built example (`cargo test` builds every example; a
+/// single `cargo test --test NAME` does not, so a missing or outdated
+/// binary is reported instead of silently tested).
 pub fn example_path(name: &str) -> std::path::PathBuf {
     let mut dir = std::env::current_exe().expect("current_exe");
     dir.pop(); // the test binary
@@ -271,11 +273,33 @@ pub fn example_path(name: &str) -> std::path::PathBuf {
         dir.pop();
     }
     let path = dir.join("examples").join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: run `cargo test` (which builds the examples) or `cargo build --examples`",
-        path.display()
-    );
+    let hint = "run `cargo test` (which builds the examples) or `cargo build --examples`";
+    let built = std::fs::metadata(&path)
+        .and_then(|m| m.modified())
+        .unwrap_or_else(|_| panic!("{} is missing: {hint}", path.display()));
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut sources = vec![root.join("examples").join(format!("{name}.rs"))];
+    let mut dirs = vec![root.join("src")];
+    while let Some(d) = dirs.pop() {
+        for entry in std::fs::read_dir(d).into_iter().flatten().flatten() {
+            let p = entry.path();
+            if p.is_dir() {
+                dirs.push(p);
+            } else {
+                sources.push(p);
+            }
+        }
+    }
+    for src in sources {
+        if let Ok(changed) = std::fs::metadata(&src).and_then(|m| m.modified()) {
+            assert!(
+                changed <= built,
+                "{} is older than {}: {hint}",
+                path.display(),
+                src.display()
+            );
+        }
+    }
     path
 }
 
