@@ -610,6 +610,9 @@ impl<S> EventLoop<S> {
     }
 
     fn iterate(&mut self, cap: Option<Duration>, state: &mut S) -> io::Result<()> {
+        if let Some(hook) = self.before_sleep.as_mut() {
+            hook(state);
+        }
         let now = Instant::now();
         let timeout = if !self.soon.is_empty() || self.stopped {
             Some(Duration::ZERO)
@@ -622,14 +625,10 @@ impl<S> EventLoop<S> {
                 None => cap,
             }
         };
-        if let Some(hook) = self.before_sleep.as_mut() {
-            hook(state);
-        }
         let mut events = std::mem::take(&mut self.events);
-        let waited = Instant::now();
         let res = self.selector.select(&mut events, timeout);
         let woke = Instant::now();
-        self.stats.wait_time += woke - waited;
+        self.stats.wait_time += woke - now;
         if let Some(hook) = self.after_wake.as_mut() {
             hook(state);
         }
@@ -677,6 +676,9 @@ impl<S> EventLoop<S> {
     }
 
     fn run_timers(&mut self, state: &mut S) {
+        if self.timers.len() == 0 {
+            return;
+        }
         let now = Instant::now();
         let mut rearm = Vec::new();
         while let Some((id, timer)) = self.timers.pop_expired(now) {

@@ -83,23 +83,20 @@ impl Ready {
     /// An error or hang-up wakes every registered direction; then the
     /// directions are masked by `interest`. The result is empty when nothing
     /// the registration asked for happened.
+    #[inline]
     pub(crate) fn masked(self, interest: Interest) -> Ready {
-        let mut bits = self.0;
-        if bits & (ERROR | HUP) != 0 {
-            bits |= READABLE | WRITABLE;
-        }
-        let mut allowed = ERROR | HUP;
-        if interest.is_readable() {
-            allowed |= READABLE;
-        }
-        if interest.is_writable() {
-            allowed |= WRITABLE;
-        }
-        bits &= allowed;
-        if bits & (READABLE | WRITABLE) == 0 {
+        let hints = self.0 & (ERROR | HUP);
+        // An error or hang-up wakes both directions; then mask.
+        let dirs = if hints != 0 {
+            READABLE | WRITABLE
+        } else {
+            self.0
+        };
+        let dirs = dirs & interest.bits();
+        if dirs == 0 {
             Ready::EMPTY
         } else {
-            Ready(bits)
+            Ready(dirs | hints)
         }
     }
 

@@ -562,9 +562,12 @@ impl<T> Selector<T> {
         if self.backend.is_none() {
             return Err(closed_error());
         }
-        let start = Instant::now();
-        // An unrepresentable deadline is as good as none.
-        let deadline = timeout.and_then(|t| start.checked_add(t));
+        // No clock read for the common "forever" and "don't block" cases;
+        // an unrepresentable deadline is as good as none.
+        let deadline = match timeout {
+            Some(t) if !t.is_zero() => Instant::now().checked_add(t),
+            _ => None,
+        };
         let mut remaining = timeout;
         loop {
             self.raw.clear();

@@ -1,27 +1,36 @@
 //! epoll(7), level-triggered: the kernel keeps the interest set and returns
 //! only ready fds.
 //!
-//! Cost: O(1) syscall per add/modify/delete, O(ready fds) per wait. Quirks
-//! handled:
+//! Cost: at most one syscall per add/modify/delete, O(ready fds) per wait.
+//! Quirks handled:
 //!
-//! * the event buffer always has room for every registered fd, so one wait
-//!   never truncates (`maxevents` is a hard cap in epoll_wait(2));
-//! * a delete is deferred to the next wait, and an add of the same fd
-//!   before then becomes one `EPOLL_CTL_MOD` instead of `DEL` + `ADD` (as
-//!   libev does), which halves the syscalls of the common "stop watching,
-//!   start again" pattern. If the fd now names another file, the MOD fails
-//!   with `ENOENT` and a plain `ADD` follows, so a reused fd is never left
-//!   unwatched; a MOD can only succeed on the very file the registration
-//!   belongs to, since epoll keys registrations by file and fd;
+//! * **No truncation.** The event buffer always has room for every
+//!   registered fd (`maxevents` is a hard cap in epoll_wait(2)).
+//! * **Kernel data is `fd | generation << 32`**, not the selector's token.
+//!   The backend keeps, per fd, the selector token and the generation of the
+//!   live kernel registration, and translates each event. An event whose
+//!   generation is not the live one comes from a registration the kernel
+//!   kept after its fd was closed (see the last point).
+//! * **Coalesced re-registration.** A delete only marks the fd; the
+//!   `EPOLL_CTL_DEL` is issued at the start of the next wait. An add of the
+//!   same fd before then first tries `EPOLL_CTL_ADD`: `EEXIST` proves the
+//!   very same open file is still registered (epoll keys registrations by
+//!   file *and* fd), so it is reused — with no further syscall if the
+//!   interest is unchanged, one `EPOLL_CTL_MOD` otherwise. If the number now
+//!   names another file, the ADD simply succeeds, with a new generation, so
+//!   a reused fd is never left unwatched. This is libev's scheme; it turns
+//!   the "stop watching, start again" pattern from two syscalls into one
+//!   cheap failing one.
 //! * `EPOLLRDHUP` is requested with read interest so a peer's half-close is
-//!   reported as a hang-up (epoll(7), since Linux 2.6.17);
-//! * regular files and directories are refused by the kernel with `EPERM`
-//!   (epoll_ctl(2)); the error reaches the selector, which rolls back;
-//! * an fd closed without `delete` leaves the registration alive if another
-//!   descriptor still refers to the same open file (epoll(7), Q6); its events
-//!   carry a token the selector no longer knows, and since no `EPOLL_CTL_DEL`
-//!   can name it any more, `purge` replaces the epoll instance with a fresh
-//!   one holding only the live registrations.
+//!   reported as a hang-up (epoll(7), since Linux 2.6.17).
+//! * Regular files and directories are refused by the kernel with `EPERM`
+//!   (epoll_ctl(2)); the error reaches the selector, which rolls back.
+//! * **Orphans.** Closing an fd removes its registration only when no other
+//!   descriptor refers to the same open file (epoll(7), Q6). Otherwise the
+//!   registration lives on, no `EPOLL_CTL_DEL` can name it any more, and,
+//!   level-triggered, it would wake every wait. When an event with a dead
+//!   generation shows up, the backend replaces the epoll instance with a
+//!   fresh one holding only the live registrations.
 
 use std::io;
 use std::os::fd::{OwnedFd, RawFd};
@@ -33,14 +42,37 @@ use crate::{Interest, Ready, Token};
 
 const MIN_EVENTS: usize = 64;
 
+/// What the kernel holds for one fd number.
+#[derive(Clone, Copy)]
+struct FdState {
+    token: Token,
+    interest: Interest,
+    /// Generation stored in the live kernel registration's data.
+    generation: u32,
+    /// Registered with the selector (not deleted since).
+    active: bool,
+    /// Deleted since the last wait; the kernel registration may remain.
+    deferred: bool,
+}
+
+impl FdState {
+    const EMPTY: FdState = FdState {
+        token: Token(0),
+        interest: Interest::READABLE,
+        generation: 0,
+        active: false,
+        deferred: false,
+    };
+}
+
 pub(crate) struct EpollBackend {
     ep: OwnedFd,
     events: Vec<libc::epoll_event>,
-    added: usize,
-    /// fds deleted since the last wait, still registered in the kernel.
+    /// Indexed by fd.
+    fds: Vec<FdState>,
+    /// Fds whose delete is deferred to the next wait.
     deferred: Vec<RawFd>,
-    /// Per fd: whether it is in `deferred` and not re-added since.
-    is_deferred: Vec<bool>,
+    active: usize,
 }
 
 fn events_for(interest: Interest) -> u32 {
@@ -54,41 +86,109 @@ fn events_for(interest: Interest) -> u32 {
     events
 }
 
+fn data(fd: RawFd, generation: u32) -> u64 {
+    u64::from(fd as u32) | (u64::from(generation) << 32)
+}
+
 impl EpollBackend {
     pub(crate) fn new() -> io::Result<EpollBackend> {
         Ok(EpollBackend {
             ep: sys::epoll_create()?,
             events: Vec::with_capacity(MIN_EVENTS),
-            added: 0,
+            fds: Vec::new(),
             deferred: Vec::new(),
-            is_deferred: Vec::new(),
+            active: 0,
         })
     }
 
-    /// Takes `fd` off the deferred list; returns whether it was on it.
-    fn undefer(&mut self, fd: RawFd) -> bool {
-        match self.is_deferred.get_mut(fd as usize) {
-            Some(flag) if *flag => {
-                *flag = false;
-                true
+    fn state(&mut self, fd: RawFd) -> &mut FdState {
+        let idx = fd as usize;
+        if self.fds.len() <= idx {
+            self.fds.resize(idx + 1, FdState::EMPTY);
+        }
+        &mut self.fds[idx]
+    }
+
+    fn ctl(
+        &self,
+        op: libc::c_int,
+        fd: RawFd,
+        interest: Interest,
+        generation: u32,
+    ) -> io::Result<()> {
+        sys::epoll_ctl(&self.ep, op, fd, events_for(interest), data(fd, generation))
+    }
+
+    /// Re-adds an fd deleted since the last wait, reusing its kernel
+    /// registration if the same open file still holds it.
+    fn revive(&mut self, fd: RawFd, interest: Interest) -> io::Result<()> {
+        let st = self.fds[fd as usize];
+        let fresh = st.generation.wrapping_add(1);
+        match self.ctl(libc::EPOLL_CTL_ADD, fd, interest, fresh) {
+            // Another file (or none) is at this number now: registered anew.
+            Ok(()) => {
+                self.fds[fd as usize].generation = fresh;
+                Ok(())
             }
-            _ => false,
+            // The same open file is still registered, with the old data.
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+                if st.interest != interest {
+                    self.ctl(libc::EPOLL_CTL_MOD, fd, interest, st.generation)?;
+                }
+                Ok(())
+            }
+            Err(e) => Err(e),
         }
     }
 
     /// Applies the deferred deletes. Errors are expected and ignored: a
-    /// closed fd (EBADF) or a reused one (ENOENT) has nothing left to
-    /// delete.
+    /// closed fd (EBADF) or a reused one (ENOENT) has nothing to delete.
     fn flush_deletes(&mut self) {
         for i in 0..self.deferred.len() {
             let fd = self.deferred[i];
-            if self.undefer(fd) {
+            let st = &mut self.fds[fd as usize];
+            if st.deferred {
+                st.deferred = false;
                 if let Err(e) = sys::epoll_ctl(&self.ep, libc::EPOLL_CTL_DEL, fd, 0, 0) {
                     log::trace!("backend=epoll fd={fd} deferred delete: {e}");
                 }
             }
         }
         self.deferred.clear();
+    }
+
+    /// Replaces the epoll instance with one holding only the active
+    /// registrations, dropping orphans no `EPOLL_CTL_DEL` can reach.
+    fn rebuild(&mut self) -> io::Result<()> {
+        self.flush_deletes();
+        let ep = sys::epoll_create()?;
+        let mut kept = 0;
+        for fd in 0..self.fds.len() {
+            let st = self.fds[fd];
+            if !st.active {
+                continue;
+            }
+            let fd = fd as RawFd;
+            let res = sys::epoll_ctl(
+                &ep,
+                libc::EPOLL_CTL_ADD,
+                fd,
+                events_for(st.interest),
+                data(fd, st.generation),
+            );
+            match res {
+                Ok(()) => kept += 1,
+                // Closed as well: nothing to watch until it is unregistered.
+                Err(e) => log::warn!("backend=epoll fd={fd} not re-added on rebuild: {e}"),
+            }
+        }
+        log::warn!(
+            "backend=epoll rebuilt the epoll set without registrations of closed fds \
+             (closed while registered, or after unregister while a dup kept the file open); \
+             kept={kept}"
+        );
+        self.ep = ep;
+        Ok(())
     }
 }
 
@@ -98,83 +198,40 @@ impl Backend for EpollBackend {
     }
 
     fn add(&mut self, fd: RawFd, token: Token, interest: Interest) -> io::Result<()> {
-        if self.undefer(fd) {
-            // Still registered since a delete this round: reuse it.
-            let res = sys::epoll_ctl(
-                &self.ep,
-                libc::EPOLL_CTL_MOD,
-                fd,
-                events_for(interest),
-                token.0 as u64,
-            );
-            match res {
-                Ok(()) => {
-                    self.added += 1;
-                    return Ok(());
-                }
-                // The fd now names another file (or was closed): fall
-                // through to a plain ADD, which reports the real problem.
-                Err(e) => log::trace!("backend=epoll fd={fd} coalesced MOD failed: {e}"),
-            }
+        let st = *self.state(fd);
+        if st.deferred {
+            self.fds[fd as usize].deferred = false;
+            self.revive(fd, interest)?;
+        } else {
+            let generation = st.generation.wrapping_add(1);
+            self.ctl(libc::EPOLL_CTL_ADD, fd, interest, generation)?;
+            self.fds[fd as usize].generation = generation;
         }
-        sys::epoll_ctl(
-            &self.ep,
-            libc::EPOLL_CTL_ADD,
-            fd,
-            events_for(interest),
-            token.0 as u64,
-        )?;
-        self.added += 1;
+        let st = &mut self.fds[fd as usize];
+        st.token = token;
+        st.interest = interest;
+        st.active = true;
+        self.active += 1;
         Ok(())
     }
 
     fn modify(&mut self, fd: RawFd, token: Token, _: Interest, new: Interest) -> io::Result<()> {
-        sys::epoll_ctl(
-            &self.ep,
-            libc::EPOLL_CTL_MOD,
-            fd,
-            events_for(new),
-            token.0 as u64,
-        )
-    }
-
-    fn delete(&mut self, fd: RawFd, _: Token, _: Interest) -> io::Result<()> {
-        // Deferred to the next wait (see the module docs); no event can
-        // arrive for the fd before then.
-        self.added -= 1;
-        let idx = fd as usize;
-        if self.is_deferred.len() <= idx {
-            self.is_deferred.resize(idx + 1, false);
-        }
-        self.is_deferred[idx] = true;
-        self.deferred.push(fd);
+        let generation = self.fds[fd as usize].generation;
+        self.ctl(libc::EPOLL_CTL_MOD, fd, new, generation)?;
+        let st = &mut self.fds[fd as usize];
+        st.token = token;
+        st.interest = new;
         Ok(())
     }
 
-    fn purge(
-        &mut self,
-        live: &mut dyn Iterator<Item = (RawFd, Token, Interest)>,
-    ) -> io::Result<()> {
-        let ep = sys::epoll_create()?;
-        let mut added = 0;
-        for (fd, token, interest) in live {
-            match sys::epoll_ctl(
-                &ep,
-                libc::EPOLL_CTL_ADD,
-                fd,
-                events_for(interest),
-                token.0 as u64,
-            ) {
-                Ok(()) => added += 1,
-                // Closed as well: nothing to watch.
-                Err(e) => log::warn!("backend=epoll fd={fd} not re-added on purge: {e}"),
-            }
-        }
-        log::debug!("backend=epoll purge re-added={added}");
-        self.ep = ep;
-        self.added = added;
-        self.deferred.clear();
-        self.is_deferred.clear();
+    fn delete(&mut self, fd: RawFd, _: Token, _: Interest) -> io::Result<()> {
+        // Deferred to the next wait (see the module docs); no event can be
+        // collected for the fd before then.
+        let st = self.state(fd);
+        st.active = false;
+        st.deferred = true;
+        self.deferred.push(fd);
+        self.active -= 1;
         Ok(())
     }
 
@@ -185,12 +242,22 @@ impl Backend for EpollBackend {
     ) -> io::Result<()> {
         self.flush_deletes();
         self.events.clear();
-        let want = self.added.max(MIN_EVENTS);
+        let want = self.active.max(MIN_EVENTS);
         if self.events.capacity() < want {
             self.events.reserve(want);
         }
         sys::epoll_wait(&self.ep, &mut self.events, timeout)?;
+        let mut orphans = false;
         for ev in &self.events {
+            let fd = (ev.u64 & 0xffff_ffff) as usize;
+            let generation = (ev.u64 >> 32) as u32;
+            let st = match self.fds.get(fd) {
+                Some(st) if st.active && st.generation == generation => st,
+                _ => {
+                    orphans = true;
+                    continue;
+                }
+            };
             let bits = ev.events as libc::c_int;
             let mut ready = Ready::EMPTY;
             if bits & (libc::EPOLLIN | libc::EPOLLPRI) != 0 {
@@ -205,7 +272,10 @@ impl Backend for EpollBackend {
             if bits & libc::EPOLLERR != 0 {
                 ready |= Ready::ERROR;
             }
-            events.push((Token(ev.u64 as usize), ready));
+            events.push((st.token, ready));
+        }
+        if orphans {
+            self.rebuild()?;
         }
         Ok(())
     }

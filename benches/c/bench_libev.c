@@ -1,0 +1,57 @@
+/* bench.c's method on libev's native API, for comparison with
+ * examples/bench.rs. Built and run by benches/run.sh. */
+#include <ev.h>
+#include "bench_common.h"
+
+static struct ev_loop *loop;
+static ev_io *watchers;
+static ev_timer *timers;
+
+static void idle_cb(EV_P_ ev_timer *w, int revents) { (void)w; (void)revents; }
+
+static void read_cb(EV_P_ ev_io *w, int revents) {
+    (void)revents;
+    int idx = (int)(w - watchers);
+    on_read(idx);
+    if (use_timers) ev_timer_again(EV_A_ &timers[idx]);
+}
+
+int main(int argc, char **argv) {
+    parse_args(argc, argv);
+    make_pairs();
+    loop = ev_default_loop(EVBACKEND_EPOLL);
+    watchers = calloc(num_pipes, sizeof(ev_io));
+    timers = calloc(num_pipes, sizeof(ev_timer));
+    for (int i = 0; i < num_pipes; i++) {
+        ev_io_init(&watchers[i], read_cb, pipes[2 * i], EV_READ);
+        ev_init(&timers[i], idle_cb);
+    }
+    double *setup = calloc(iterations, sizeof(double)), *run = calloc(iterations, sizeof(double)),
+           *total = calloc(iterations, sizeof(double));
+    int n = 0;
+    for (int it = 0; it < iterations; it++) {
+        double ta = now_us();
+        for (int i = 0; i < num_pipes; i++) {
+            ev_io_stop(loop, &watchers[i]);
+            ev_io_set(&watchers[i], pipes[2 * i], EV_READ);
+            ev_io_start(loop, &watchers[i]);
+            if (use_timers) {
+                timers[i].repeat = 10. + (double)((i * 7919) % 1000) / 1e6;
+                ev_timer_again(loop, &timers[i]);
+            }
+        }
+        ev_run(loop, EVRUN_NOWAIT);
+        fire();
+        double ts = now_us();
+        while (count != fired) ev_run(loop, EVRUN_NOWAIT);
+        double te = now_us();
+        if (it > 0) {
+            setup[n] = ts - ta;
+            run[n] = te - ts;
+            total[n] = te - ta;
+            n++;
+        }
+    }
+    print_result("libev", "epoll", setup, run, total, n);
+    return 0;
+}

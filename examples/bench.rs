@@ -1,0 +1,72 @@
+//! libevent's `test/bench.c` (the benchmark behind libev's "libevent vs
+//! libev" comparison) on muxloop, with the same command line so the numbers
+//! line up with the C originals:
+//!
+//! ```text
+//! cargo run --release --example bench -- -b epoll -n 1000 -a 100 -w 100 -i 25 [-t]
+//! ```
+//!
+//! Prints one machine-readable `RESULT …` line on stdout (medians over the
+//! iterations after the first, which is a warm-up); `-v` also prints each
+//! iteration on stderr. See `examples/common/bench_core.rs` for the method.
+
+#[path = "common/bench_core.rs"]
+mod bench_core;
+
+use clap::Parser;
+use muxloop::BackendKind;
+
+/// libevent's bench.c on muxloop.
+#[derive(Parser)]
+struct Args {
+    /// Backend: select, poll, epoll, kqueue or mio.
+    #[arg(short = 'b', long, default_value_t = BackendKind::platform_default())]
+    backend: BackendKind,
+    /// Number of socket pairs.
+    #[arg(short = 'n', long = "pairs", default_value_t = 100)]
+    pairs: usize,
+    /// Pairs written to at the start of each iteration.
+    #[arg(short = 'a', long = "active", default_value_t = 1)]
+    active: usize,
+    /// Writes the callbacks make, each into the next pair (default: n).
+    #[arg(short = 'w', long = "writes")]
+    writes: Option<usize>,
+    /// Iterations, the first of which is a warm-up.
+    #[arg(short = 'i', long = "iterations", default_value_t = 25)]
+    iterations: usize,
+    /// Give every watcher a 10 s idle timer, re-armed on every read.
+    #[arg(short = 't', long = "timers")]
+    timers: bool,
+    /// Print every iteration on stderr.
+    #[arg(short = 'v', long)]
+    verbose: bool,
+}
+
+fn main() {
+    env_logger::init();
+    let args = Args::parse();
+    let cfg = bench_core::Config {
+        backend: args.backend,
+        pairs: args.pairs,
+        active: args.active,
+        writes: args.writes.unwrap_or(args.pairs),
+        iterations: args.iterations,
+        timers: args.timers,
+    };
+    let verbose = args.verbose;
+    let res = bench_core::run(cfg, |i, s| {
+        if verbose {
+            eprintln!(
+                "iter {i:>3}: setup {:>10.1} us  run {:>10.1} us  total {:>10.1} us",
+                s.setup_us, s.run_us, s.total_us
+            );
+        }
+    });
+    match res {
+        Ok(summary) => println!("{}", bench_core::result_line(&cfg, &summary)),
+        Err(e) => {
+            eprintln!("bench: {e}");
+            std::process::exit(2);
+        }
+    }
+}
