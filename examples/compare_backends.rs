@@ -77,7 +77,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             for &backend in &backends {
                 step += 1;
                 if start.elapsed() > budget {
-                    eprintln!("[{step}/{steps}] {backend} n={pairs} a={active}: skipped (time budget)");
+                    eprintln!(
+                        "[{step}/{steps}] {backend} n={pairs} a={active}: skipped (time budget)"
+                    );
                     continue;
                 }
                 let cfg = bench_core::Config {
@@ -90,7 +92,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 };
                 let t = Instant::now();
                 let outcome = bench_core::run(cfg, |_, _| {}).map_err(|e| {
-                    if e.kind() == std::io::ErrorKind::InvalidInput && e.to_string().contains("FD_SETSIZE") {
+                    if e.kind() == std::io::ErrorKind::InvalidInput
+                        && e.to_string().contains("FD_SETSIZE")
+                    {
                         "refused: fd >= FD_SETSIZE".to_string()
                     } else {
                         e.to_string()
@@ -103,7 +107,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                         s.setup_ns_per_fd,
                         t.elapsed()
                     ),
-                    Err(e) => eprintln!("[{step}/{steps}] {backend:>6} n={pairs:>5} a={active:>3}: {e}"),
+                    Err(e) => {
+                        eprintln!("[{step}/{steps}] {backend:>6} n={pairs:>5} a={active:>3}: {e}")
+                    }
                 }
                 rows.push(Row {
                     backend,
@@ -141,7 +147,13 @@ fn table(rows: &[Row], backends: &[BackendKind], args: &Args) -> String {
     let _ = writeln!(out);
     for &pairs in &args.pairs {
         for &active in &args.active {
-            let _ = write!(out, "{:>7} {:>6} {:>6}", pairs, 2 * pairs, active.min(pairs));
+            let _ = write!(
+                out,
+                "{:>7} {:>6} {:>6}",
+                pairs,
+                2 * pairs,
+                active.min(pairs)
+            );
             for b in backends {
                 let cell = rows
                     .iter()
@@ -161,7 +173,8 @@ fn table(rows: &[Row], backends: &[BackendKind], args: &Args) -> String {
 }
 
 fn csv(rows: &[Row]) -> String {
-    let mut out = String::from("backend,pairs,fds,active,ns_per_cb,setup_ns_per_fd,run_us,setup_us,status\n");
+    let mut out =
+        String::from("backend,pairs,fds,active,ns_per_cb,setup_ns_per_fd,run_us,setup_us,status\n");
     for r in rows {
         match &r.outcome {
             Ok(s) => {
@@ -179,14 +192,26 @@ fn csv(rows: &[Row]) -> String {
                 );
             }
             Err(e) => {
-                let _ = writeln!(out, "{},{},{},{},,,,,\"{}\"", r.backend, r.pairs, 2 * r.pairs, r.active, e);
+                let _ = writeln!(
+                    out,
+                    "{},{},{},{},,,,,\"{}\"",
+                    r.backend,
+                    r.pairs,
+                    2 * r.pairs,
+                    r.active,
+                    e
+                );
             }
         }
     }
     out
 }
 
-fn chart(rows: &[Row], backends: &[BackendKind], path: &PathBuf) -> Result<(), Box<dyn std::error::Error>> {
+fn chart(
+    rows: &[Row],
+    backends: &[BackendKind],
+    path: &PathBuf,
+) -> Result<(), Box<dyn std::error::Error>> {
     use plotters::prelude::*;
     let ok: Vec<(&Row, f64)> = rows
         .iter()
@@ -199,11 +224,16 @@ fn chart(rows: &[Row], backends: &[BackendKind], path: &PathBuf) -> Result<(), B
         let fds = 2.0 * r.pairs as f64;
         (lo.min(fds), hi.max(fds))
     });
-    let (min_us, max_us) = ok.iter().fold((f64::MAX, 0f64), |(lo, hi), (_, us)| (lo.min(*us), hi.max(*us)));
+    let (min_us, max_us) = ok.iter().fold((f64::MAX, 0f64), |(lo, hi), (_, us)| {
+        (lo.min(*us), hi.max(*us))
+    });
     let root = SVGBackend::new(path, (900, 560)).into_drawing_area();
     root.fill(&WHITE)?;
     let mut chart = ChartBuilder::on(&root)
-        .caption("µs per callback vs watched fds (bench.c workload)", ("sans-serif", 20))
+        .caption(
+            "µs per callback vs watched fds (bench.c workload)",
+            ("sans-serif", 20),
+        )
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(60)

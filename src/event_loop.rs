@@ -676,7 +676,7 @@ impl<S> EventLoop<S> {
     }
 
     fn run_timers(&mut self, state: &mut S) {
-        if self.timers.len() == 0 {
+        if self.timers.is_empty() {
             return;
         }
         let now = Instant::now();
@@ -690,12 +690,17 @@ impl<S> EventLoop<S> {
                 ..
             } = timer;
             match callback {
-                TimerCallback::Once(cb) => cb(self, state),
+                TimerCallback::Once(cb) => {
+                    self.timers.release(id);
+                    cb(self, state);
+                }
                 TimerCallback::Every(mut cb) => {
                     self.running_timer = Some((id, false));
                     let action = cb(self, state);
                     let (_, cancelled) = self.running_timer.take().expect("set above");
-                    if action == PostAction::Continue && !cancelled {
+                    if action != PostAction::Continue || cancelled {
+                        self.timers.release(id);
+                    } else {
                         let interval = interval.unwrap_or_default();
                         let mut next = deadline + interval;
                         if next <= now {

@@ -3,7 +3,7 @@
 //! deadline.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::BinaryHeap;
 use std::time::{Duration, Instant};
 
 /// Identifies a scheduled timer, for [`EventLoop::cancel`].
@@ -34,25 +34,46 @@ impl<C> Timer<C> {
 /// due at the same instant fire in the order they were scheduled.
 type Entry = Reverse<(Instant, u64, TimerId)>;
 
+/// A slot of the timer table: the generation makes ids of freed slots
+/// stale, as tokens do for the selector.
+struct Slot<C> {
+    generation: u32,
+    timer: Option<Timer<C>>,
+}
+
 pub(crate) struct Timers<C> {
     heap: BinaryHeap<Entry>,
-    live: HashMap<TimerId, Timer<C>>,
-    next_id: u64,
+    slots: Vec<Slot<C>>,
+    free: Vec<u32>,
+    live: usize,
     next_seq: u64,
+}
+
+fn id(index: usize, generation: u32) -> TimerId {
+    TimerId(index as u64 | (u64::from(generation) << 32))
+}
+
+fn parts(id: TimerId) -> (usize, u32) {
+    ((id.0 & 0xffff_ffff) as usize, (id.0 >> 32) as u32)
 }
 
 impl<C> Timers<C> {
     pub(crate) fn new() -> Timers<C> {
         Timers {
             heap: BinaryHeap::new(),
-            live: HashMap::new(),
-            next_id: 0,
+            slots: Vec::new(),
+            free: Vec::new(),
+            live: 0,
             next_seq: 0,
         }
     }
 
     pub(crate) fn len(&self) -> usize {
-        self.live.len()
+        self.live
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.live == 0
     }
 
     pub(crate) fn insert(
@@ -61,36 +82,76 @@ impl<C> Timers<C> {
         interval: Option<Duration>,
         callback: C,
     ) -> TimerId {
-        let id = TimerId(self.next_id);
-        self.next_id += 1;
+        let index = match self.free.pop() {
+            Some(i) => i as usize,
+            None => {
+                self.slots.push(Slot {
+                    generation: 0,
+                    timer: None,
+                });
+                self.slots.len() - 1
+            }
+        };
+        let id = id(index, self.slots[index].generation);
         self.schedule(id, Timer::new(deadline, interval, callback));
         id
     }
 
-    /// (Re)schedules `timer` under `id` at `timer.deadline`.
+    /// Schedules `timer` under `id`, whose slot is empty: new, or taken by
+    /// [`pop_expired`](Timers::pop_expired) and not released.
     pub(crate) fn schedule(&mut self, id: TimerId, mut timer: Timer<C>) {
         timer.seq = self.next_seq;
         self.next_seq += 1;
         self.heap.push(Reverse((timer.deadline, timer.seq, id)));
-        self.live.insert(id, timer);
+        let (index, _) = parts(id);
+        debug_assert!(self.slots[index].timer.is_none());
+        self.slots[index].timer = Some(timer);
+        self.live += 1;
+    }
+
+    /// Frees the slot of a timer taken by `pop_expired` that will not run
+    /// again; its id goes stale.
+    pub(crate) fn release(&mut self, id: TimerId) {
+        let (index, generation) = parts(id);
+        let slot = &mut self.slots[index];
+        if slot.generation == generation && slot.timer.is_none() {
+            slot.generation = slot.generation.wrapping_add(1);
+            self.free.push(index as u32);
+        }
+    }
+
+    fn slot(&self, id: TimerId) -> Option<&Slot<C>> {
+        let (index, generation) = parts(id);
+        self.slots.get(index).filter(|s| s.generation == generation)
     }
 
     /// Cancels a pending timer. Its heap entry stays until it surfaces (or
     /// until cancelled entries outnumber live ones, when the heap is
     /// rebuilt), so cancel is O(1) amortised.
     pub(crate) fn cancel(&mut self, id: TimerId) -> bool {
-        let found = self.live.remove(&id).is_some();
-        if found && self.heap.len() > 64 && self.heap.len() > 2 * self.live.len() {
-            let live = &self.live;
-            self.heap
-                .retain(|Reverse((_, seq, id))| live.get(id).is_some_and(|t| t.seq == *seq));
+        if self.slot(id).is_none_or(|s| s.timer.is_none()) {
+            return false;
         }
-        found
+        let (index, _) = parts(id);
+        self.slots[index].timer = None;
+        self.live -= 1;
+        self.release(id);
+        if self.heap.len() > 64 && self.heap.len() > 2 * self.live {
+            let slots = &self.slots;
+            self.heap.retain(|Reverse((_, seq, id))| {
+                let (index, generation) = parts(*id);
+                slots[index].generation == generation
+                    && slots[index].timer.as_ref().is_some_and(|t| t.seq == *seq)
+            });
+        }
+        true
     }
 
     /// Whether the heap entry is the current schedule of a live timer.
     fn is_current(&self, seq: u64, id: TimerId) -> bool {
-        self.live.get(&id).is_some_and(|t| t.seq == seq)
+        self.slot(id)
+            .and_then(|s| s.timer.as_ref())
+            .is_some_and(|t| t.seq == seq)
     }
 
     /// The earliest deadline of a live timer.
@@ -104,7 +165,9 @@ impl<C> Timers<C> {
         None
     }
 
-    /// Removes and returns the earliest live timer due at or before `now`.
+    /// Takes out the earliest live timer due at or before `now`. Its slot
+    /// stays reserved: pass the id to [`schedule`](Timers::schedule) to
+    /// re-arm it or to [`release`](Timers::release) to free it.
     pub(crate) fn pop_expired(&mut self, now: Instant) -> Option<(TimerId, Timer<C>)> {
         loop {
             let Reverse((deadline, seq, id)) = *self.heap.peek()?;
@@ -113,7 +176,9 @@ impl<C> Timers<C> {
             }
             self.heap.pop();
             if self.is_current(seq, id) {
-                return self.live.remove(&id).map(|t| (id, t));
+                let (index, _) = parts(id);
+                self.live -= 1;
+                return self.slots[index].timer.take().map(|t| (id, t));
             }
         }
     }

@@ -1,0 +1,206 @@
+#!/usr/bin/env python3
+"""The benchmark runner behind benches/run.sh (standard library only).
+
+1. bench.c: examples/bench.rs on epoll against the same method written on
+   libev and libevent (benches/c/bench_*.c), interleaved, medians.
+2. Echo: each server (muxloop's echo_server on every backend, the plain mio
+   and tokio peers, the libev and libevent C peers) pinned to CPU 0, the
+   load (examples/echo_load.rs) pinned to CPU 1, interleaved rounds;
+   round trips per second and server CPU time per round trip, medians, and
+   ratios against the fastest peer.
+3. Idle connections: 10 active clients plus 0 / 900 / 5000 idle ones
+   against muxloop's echo_server on select, poll and epoll.
+4. Instructions per callback (callgrind, if valgrind is installed).
+"""
+import argparse
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EX = os.path.join(ROOT, "target", "release", "examples")
+CB = os.path.join(ROOT, "target", "bench-c")
+TASKSET = shutil.which("taskset")
+HZ = os.sysconf("SC_CLK_TCK")
+
+
+def pin(cpu, argv):
+    return ([TASKSET, "-c", str(cpu)] if TASKSET else []) + argv
+
+
+def result(line):
+    return dict(kv.split("=", 1) for kv in line.split()[1:] if "=" in kv)
+
+
+def run_result(argv, timeout=300):
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+    lines = [l for l in out.stdout.splitlines() if l.startswith("RESULT")]
+    if out.returncode != 0 or not lines:
+        raise RuntimeError(f"{argv}: exit {out.returncode}: {out.stderr.strip()[-300:]}")
+    return result(lines[-1])
+
+
+def cpu_ticks(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
+class Server:
+    def __init__(self, name, argv):
+        self.name, self.argv = name, argv
+
+    def __enter__(self):
+        self.proc = subprocess.Popen(pin(0, self.argv), stdout=subprocess.PIPE,
+                                     stderr=subprocess.DEVNULL, text=True)
+        line = self.proc.stdout.readline()
+        m = re.match(r"listening on (\S+)", line)
+        if not m:
+            self.proc.kill()
+            raise RuntimeError(f"{self.name}: unexpected first line {line!r}")
+        self.addr = m.group(1).split(",")[0]
+        return self
+
+    def __exit__(self, *exc):
+        self.proc.kill()
+        self.proc.wait()
+
+
+def servers():
+    echo = os.path.join(EX, "echo_server")
+    out = [(f"muxloop-{b}", [echo, "--addr", "127.0.0.1:0", "--backend", b, "--max-seconds", "600"])
+           for b in ("epoll", "mio", "poll", "select")]
+    out += [
+        ("mio (peer)", [os.path.join(EX, "peer_mio_echo"), "--addr", "127.0.0.1:0", "--max-seconds", "600"]),
+        ("tokio (peer)", [os.path.join(EX, "peer_tokio_echo"), "--addr", "127.0.0.1:0", "--max-seconds", "600"]),
+        ("libev (peer)", [os.path.join(CB, "echo_libev"), "0", "600"]),
+        ("libevent (peer)", [os.path.join(CB, "echo_libevent"), "0", "600"]),
+    ]
+    return out
+
+
+def table(title, header, rows):
+    print(f"\n{title}")
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    fmt = "  ".join(f"{{:>{w}}}" for w in widths)
+    print(fmt.format(*header))
+    for r in rows:
+        print(fmt.format(*r))
+
+
+def bench_c(args):
+    configs = [["-n", "1000", "-a", "100", "-w", "100"],
+               ["-n", "9900", "-a", "100", "-w", "1000"],
+               ["-n", "1000", "-a", "100", "-w", "100", "-t"]]
+    progs = [("muxloop-epoll", [os.path.join(EX, "bench"), "-b", "epoll"]),
+             ("libev", [os.path.join(CB, "bench_libev")]),
+             ("libevent", [os.path.join(CB, "bench_libevent")])]
+    rows = []
+    for cfg in configs:
+        samples = {name: {"run": [], "setup": []} for name, _ in progs}
+        for _ in range(args.rounds):
+            for name, argv in progs:
+                r = run_result(pin(0, argv + cfg + ["-i", "15"]))
+                samples[name]["run"].append(float(r["run_us"]))
+                samples[name]["setup"].append(float(r["setup_us"]))
+        base_run = statistics.median(samples["libev"]["run"])
+        base_setup = statistics.median(samples["libev"]["setup"])
+        for name, _ in progs:
+            run = statistics.median(samples[name]["run"])
+            setup = statistics.median(samples[name]["setup"])
+            rows.append((" ".join(cfg), name, f"{run:.0f}", f"{run / base_run:.2f}x",
+                         f"{setup:.0f}", f"{setup / base_setup:.2f}x"))
+    table(f"bench.c method, medians of {args.rounds} interleaved rounds (each a median of 14 iterations)",
+          ("config", "library", "run us", "vs libev", "setup us", "vs libev"), rows)
+
+
+def echo(args):
+    results = {}
+    for rnd in range(args.rounds):
+        for name, argv in servers():
+            with Server(name, argv) as srv:
+                before = cpu_ticks(srv.proc.pid)
+                r = run_result(pin(1, [os.path.join(EX, "echo_load"), "--addr", srv.addr,
+                                       "--conns", str(args.conns), "--duration", str(args.seconds)]))
+                used = cpu_ticks(srv.proc.pid) - before
+            rt = int(r["round_trips"])
+            cpu_ns = used / HZ * 1e9 / max(rt, 1)
+            results.setdefault(name, []).append((float(r["rt_per_s"]), cpu_ns, int(r["p99_us"])))
+            print(f"round {rnd + 1}/{args.rounds} {name:>16}: {float(r['rt_per_s']):>9.0f} rt/s, "
+                  f"server CPU {cpu_ns:>6.0f} ns/rt, p99 {r['p99_us']} us", file=sys.stderr)
+    med = {n: (statistics.median(x[0] for x in v), statistics.median(x[1] for x in v),
+               statistics.median(x[2] for x in v)) for n, v in results.items()}
+    peers = [n for n in med if "peer" in n]
+    best_rt = max(med[n][0] for n in peers)
+    best_cpu = min(med[n][1] for n in peers)
+    rows = [(n, f"{rt:.0f}", f"{rt / best_rt:.2f}x", f"{cpu:.0f}", f"{cpu / best_cpu:.2f}x", p99)
+            for n, (rt, cpu, p99) in sorted(med.items(), key=lambda kv: kv[1][1])]
+    table(f"echo, {args.conns} connections x 64-byte ping-pong, {args.seconds} s, medians of {args.rounds} "
+          f"interleaved rounds (server on CPU 0, load on CPU 1); ratios vs the best peer",
+          ("server", "rt/s", "vs best", "CPU ns/rt", "vs best", "p99 us"), rows)
+
+
+def idle(args):
+    rows = []
+    echo = os.path.join(EX, "echo_server")
+    for backend in ("epoll", "poll", "select"):
+        row = [backend]
+        base = None
+        for idle_n in (0, 900, 5000):
+            samples = []
+            for _ in range(args.rounds):
+                with Server(backend, [echo, "--addr", "127.0.0.1:0", "--backend", backend,
+                                      "--max-seconds", "600"]) as srv:
+                    r = run_result(pin(1, [os.path.join(EX, "echo_load"), "--addr", srv.addr,
+                                           "--conns", "10", "--idle", str(idle_n), "--count", "3000"]))
+                samples.append(float(r["rt_per_s"]))
+            rt = statistics.median(samples)
+            base = base or rt
+            row.append(f"{rt:.0f} ({rt / base:.2f})")
+        rows.append(row)
+    table(f"idle connections: 10 active clients, 64-byte ping-pong, rt/s (relative to 0 idle), "
+          f"medians of {args.rounds}", ("backend", "0 idle", "900 idle", "5000 idle"), rows)
+
+
+def instructions(args):
+    if not shutil.which("valgrind"):
+        print("\n(valgrind not installed: instruction counts skipped)")
+        return
+    def irefs(argv):
+        out = subprocess.run(["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null"] + argv,
+                             capture_output=True, text=True, timeout=600)
+        return int(re.search(r"refs:\s+([\d,]+)", out.stderr).group(1).replace(",", ""))
+    rows = []
+    for name, argv in (("muxloop-epoll", [os.path.join(EX, "bench"), "-b", "epoll"]),
+                       ("libev", [os.path.join(CB, "bench_libev")])):
+        lo = irefs(argv + ["-n", "1000", "-a", "100", "-w", "1000", "-i", "5"])
+        hi = irefs(argv + ["-n", "1000", "-a", "100", "-w", "11000", "-i", "5"])
+        rows.append((name, f"{(hi - lo) / (10000 * 5):.0f}"))
+    table("user-space instructions per extra callback (callgrind; n=1000 a=100, w 1000 -> 11000, 5 iterations; "
+          "includes the callback's own read + write)", ("library", "instructions"), rows)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--seconds", type=float, default=3.0)
+    ap.add_argument("--conns", type=int, default=100)
+    ap.add_argument("--quick", action="store_true", help="1 round, 1 s: a smoke run")
+    ap.add_argument("--only", choices=("bench", "echo", "idle", "instructions"))
+    args = ap.parse_args()
+    if args.quick:
+        args.rounds, args.seconds = 1, 1.0
+    print(f"machine: {os.cpu_count()} CPUs, {os.uname().release}; pinning: {'taskset' if TASKSET else 'none'}")
+    t = time.time()
+    for name, fn in (("bench", bench_c), ("echo", echo), ("idle", idle), ("instructions", instructions)):
+        if args.only in (None, name):
+            fn(args)
+    print(f"\ntotal {time.time() - t:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,197 @@
+//! Smoke tests of the benchmark programs: they run, print what they
+//! promise, verify what they claim, and refuse what they cannot do.
+
+mod util;
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::process::Command;
+
+use muxloop::BackendKind;
+use util::*;
+
+fn result_fields(stdout: &str) -> std::collections::HashMap<String, String> {
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("RESULT"))
+        .unwrap_or_else(|| panic!("no RESULT line in {stdout:?}"));
+    line.split_whitespace()
+        .skip(1)
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+#[test]
+fn bench_prints_one_result_line_on_every_backend() {
+    for &kind in BackendKind::available() {
+        for timers in [false, true] {
+            let mut cmd = Command::new(example_path("bench"));
+            cmd.args([
+                "-b",
+                kind.name(),
+                "-n",
+                "64",
+                "-a",
+                "4",
+                "-w",
+                "32",
+                "-i",
+                "3",
+            ]);
+            if timers {
+                cmd.arg("-t");
+            }
+            let out = cmd.output().unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert_eq!(stdout.lines().count(), 1, "{stdout}");
+            let f = result_fields(&stdout);
+            assert_eq!(f["lib"], "muxloop");
+            assert_eq!(f["backend"], kind.name());
+            assert_eq!(f["n"], "64");
+            assert_eq!(f["t"], if timers { "1" } else { "0" });
+            assert_eq!(f["iters"], "2", "the first iteration is a warm-up");
+            for key in [
+                "setup_us",
+                "run_us",
+                "total_us",
+                "run_min_us",
+                "ns_per_cb",
+                "setup_ns_per_fd",
+            ] {
+                let v: f64 = f[key].parse().unwrap();
+                assert!(v > 0.0, "{key}={v}");
+            }
+        }
+    }
+}
+
+#[test]
+fn bench_refuses_a_size_beyond_the_fd_limit() {
+    let out = Command::new(example_path("bench"))
+        .args(["-n", "1000000", "-i", "2"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("RLIMIT_NOFILE"), "{err}");
+}
+
+#[test]
+fn compare_backends_writes_table_csv_and_svg() {
+    let dir = std::env::temp_dir().join(format!("muxloop-cmp-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let csv = dir.join("cmp.csv");
+    let svg = dir.join("cmp.svg");
+    let out = Command::new(example_path("compare_backends"))
+        .args([
+            "--pairs",
+            "20,60",
+            "--active",
+            "1,5",
+            "--writes",
+            "10",
+            "--iterations",
+            "2",
+        ])
+        .arg("--csv")
+        .arg(&csv)
+        .arg("--svg")
+        .arg(&svg)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let table = String::from_utf8_lossy(&out.stdout);
+    for kind in BackendKind::available() {
+        assert!(table.contains(kind.name()), "{table}");
+    }
+    let csv = std::fs::read_to_string(&csv).unwrap();
+    assert_eq!(
+        csv.lines().count(),
+        1 + 4 * BackendKind::available().len(),
+        "{csv}"
+    );
+    assert!(csv.lines().skip(1).all(|l| l.ends_with(",ok")), "{csv}");
+    let svg = std::fs::read_to_string(&svg).unwrap();
+    assert!(svg.contains("<svg") && svg.contains("per callback"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn echo_load_verifies_against_the_echo_server_and_the_peers() {
+    let servers = [
+        ("echo_server", vec!["--backend", "poll"]),
+        ("peer_mio_echo", vec![]),
+        ("peer_tokio_echo", vec![]),
+    ];
+    for (name, extra) in servers {
+        let mut cmd = Command::new(example_path(name));
+        cmd.args(["--addr", "127.0.0.1:0", "--max-seconds", "60"])
+            .args(&extra);
+        let server = start_server(cmd);
+        let out = Command::new(example_path("echo_load"))
+            .args([
+                "--addr",
+                &server.addr.to_string(),
+                "--conns",
+                "20",
+                "--idle",
+                "30",
+            ])
+            .args(["--count", "200", "--size", "300"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let f = result_fields(&String::from_utf8_lossy(&out.stdout));
+        assert_eq!(f["round_trips"], "4000", "{name}");
+        assert_eq!(f["errors"], "0", "{name}");
+        assert_eq!(f["idle"], "30");
+    }
+}
+
+#[test]
+fn echo_load_fails_on_a_corrupted_echo() {
+    // A server that echoes every byte but flips one bit in the 10th.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        if let Ok((mut s, _)) = listener.accept() {
+            let mut seen = 0usize;
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = s.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                for (i, b) in buf[..n].iter_mut().enumerate() {
+                    if seen + i == 9 {
+                        *b ^= 1;
+                    }
+                }
+                seen += n;
+                if s.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    let out = Command::new(example_path("echo_load"))
+        .args(["--addr", &addr.to_string(), "--conns", "1", "--count", "5"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("differs"), "{err}");
+}
