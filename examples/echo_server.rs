@@ -277,9 +277,26 @@ fn shed(
     }
 }
 
+/// Raises the soft fd limit to the hard one: a server wants every fd it
+/// may have (the reserve-fd trick handles running out).
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: a valid rlimit out-pointer; raising soft to hard is allowed.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
 fn main() -> io::Result<()> {
     env_logger::init();
     let args = Args::parse();
+    raise_fd_limit();
     let kind = match args.backend {
         Some(kind) => kind,
         None => BackendKind::from_env()?,

@@ -146,7 +146,9 @@ trait Dispatch<S> {
     ) -> PostAction;
     fn source(&self) -> &dyn Any;
     fn source_mut(&mut self) -> &mut dyn Any;
-    fn into_source(self: Box<Self>) -> Box<dyn Any>;
+    /// Moves the source into `out`, an `Option<Src>` (left alone if the
+    /// type differs): no allocation, unlike boxing it as `dyn Any`.
+    fn take_source(self: Box<Self>, out: &mut dyn Any);
 }
 
 struct Entry<Src, F> {
@@ -181,8 +183,10 @@ where
         &mut self.source
     }
 
-    fn into_source(self: Box<Self>) -> Box<dyn Any> {
-        Box::new(self.source)
+    fn take_source(self: Box<Self>, out: &mut dyn Any) {
+        if let Some(slot) = out.downcast_mut::<Option<Src>>() {
+            *slot = Some(self.source);
+        }
     }
 }
 
@@ -395,11 +399,11 @@ impl<S> EventLoop<S> {
         let key = self.selector.unregister(fd)?;
         log::trace!("loop=remove fd={fd}");
         match key.into_data() {
-            Slot::Source(Some(entry)) => entry
-                .into_source()
-                .downcast::<Src>()
-                .map(|b| *b)
-                .map_err(|_| io::Error::other("source id of another type")),
+            Slot::Source(Some(entry)) => {
+                let mut out: Option<Src> = None;
+                entry.take_source(&mut out);
+                out.ok_or_else(|| io::Error::other("source id of another type"))
+            }
             _ => Err(unknown_source(id.token)),
         }
     }

@@ -235,6 +235,46 @@ impl Backend for EpollBackend {
         Ok(())
     }
 
+    /// Re-synchronises with the selector's registrations: a fresh epoll
+    /// instance holding exactly `live`. Needed only if the kernel and the
+    /// backend's table disagree, e.g. after a wrapper dropped a delete.
+    fn purge(
+        &mut self,
+        live: &mut dyn Iterator<Item = (RawFd, Token, Interest)>,
+    ) -> io::Result<()> {
+        let ep = sys::epoll_create()?;
+        for st in &mut self.fds {
+            st.active = false;
+            st.deferred = false;
+        }
+        self.deferred.clear();
+        self.active = 0;
+        for (fd, token, interest) in live {
+            let generation = self.state(fd).generation.wrapping_add(1);
+            let res = sys::epoll_ctl(
+                &ep,
+                libc::EPOLL_CTL_ADD,
+                fd,
+                events_for(interest),
+                data(fd, generation),
+            );
+            if let Err(e) = res {
+                log::warn!("backend=epoll fd={fd} not re-added on purge: {e}");
+                continue;
+            }
+            *self.state(fd) = FdState {
+                token,
+                interest,
+                generation,
+                active: true,
+                deferred: false,
+            };
+            self.active += 1;
+        }
+        self.ep = ep;
+        Ok(())
+    }
+
     fn wait(
         &mut self,
         events: &mut Vec<(Token, Ready)>,
