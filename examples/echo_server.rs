@@ -28,10 +28,9 @@ use muxloop::{BackendKind, EventLoop, Interest, PostAction, SourceEvent};
 /// An echo server on muxloop's EventLoop.
 #[derive(Parser)]
 struct Args {
-    /// Backend: select, poll, epoll, kqueue or mio (default: MUXLOOP_BACKEND
-    /// or the platform's best).
-    #[arg(long)]
-    backend: Option<BackendKind>,
+    /// Backend: select, poll, epoll, kqueue or mio.
+    #[arg(long, env = "MUXLOOP_BACKEND", default_value_t = BackendKind::platform_default())]
+    backend: BackendKind,
     /// Address to listen on (port 0 picks a free port).
     #[arg(long, default_value = "127.0.0.1:1234")]
     addr: String,
@@ -297,10 +296,7 @@ fn main() -> io::Result<()> {
     env_logger::init();
     let args = Args::parse();
     raise_fd_limit();
-    let kind = match args.backend {
-        Some(kind) => kind,
-        None => BackendKind::from_env()?,
-    };
+    let kind = args.backend;
     let mut lp = EventLoop::<Server>::with_backend(kind)?;
     let listener = TcpListener::bind(&args.addr)?;
     listener.set_nonblocking(true)?;

@@ -21,10 +21,9 @@ use muxloop::{BackendKind, EventLoop, Interest, PostAction, SourceEvent};
 /// A two-port server that answers every message with `ok`.
 #[derive(Parser)]
 struct Args {
-    /// Backend: select, poll, epoll, kqueue or mio (default: MUXLOOP_BACKEND
-    /// or the platform's best).
-    #[arg(long)]
-    backend: Option<BackendKind>,
+    /// Backend: select, poll, epoll, kqueue or mio.
+    #[arg(long, env = "MUXLOOP_BACKEND", default_value_t = BackendKind::platform_default())]
+    backend: BackendKind,
     /// Ports to listen on, on 127.0.0.1 (0 picks a free one).
     #[arg(long, value_delimiter = ',', default_value = "8001,8002")]
     ports: Vec<u16>,
@@ -109,10 +108,7 @@ fn on_conn(
 fn main() -> io::Result<()> {
     env_logger::init();
     let args = Args::parse();
-    let kind = match args.backend {
-        Some(kind) => kind,
-        None => BackendKind::from_env()?,
-    };
+    let kind = args.backend;
     let mut lp = EventLoop::<Counts>::with_backend(kind)?;
     let mut addrs = Vec::new();
     for port in &args.ports {

@@ -48,10 +48,9 @@ use muxloop::{BackendKind, Events, Interest, Ready, Selector};
 /// The Python `selectors` echo server on muxloop's Selector.
 #[derive(Parser)]
 struct Args {
-    /// Backend: select, poll, epoll, kqueue or mio (default: MUXLOOP_BACKEND
-    /// or the platform's best).
-    #[arg(long)]
-    backend: Option<BackendKind>,
+    /// Backend: select, poll, epoll, kqueue or mio.
+    #[arg(long, env = "MUXLOOP_BACKEND", default_value_t = BackendKind::platform_default())]
+    backend: BackendKind,
     /// Address to listen on (port 0 picks a free port).
     #[arg(long, default_value = "127.0.0.1:1234")]
     addr: String,
@@ -182,10 +181,7 @@ fn is_transient(e: &io::Error) -> bool {
 fn main() -> io::Result<()> {
     env_logger::init();
     let args = Args::parse();
-    let kind = match args.backend {
-        Some(kind) => kind,
-        None => BackendKind::from_env()?,
-    };
+    let kind = args.backend;
     let sel = Selector::with_backend(kind)?;
     let sock = TcpListener::bind(&args.addr)?;
     sock.set_nonblocking(true)?;

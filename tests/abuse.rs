@@ -12,30 +12,11 @@ use std::time::{Duration, Instant};
 use muxloop::{BackendKind, EventLoop, PostAction};
 use util::*;
 
-fn result_field(stdout: &str, key: &str) -> String {
-    stdout
-        .lines()
-        .filter(|l| l.starts_with("RESULT"))
-        .flat_map(|l| l.split_whitespace())
-        .find_map(|kv| kv.strip_prefix(&format!("{key}=")).map(str::to_string))
-        .unwrap_or_else(|| panic!("no {key} in {stdout:?}"))
-}
-
 #[test]
 fn ten_thousand_concurrent_connections_on_every_backend() {
     raise_fd_limit();
     for &kind in BackendKind::available() {
-        let mut cmd = Command::new(example_path("echo_server"));
-        cmd.args([
-            "--addr",
-            "127.0.0.1:0",
-            "--backend",
-            kind.name(),
-            "--max-seconds",
-            "300",
-        ])
-        .env("RUST_LOG", "error");
-        let server = start_server(cmd);
+        let server = echo_server(kind, &[]);
         let t = Instant::now();
         let out = Command::new(example_path("echo_load"))
             .args([
@@ -56,8 +37,9 @@ fn ten_thousand_concurrent_connections_on_every_backend() {
             "{kind}: {}\n{stdout}",
             String::from_utf8_lossy(&out.stderr)
         );
-        assert_eq!(result_field(&stdout, "round_trips"), "30000", "{kind}");
-        assert_eq!(result_field(&stdout, "errors"), "0", "{kind}");
+        let f = result_fields(&stdout);
+        assert_eq!(f["round_trips"], "30000", "{kind}");
+        assert_eq!(f["errors"], "0", "{kind}");
         eprintln!(
             "{kind}: 10,000 connections x 3 round trips, 3,000,000 bytes verified in {:.1?}",
             t.elapsed()

@@ -10,18 +10,6 @@ use std::process::Command;
 use muxloop::BackendKind;
 use util::*;
 
-fn result_fields(stdout: &str) -> std::collections::HashMap<String, String> {
-    let line = stdout
-        .lines()
-        .find(|l| l.starts_with("RESULT"))
-        .unwrap_or_else(|| panic!("no RESULT line in {stdout:?}"));
-    line.split_whitespace()
-        .skip(1)
-        .filter_map(|kv| kv.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
-}
-
 #[test]
 fn bench_prints_one_result_line_on_every_backend() {
     for &kind in BackendKind::available() {

@@ -1,10 +1,11 @@
 //! The selector behaviour suite, written once and run against every backend.
 //!
-//! Each case is a function of the backend kind in `cases`; the
-//! `conformance!` macro instantiates all of them in one module per backend,
-//! so `cargo test epoll::` runs one backend and a new backend is one line at
-//! the bottom of this file.
+//! Each case is a function of the backend kind in `cases`; `per_backend!`
+//! (in `tests/util`) instantiates all of them in one module per backend, so
+//! `cargo test epoll::` runs one backend, and a new backend is one line in
+//! that macro.
 
+#[macro_use]
 mod util;
 
 use std::io::{self, Read, Write};
@@ -753,84 +754,55 @@ mod cases {
     }
 }
 
-/// Instantiates every case in `cases` for one backend, in a module named
-/// after it. The list of cases is written here once.
-macro_rules! conformance {
-    ($module:ident, $kind:expr) => {
-        mod $module {
-            conformance!(@cases $kind;
-                register_returns_key_with_fd_interest_and_data,
-                register_twice_is_already_exists,
-                register_same_number_through_another_handle_is_already_exists,
-                dup_of_registered_fd_is_a_separate_registration,
-                register_negative_fd_is_invalid_input,
-                register_closed_fd_fails_and_leaves_nothing,
-                unregister_returns_key_with_data,
-                unregister_unknown_is_not_found,
-                modify_unknown_is_not_found,
-                register_again_after_unregister,
-                keys_and_len_track_registrations,
-                key_mut_changes_data_in_place,
-                modify_changes_interest_and_data,
-                modify_data_only_makes_no_syscall,
-                set_interest_keeps_data,
-                readable_when_peer_writes,
-                writable_when_buffer_has_room,
-                not_writable_when_buffer_full_until_peer_drains,
-                level_triggered_readable_repeats_until_drained,
-                level_triggered_writable_repeats,
-                read_and_write_merge_into_one_event,
-                readiness_is_masked_by_interest,
-                many_ready_fds_reported_in_one_call,
-                events_buffer_is_reused_without_growth,
-                no_event_after_unregister,
-                peer_close_is_readable_then_eof,
-                peer_close_wakes_a_writer,
-                pipe_writer_close_wakes_reader,
-                unregister_closed_fd_succeeds,
-                closed_and_reused_fd_number_can_be_unregistered_and_registered,
-                closed_registered_fd_does_not_break_select,
-                closed_fd_whose_file_stays_ready_does_not_spin,
-                reregister_after_number_reuse_watches_the_new_file,
-                reregister_with_another_interest_takes_the_new_one,
-                unregister_then_close_while_a_dup_lives_does_not_spin,
-                stale_token_is_not_resolved_after_slot_reuse,
-                handlers_may_change_registrations_while_iterating,
-                zero_timeout_does_not_block,
-                timeout_waits_at_least_the_requested_time,
-                empty_selector_still_sleeps,
-                sub_millisecond_timeout_is_not_a_busy_loop,
-                huge_timeout_is_clamped,
-                no_timeout_blocks_until_ready,
-                signal_does_not_end_or_extend_the_wait,
-                signal_during_infinite_wait_keeps_waiting,
-                operations_after_close_are_errors,
-                close_twice_is_fine,
-                close_drops_the_data,
-                selector_is_debug_and_names_its_backend,
-            );
-        }
-    };
-    (@cases $kind:expr; $($case:ident),* $(,)?) => {
-        $(
-            #[test]
-            fn $case() {
-                super::cases::$case($kind)
-            }
-        )*
-    };
-}
-
-conformance!(select, muxloop::BackendKind::Select);
-conformance!(poll, muxloop::BackendKind::Poll);
-#[cfg(any(target_os = "linux", target_os = "android"))]
-conformance!(epoll, muxloop::BackendKind::Epoll);
-#[cfg(any(
-    target_os = "macos",
-    target_os = "freebsd",
-    target_os = "openbsd",
-    target_os = "netbsd",
-    target_os = "dragonfly"
-))]
-conformance!(kqueue, muxloop::BackendKind::Kqueue);
-conformance!(mio_backend, muxloop::BackendKind::Mio);
+// Every case, on every backend (see `per_backend!` in `tests/util`).
+per_backend!(
+    register_returns_key_with_fd_interest_and_data,
+    register_twice_is_already_exists,
+    register_same_number_through_another_handle_is_already_exists,
+    dup_of_registered_fd_is_a_separate_registration,
+    register_negative_fd_is_invalid_input,
+    register_closed_fd_fails_and_leaves_nothing,
+    unregister_returns_key_with_data,
+    unregister_unknown_is_not_found,
+    modify_unknown_is_not_found,
+    register_again_after_unregister,
+    keys_and_len_track_registrations,
+    key_mut_changes_data_in_place,
+    modify_changes_interest_and_data,
+    modify_data_only_makes_no_syscall,
+    set_interest_keeps_data,
+    readable_when_peer_writes,
+    writable_when_buffer_has_room,
+    not_writable_when_buffer_full_until_peer_drains,
+    level_triggered_readable_repeats_until_drained,
+    level_triggered_writable_repeats,
+    read_and_write_merge_into_one_event,
+    readiness_is_masked_by_interest,
+    many_ready_fds_reported_in_one_call,
+    events_buffer_is_reused_without_growth,
+    no_event_after_unregister,
+    peer_close_is_readable_then_eof,
+    peer_close_wakes_a_writer,
+    pipe_writer_close_wakes_reader,
+    unregister_closed_fd_succeeds,
+    closed_and_reused_fd_number_can_be_unregistered_and_registered,
+    closed_registered_fd_does_not_break_select,
+    closed_fd_whose_file_stays_ready_does_not_spin,
+    reregister_after_number_reuse_watches_the_new_file,
+    reregister_with_another_interest_takes_the_new_one,
+    unregister_then_close_while_a_dup_lives_does_not_spin,
+    stale_token_is_not_resolved_after_slot_reuse,
+    handlers_may_change_registrations_while_iterating,
+    zero_timeout_does_not_block,
+    timeout_waits_at_least_the_requested_time,
+    empty_selector_still_sleeps,
+    sub_millisecond_timeout_is_not_a_busy_loop,
+    huge_timeout_is_clamped,
+    no_timeout_blocks_until_ready,
+    signal_does_not_end_or_extend_the_wait,
+    signal_during_infinite_wait_keeps_waiting,
+    operations_after_close_are_errors,
+    close_twice_is_fine,
+    close_drops_the_data,
+    selector_is_debug_and_names_its_backend,
+);

@@ -6,27 +6,12 @@ mod util;
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream};
-use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use muxloop::BackendKind;
 use util::*;
-
-fn echo_server(kind: BackendKind, extra: &[&str]) -> ServerProcess {
-    let mut cmd = Command::new(example_path("echo_server"));
-    cmd.args([
-        "--addr",
-        "127.0.0.1:0",
-        "--backend",
-        kind.name(),
-        "--max-seconds",
-        "120",
-    ])
-    .args(extra);
-    start_server(cmd)
-}
 
 fn connect(server: &ServerProcess) -> TcpStream {
     let s = TcpStream::connect(server.addr).unwrap();
@@ -147,21 +132,7 @@ fn resets_and_vanishing_clients_do_not_disturb_the_others() {
         for _ in 0..20 {
             // Reset: linger 0, then close with data in flight.
             let c = connect(&server);
-            let linger = libc::linger {
-                l_onoff: 1,
-                l_linger: 0,
-            };
-            // SAFETY: setsockopt with a valid linger struct and its size.
-            let rc = unsafe {
-                libc::setsockopt(
-                    c.as_raw_fd(),
-                    libc::SOL_SOCKET,
-                    libc::SO_LINGER,
-                    (&linger as *const libc::linger).cast(),
-                    std::mem::size_of::<libc::linger>() as libc::socklen_t,
-                )
-            };
-            assert_eq!(rc, 0);
+            linger_zero(&c);
             (&c).write_all(&[1; 5000]).unwrap();
             drop(c);
             // Vanishing mid-write: sends a lot, leaves without reading.

@@ -2,6 +2,7 @@
 //! removal inside callbacks, stale-event protection with fd reuse, stop,
 //! run_once, timers, call_soon and the cross-thread handle.
 
+#[macro_use]
 mod util;
 
 use std::cell::RefCell;
@@ -508,57 +509,30 @@ fn select_loop_refuses_a_high_fd_and_drops_it() {
     assert_eq!(b.read(&mut [0; 1]).unwrap(), 0);
 }
 
-macro_rules! loop_suite {
-    ($module:ident, $kind:expr) => {
-        mod $module {
-            loop_suite!(@cases $kind;
-                readable_source_runs_its_callback_with_state,
-                post_action_remove_drops_and_closes_the_source,
-                remove_hands_the_source_back_open,
-                removal_by_an_earlier_callback_suppresses_a_collected_event,
-                stale_event_never_reaches_a_new_source_on_the_same_fd,
-                own_removal_is_busy_but_discard_works,
-                modify_inside_callback_switches_interest,
-                run_once_returns_after_its_timeout,
-                hooks_run_around_the_wait,
-                call_soon_runs_on_the_next_iteration_in_order,
-                timer_never_fires_early,
-                timers_due_together_fire_in_scheduling_order,
-                cancelled_timer_never_fires,
-                repeating_timer_repeats_until_it_says_remove,
-                repeating_timer_can_cancel_itself,
-                timer_shortens_an_unbounded_wait,
-                hundred_thousand_timers_fire_once_each_in_order,
-                handle_wakes_a_loop_blocked_without_timeout,
-                many_wakes_from_many_threads_coalesce,
-                handle_stop_ends_run,
-                handle_outliving_the_loop_reports_it,
-            );
-        }
-    };
-    (@cases $kind:expr; $($case:ident),* $(,)?) => {
-        $(
-            #[test]
-            fn $case() {
-                super::cases::$case($kind)
-            }
-        )*
-    };
-}
-
-loop_suite!(select, muxloop::BackendKind::Select);
-loop_suite!(poll, muxloop::BackendKind::Poll);
-#[cfg(any(target_os = "linux", target_os = "android"))]
-loop_suite!(epoll, muxloop::BackendKind::Epoll);
-#[cfg(any(
-    target_os = "macos",
-    target_os = "freebsd",
-    target_os = "openbsd",
-    target_os = "netbsd",
-    target_os = "dragonfly"
-))]
-loop_suite!(kqueue, muxloop::BackendKind::Kqueue);
-loop_suite!(mio_backend, muxloop::BackendKind::Mio);
+// Every case, on every backend (see `per_backend!` in `tests/util`).
+per_backend!(
+    readable_source_runs_its_callback_with_state,
+    post_action_remove_drops_and_closes_the_source,
+    remove_hands_the_source_back_open,
+    removal_by_an_earlier_callback_suppresses_a_collected_event,
+    stale_event_never_reaches_a_new_source_on_the_same_fd,
+    own_removal_is_busy_but_discard_works,
+    modify_inside_callback_switches_interest,
+    run_once_returns_after_its_timeout,
+    hooks_run_around_the_wait,
+    call_soon_runs_on_the_next_iteration_in_order,
+    timer_never_fires_early,
+    timers_due_together_fire_in_scheduling_order,
+    cancelled_timer_never_fires,
+    repeating_timer_repeats_until_it_says_remove,
+    repeating_timer_can_cancel_itself,
+    timer_shortens_an_unbounded_wait,
+    hundred_thousand_timers_fire_once_each_in_order,
+    handle_wakes_a_loop_blocked_without_timeout,
+    many_wakes_from_many_threads_coalesce,
+    handle_stop_ends_run,
+    handle_outliving_the_loop_reports_it,
+);
 
 #[test]
 fn any_source_with_an_fd_can_be_added() {

@@ -8,8 +8,6 @@ mod util;
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream};
-use std::os::fd::AsRawFd;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use util::*;
@@ -42,20 +40,7 @@ fn round(addr: std::net::SocketAddr, seed: u64) -> usize {
     for _ in 0..20 {
         // Reset with data in flight.
         let c = connect(addr);
-        let linger = libc::linger {
-            l_onoff: 1,
-            l_linger: 0,
-        };
-        // SAFETY: setsockopt with a valid linger struct and its size.
-        unsafe {
-            libc::setsockopt(
-                c.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_LINGER,
-                (&linger as *const libc::linger).cast(),
-                std::mem::size_of::<libc::linger>() as libc::socklen_t,
-            );
-        }
+        linger_zero(&c);
         let _ = (&c).write_all(&[7; 3000]);
     }
     for k in 0..10 {
@@ -89,15 +74,7 @@ fn soak_keeps_fds_and_memory_flat() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(45);
-    let mut cmd = Command::new(example_path("echo_server"));
-    cmd.args([
-        "--addr",
-        "127.0.0.1:0",
-        "--max-seconds",
-        &(secs + 120).to_string(),
-    ])
-    .env("RUST_LOG", "error");
-    let server = start_server(cmd);
+    let server = echo_server(muxloop::BackendKind::platform_default(), &[]);
     let pid = server.child.id();
     // Warm up, then take the baseline.
     let mut verified = round(server.addr, 0);

@@ -12,6 +12,40 @@ use std::time::Duration;
 
 use muxloop::{Backend, BackendKind, Events, Interest, Ready, Selector, Token};
 
+/// Instantiates the listed cases of the calling file's `cases` module (each
+/// a `fn(BackendKind)`) once per backend, in a module named after it —
+/// `select::`, `poll::`, `epoll::`, `kqueue::`, `mio_backend::` — so that
+/// `cargo test epoll::` runs one backend. A new backend is one line here,
+/// and every suite runs on it.
+#[macro_export]
+macro_rules! per_backend {
+    ($($case:ident),* $(,)?) => {
+        $crate::per_backend!(@backend select, muxloop::BackendKind::Select; $($case),*);
+        $crate::per_backend!(@backend poll, muxloop::BackendKind::Poll; $($case),*);
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        $crate::per_backend!(@backend epoll, muxloop::BackendKind::Epoll; $($case),*);
+        #[cfg(any(
+            target_os = "macos",
+            target_os = "freebsd",
+            target_os = "openbsd",
+            target_os = "netbsd",
+            target_os = "dragonfly"
+        ))]
+        $crate::per_backend!(@backend kqueue, muxloop::BackendKind::Kqueue; $($case),*);
+        $crate::per_backend!(@backend mio_backend, muxloop::BackendKind::Mio; $($case),*);
+    };
+    (@backend $module:ident, $kind:expr; $($case:ident),*) => {
+        mod $module {
+            $(
+                #[test]
+                fn $case() {
+                    super::cases::$case($kind)
+                }
+            )*
+        }
+    };
+}
+
 /// Logs to the test harness once per process (`RUST_LOG=trace` to see).
 pub fn init_logging() {
     static ONCE: Once = Once::new();
@@ -386,4 +420,55 @@ pub fn echo_clients(
         })
         .collect();
     handles.into_iter().map(|h| h.join().expect("client")).sum()
+}
+
+/// Starts `examples/echo_server` on `kind` on a free loopback port, with
+/// `extra` arguments; it stops by itself after an hour at the latest (and
+/// is killed when the returned process is dropped).
+pub fn echo_server(kind: BackendKind, extra: &[&str]) -> ServerProcess {
+    let mut cmd = std::process::Command::new(example_path("echo_server"));
+    cmd.args([
+        "--addr",
+        "127.0.0.1:0",
+        "--backend",
+        kind.name(),
+        "--max-seconds",
+        "300",
+    ])
+    .args(extra)
+    .env("RUST_LOG", "error");
+    start_server(cmd)
+}
+
+/// Makes `close` of `sock` send a reset (SO_LINGER with a zero timeout).
+pub fn linger_zero(sock: &impl AsRawFd) {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt with a valid linger struct and its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "SO_LINGER: {}", io::Error::last_os_error());
+}
+
+/// The `key=value` fields of the last `RESULT` line a program printed.
+pub fn result_fields(stdout: &str) -> std::collections::HashMap<String, String> {
+    let line = stdout
+        .lines()
+        .rev()
+        .find(|l| l.starts_with("RESULT"))
+        .unwrap_or_else(|| panic!("no RESULT line in {stdout:?}"));
+    line.split_whitespace()
+        .skip(1)
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }
