@@ -629,13 +629,23 @@ impl<S> EventLoop<S> {
                 None => cap,
             }
         };
+        if self.selector.reports_each_fd_once() {
+            // One pass: the records go straight to dispatch, which resolves
+            // and masks them (no merging needed, no `Events` to build).
+            let res = self.selector.select_raw(timeout);
+            let woke = self.woke(now, state);
+            let raw = res?;
+            log::trace!("loop=iterate events={} timeout={timeout:?}", raw.len());
+            for &(token, ready) in &raw {
+                self.dispatch(token, ready, state);
+            }
+            self.selector.restore_raw(raw);
+            self.finish_iteration(woke, state);
+            return Ok(());
+        }
         let mut events = std::mem::take(&mut self.events);
         let res = self.selector.select(&mut events, timeout);
-        let woke = Instant::now();
-        self.stats.wait_time += woke - now;
-        if let Some(hook) = self.after_wake.as_mut() {
-            hook(state);
-        }
+        let woke = self.woke(now, state);
         if let Err(e) = res {
             self.events = events;
             return Err(e);
@@ -645,18 +655,41 @@ impl<S> EventLoop<S> {
             self.dispatch(ev.token(), ev.ready(), state);
         }
         self.events = events;
+        self.finish_iteration(woke, state);
+        Ok(())
+    }
+
+    /// Accounts the wait that began at `slept` and runs the wake hook.
+    fn woke(&mut self, slept: Instant, state: &mut S) -> Instant {
+        let woke = Instant::now();
+        self.stats.wait_time += woke - slept;
+        if let Some(hook) = self.after_wake.as_mut() {
+            hook(state);
+        }
+        woke
+    }
+
+    /// Timers and queued calls, then the counters.
+    fn finish_iteration(&mut self, woke: Instant, state: &mut S) {
         self.run_timers(state);
         self.run_soon(state);
         self.stats.iterations += 1;
         self.stats.callback_time += woke.elapsed();
-        Ok(())
     }
 
+    // Inlined into both dispatch loops: called once per event, it is the
+    // hottest path of the loop.
+    #[inline(always)]
     fn dispatch(&mut self, token: Token, ready: Ready, state: &mut S) {
         // Gone already: removed by an earlier callback of this iteration.
         let Some(key) = self.selector.key_by_token_mut(token) else {
             return;
         };
+        // Raw records are not masked yet (masking twice is harmless).
+        let ready = ready.masked(key.interest());
+        if ready.is_empty() {
+            return;
+        }
         let entry = match key.data_mut() {
             Slot::Source(entry) => entry.take(),
             Slot::Waker => return self.run_remote(state),

@@ -48,6 +48,23 @@ impl Ready {
     /// `EPOLLRDHUP`, `EV_EOF`): the next reads return what is left, then 0.
     pub const HUP: Ready = Ready(HUP);
 
+    /// Builds a readiness from its four flags, without branches (backends
+    /// call it once per kernel event).
+    #[inline]
+    pub(crate) const fn from_flags(
+        readable: bool,
+        writable: bool,
+        error: bool,
+        hup: bool,
+    ) -> Ready {
+        Ready(
+            (readable as u8 * READABLE)
+                | (writable as u8 * WRITABLE)
+                | (error as u8 * ERROR)
+                | (hup as u8 * HUP),
+        )
+    }
+
     /// Whether a read will not block.
     pub const fn is_readable(self) -> bool {
         self.0 & READABLE != 0

@@ -559,6 +559,26 @@ impl<T> Selector<T> {
     /// closed.
     pub fn select(&mut self, events: &mut Events, timeout: Option<Duration>) -> io::Result<usize> {
         events.clear();
+        self.wait_until(timeout, |sel| {
+            sel.collect(events);
+            !events.is_empty()
+        })?;
+        log::trace!(
+            "selector=select backend={} events={}",
+            self.name,
+            events.len()
+        );
+        Ok(events.len())
+    }
+
+    /// The wait loop behind `select`: waits on the backend, retrying EINTR
+    /// and waiting out the rest of the timeout, until `done` (given the
+    /// selector with `raw` filled) says there is something to report.
+    fn wait_until(
+        &mut self,
+        timeout: Option<Duration>,
+        mut done: impl FnMut(&mut Self) -> bool,
+    ) -> io::Result<()> {
         if self.backend.is_none() {
             return Err(closed_error());
         }
@@ -579,9 +599,8 @@ impl<T> Selector<T> {
                 }
                 Err(e) => return Err(e),
             }
-            self.collect(events);
-            if !events.is_empty() || remaining == Some(Duration::ZERO) {
-                break;
+            if done(self) || remaining == Some(Duration::ZERO) {
+                return Ok(());
             }
             // Nothing to report: a timeout the kernel rounded down, a
             // signal, or only events for stale registrations. Wait out the
@@ -589,17 +608,38 @@ impl<T> Selector<T> {
             if let Some(deadline) = deadline {
                 let now = Instant::now();
                 if now >= deadline {
-                    break;
+                    return Ok(());
                 }
                 remaining = Some(deadline - now);
             }
         }
-        log::trace!(
-            "selector=select backend={} events={}",
-            self.name,
-            events.len()
-        );
-        Ok(events.len())
+    }
+
+    /// Whether the backend reports each fd at most once per wait, so the
+    /// raw records need no merging (see [`select_raw`](Selector::select_raw)).
+    pub(crate) fn reports_each_fd_once(&self) -> bool {
+        self.backend
+            .as_ref()
+            .is_some_and(|b| b.reports_each_fd_once())
+    }
+
+    /// `select` without building [`Events`]: waits like `select` and hands
+    /// out the backend's raw `(token, ready)` records, which the caller must
+    /// resolve (stale tokens are possible), mask by interest, and give back
+    /// with [`restore_raw`](Selector::restore_raw). Only for backends that
+    /// [report each fd once](Selector::reports_each_fd_once): records are
+    /// not merged. The event loop uses it to dispatch in one pass.
+    pub(crate) fn select_raw(
+        &mut self,
+        timeout: Option<Duration>,
+    ) -> io::Result<Vec<(Token, Ready)>> {
+        self.wait_until(timeout, |sel| !sel.raw.is_empty())?;
+        Ok(std::mem::take(&mut self.raw))
+    }
+
+    /// Returns the buffer lent by [`select_raw`](Selector::select_raw).
+    pub(crate) fn restore_raw(&mut self, raw: Vec<(Token, Ready)>) {
+        self.raw = raw;
     }
 
     /// Turns the raw backend output into masked, merged, live events.

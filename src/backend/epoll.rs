@@ -197,6 +197,10 @@ impl Backend for EpollBackend {
         "epoll"
     }
 
+    fn reports_each_fd_once(&self) -> bool {
+        true
+    }
+
     fn add(&mut self, fd: RawFd, token: Token, interest: Interest) -> io::Result<()> {
         let st = *self.state(fd);
         if st.deferred {
@@ -299,19 +303,12 @@ impl Backend for EpollBackend {
                 }
             };
             let bits = ev.events as libc::c_int;
-            let mut ready = Ready::EMPTY;
-            if bits & (libc::EPOLLIN | libc::EPOLLPRI) != 0 {
-                ready |= Ready::READABLE;
-            }
-            if bits & libc::EPOLLOUT != 0 {
-                ready |= Ready::WRITABLE;
-            }
-            if bits & (libc::EPOLLHUP | libc::EPOLLRDHUP) != 0 {
-                ready |= Ready::HUP;
-            }
-            if bits & libc::EPOLLERR != 0 {
-                ready |= Ready::ERROR;
-            }
+            let ready = Ready::from_flags(
+                bits & (libc::EPOLLIN | libc::EPOLLPRI) != 0,
+                bits & libc::EPOLLOUT != 0,
+                bits & libc::EPOLLERR != 0,
+                bits & (libc::EPOLLHUP | libc::EPOLLRDHUP) != 0,
+            );
             events.push((st.token, ready));
         }
         if orphans {

@@ -75,6 +75,13 @@ pub trait Backend: Send {
         timeout: Option<Duration>,
     ) -> io::Result<()>;
 
+    /// Whether `wait` reports each fd at most once per call (true for
+    /// select, poll and epoll; kqueue reports read and write apart). The
+    /// default, `false`, is always safe: the selector then merges records.
+    fn reports_each_fd_once(&self) -> bool {
+        false
+    }
+
     /// Called when `wait` reported a token that belongs to no registration.
     ///
     /// That happens when an fd was closed while registered but its open

@@ -66,6 +66,10 @@ impl Backend for PollBackend {
         "poll"
     }
 
+    fn reports_each_fd_once(&self) -> bool {
+        true
+    }
+
     fn add(&mut self, fd: RawFd, token: Token, interest: Interest) -> io::Result<()> {
         // poll(2) would only flag it later, with POLLNVAL.
         sys::check_open(fd)?;
@@ -116,19 +120,12 @@ impl Backend for PollBackend {
                 continue;
             }
             left -= 1;
-            let mut ready = Ready::EMPTY;
-            if re & (libc::POLLIN | libc::POLLPRI) != 0 {
-                ready |= Ready::READABLE;
-            }
-            if re & libc::POLLOUT != 0 {
-                ready |= Ready::WRITABLE;
-            }
-            if re & HUP_EVENTS != 0 {
-                ready |= Ready::HUP;
-            }
-            if re & libc::POLLERR != 0 {
-                ready |= Ready::ERROR;
-            }
+            let mut ready = Ready::from_flags(
+                re & (libc::POLLIN | libc::POLLPRI) != 0,
+                re & libc::POLLOUT != 0,
+                re & libc::POLLERR != 0,
+                re & HUP_EVENTS != 0,
+            );
             if re & libc::POLLNVAL != 0 {
                 log::warn!(
                     "backend=poll fd={} closed while registered (unregister before close)",

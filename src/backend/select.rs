@@ -91,6 +91,10 @@ impl Backend for SelectBackend {
         "select"
     }
 
+    fn reports_each_fd_once(&self) -> bool {
+        true
+    }
+
     fn add(&mut self, fd: RawFd, token: Token, interest: Interest) -> io::Result<()> {
         if let Some(limit) = self.limit.filter(|&limit| fd >= limit) {
             return Err(io::Error::new(
