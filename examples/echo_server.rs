@@ -263,12 +263,13 @@ fn shed(
     if srv.spare.is_none() {
         log::warn!("out of fds ({e}) and no reserve: pausing accept for 100 ms");
         let id = ev.id();
+        // Outside this callback (a running source cannot be paused).
         lp.call_soon(move |lp, _| {
-            let Ok(listener) = lp.remove(id) else { return };
+            let Ok(paused) = lp.pause(id) else { return };
             lp.call_later(Duration::from_millis(100), move |lp, srv: &mut Server| {
                 srv.spare = srv.spare.take().or_else(|| File::open("/dev/null").ok());
-                if let Err(e) = lp.add(listener, Interest::READABLE, on_accept) {
-                    log::warn!("listener re-add error={e}; stopping");
+                if let Err(e) = lp.resume(paused, Interest::READABLE) {
+                    log::warn!("listener resume error={e}; stopping");
                     lp.stop();
                 }
             });

@@ -104,6 +104,31 @@ impl<Src> SourceEvent<Src> {
     }
 }
 
+/// A source taken out of its loop by [`EventLoop::pause`], with its
+/// callback: give it to [`EventLoop::resume`] to watch it again, or take
+/// the source back with [`into_source`](Paused::into_source). Dropping it
+/// drops (closes) the source.
+pub struct Paused<S, Src> {
+    fd: RawFd,
+    entry: Box<dyn Dispatch<S>>,
+    _source: PhantomData<fn() -> Src>,
+}
+
+impl<S, Src: 'static> Paused<S, Src> {
+    /// The source, without its callback.
+    pub fn into_source(self) -> Src {
+        let mut out: Option<Src> = None;
+        self.entry.take_source(&mut out);
+        out.expect("a Paused<S, Src> holds a source of type Src")
+    }
+}
+
+impl<S, Src> fmt::Debug for Paused<S, Src> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Paused").field("fd", &self.fd).finish()
+    }
+}
+
 /// Counters, readable with [`EventLoop::stats`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct LoopStats {
@@ -422,6 +447,77 @@ impl<S> EventLoop<S> {
         Ok(())
     }
 
+    /// Stops watching a source but keeps it and its callback, ready to
+    /// [`resume`](EventLoop::resume): libev's stopped watcher. Use it to
+    /// stop reading a connection for a while (backpressure) or to re-arm a
+    /// watcher without dropping and re-creating its callback. Takes effect
+    /// at once, like [`remove`](EventLoop::remove).
+    ///
+    /// # Errors
+    ///
+    /// As [`remove`](EventLoop::remove).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use muxloop::{EventLoop, Interest, PostAction};
+    /// use std::os::unix::net::UnixStream;
+    ///
+    /// let (a, _b) = UnixStream::pair()?;
+    /// let mut lp = EventLoop::<u32>::new()?;
+    /// let id = lp.add(a, Interest::READABLE, |_, _, _, n| {
+    ///     *n += 1;
+    ///     PostAction::Continue
+    /// })?;
+    /// let paused = lp.pause(id)?;
+    /// assert_eq!(lp.source_count(), 0);
+    /// let id = lp.resume(paused, Interest::WRITABLE)?; // same callback
+    /// let mut n = 0;
+    /// lp.run_once(Some(std::time::Duration::from_secs(1)), &mut n)?;
+    /// assert_eq!(n, 1);
+    /// assert!(lp.remove(id).is_ok());
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn pause<Src: 'static>(&mut self, id: SourceId<Src>) -> io::Result<Paused<S, Src>> {
+        let fd = self.source_fd(id.token)?;
+        if matches!(
+            self.selector.key(fd).map(|k| k.data()),
+            Some(Slot::Source(None))
+        ) {
+            return Err(busy("the source"));
+        }
+        match self.selector.unregister(fd)?.into_data() {
+            Slot::Source(Some(entry)) => {
+                log::trace!("loop=pause fd={fd}");
+                Ok(Paused {
+                    fd,
+                    entry,
+                    _source: PhantomData,
+                })
+            }
+            _ => Err(unknown_source(id.token)),
+        }
+    }
+
+    /// Watches a paused source again, with its callback, for `interest`.
+    /// Returns its new id.
+    ///
+    /// # Errors
+    ///
+    /// As [`add`](EventLoop::add); on error the source is dropped.
+    pub fn resume<Src>(
+        &mut self,
+        paused: Paused<S, Src>,
+        interest: Interest,
+    ) -> io::Result<SourceId<Src>> {
+        let Paused { fd, entry, .. } = paused;
+        let key = self
+            .selector
+            .register(fd, interest, Slot::Source(Some(entry)))?;
+        log::trace!("loop=resume fd={fd} interest={interest:?}");
+        Ok(SourceId::new(key.token()))
+    }
+
     /// The source, unless removed or running its callback (which has it).
     pub fn source<Src: 'static>(&self, id: SourceId<Src>) -> Option<&Src> {
         match self.selector.key_by_token(id.token)?.data() {
@@ -494,6 +590,31 @@ impl<S> EventLoop<S> {
             }
         }
         self.timers.cancel(id)
+    }
+
+    /// Moves a pending timer's deadline to `delay` from now, in place (a
+    /// cheap "idle timeout" re-arm, like libev's `ev_timer_again`); a
+    /// repeating timer keeps its interval afterwards. Returns whether the
+    /// timer was pending (not fired, cancelled or running).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use muxloop::EventLoop;
+    /// use std::time::Duration;
+    ///
+    /// let mut lp = EventLoop::<()>::new()?;
+    /// let idle = lp.call_later(Duration::from_secs(10), |_, _| println!("idle"));
+    /// // Activity: push the idle timeout back.
+    /// assert!(lp.reset_timer(idle, Duration::from_secs(10)));
+    /// assert!(lp.cancel(idle));
+    /// assert!(!lp.reset_timer(idle, Duration::from_secs(10)));
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn reset_timer(&mut self, id: TimerId, delay: Duration) -> bool {
+        let now = Instant::now();
+        let at = now.checked_add(delay).unwrap_or_else(|| far_future(now));
+        self.timers.reset(id, at)
     }
 
     /// How many timers are pending.

@@ -20,7 +20,7 @@ mod waker;
 
 pub use backend::{BACKEND_ENV, Backend, BackendKind};
 pub use event::{Event, Events};
-pub use event_loop::{EventLoop, LoopHandle, LoopStats, PostAction, SourceEvent, SourceId};
+pub use event_loop::{EventLoop, LoopHandle, LoopStats, Paused, PostAction, SourceEvent, SourceId};
 pub use interest::Interest;
 pub use ready::Ready;
 pub use selector::{Selector, SelectorKey};

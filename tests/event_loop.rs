@@ -269,6 +269,80 @@ mod cases {
         assert_eq!(lp.stats().calls_run, 3);
     }
 
+    pub fn pause_stops_dispatch_and_resume_brings_the_callback_back(kind: BackendKind) {
+        let (a, mut b) = pair();
+        let mut lp = new_loop::<u32>(kind);
+        let id = lp
+            .add(a, Interest::READABLE, |_, sock, _, n| {
+                drain(sock);
+                *n += 1;
+                PostAction::Continue
+            })
+            .unwrap();
+        b.write_all(b"x").unwrap();
+        let paused = lp.pause(id).unwrap();
+        assert_eq!(lp.source_count(), 0);
+        assert_eq!(
+            lp.remove(id).unwrap_err().kind(),
+            std::io::ErrorKind::NotFound
+        );
+        let mut n = 0;
+        lp.run_once(Some(Duration::from_millis(20)), &mut n)
+            .unwrap();
+        assert_eq!(n, 0, "a paused source is not dispatched");
+        let id2 = lp.resume(paused, Interest::READABLE).unwrap();
+        assert_ne!(id2, id);
+        lp.run_once(Some(Duration::from_secs(2)), &mut n).unwrap();
+        assert_eq!(
+            n, 1,
+            "the data that arrived while paused is seen after resume"
+        );
+        let sock = lp.pause(id2).unwrap().into_source();
+        (&sock).write_all(b"still open").unwrap();
+    }
+
+    pub fn pausing_the_running_source_is_busy(kind: BackendKind) {
+        let (a, mut b) = pair();
+        let mut lp = new_loop::<Vec<std::io::ErrorKind>>(kind);
+        lp.add(a, Interest::READABLE, |lp, sock, ev, log| {
+            drain(sock);
+            log.push(lp.pause(ev.id()).map(drop).unwrap_err().kind());
+            PostAction::Remove
+        })
+        .unwrap();
+        b.write_all(b"x").unwrap();
+        let mut log = Vec::new();
+        lp.run_once(Some(Duration::from_secs(2)), &mut log).unwrap();
+        assert_eq!(log, vec![std::io::ErrorKind::ResourceBusy]);
+    }
+
+    pub fn reset_timer_postpones_without_firing_early(kind: BackendKind) {
+        let mut lp = new_loop::<Option<Duration>>(kind);
+        let t0 = Instant::now();
+        let idle = lp.call_later(Duration::from_millis(30), move |_, fired| {
+            *fired = Some(t0.elapsed());
+        });
+        lp.call_later(Duration::from_millis(10), move |lp, _| {
+            assert!(lp.reset_timer(idle, Duration::from_millis(50)));
+        });
+        let mut fired = None;
+        while fired.is_none() {
+            lp.run_once(Some(Duration::from_secs(1)), &mut fired)
+                .unwrap();
+            assert!(t0.elapsed() < Duration::from_secs(5));
+        }
+        let at = fired.unwrap();
+        assert!(
+            at >= Duration::from_millis(60),
+            "fired at {at:?}, before the reset deadline"
+        );
+        assert!(
+            !lp.reset_timer(idle, Duration::from_millis(1)),
+            "a fired timer cannot be reset"
+        );
+        assert_eq!(lp.timer_count(), 0);
+    }
+
     // --- timers ----------------------------------------------------------------
 
     pub fn timer_never_fires_early(kind: BackendKind) {
@@ -521,6 +595,9 @@ per_backend!(
     run_once_returns_after_its_timeout,
     hooks_run_around_the_wait,
     call_soon_runs_on_the_next_iteration_in_order,
+    pause_stops_dispatch_and_resume_brings_the_callback_back,
+    pausing_the_running_source_is_busy,
+    reset_timer_postpones_without_firing_early,
     timer_never_fires_early,
     timers_due_together_fire_in_scheduling_order,
     cancelled_timer_never_fires,

@@ -2,12 +2,14 @@
 //! by `examples/bench.rs` and `examples/compare_backends.rs`.
 //!
 //! `n` socket pairs. Each iteration: re-register a read watcher on every
-//! pair (setup; with timers, also re-arm a 10 s idle timer per watcher),
+//! pair (setup: `pause` + `resume`, the equivalent of libevent's
+//! `event_del` + `event_add` and libev's `ev_io_stop` + `ev_io_start`; with
+//! timers, also re-arm a 10 s idle timer per watcher),
 //! write one byte into `a` evenly spaced pairs, then run the loop without
 //! blocking until every byte is read. Each read callback reads its byte and,
 //! while the budget of `w` writes lasts, writes one byte into the next pair,
 //! so an iteration runs `a + w` callbacks. With timers, every read re-arms
-//! the watcher's idle timer (cancel + schedule), as libevent's persistent
+//! the watcher's idle timer (`reset_timer`), as libevent's persistent
 //! events with a timeout do.
 
 #![allow(dead_code)] // each including example uses a different part
@@ -112,8 +114,7 @@ fn read_cb(
             st.fired += 1;
         }
         if let Some(t) = st.timers[i] {
-            lp.cancel(t);
-            st.timers[i] = Some(lp.call_later(IDLE, |_, _| {}));
+            lp.reset_timer(t, IDLE);
         }
         PostAction::Continue
     }
@@ -150,18 +151,26 @@ pub fn run(cfg: Config, mut progress: impl FnMut(usize, Sample)) -> io::Result<S
     for iter in 0..cfg.iterations {
         let ta = Instant::now();
         for i in 0..cfg.pairs {
-            // event_del + event_set + event_add
-            let sock = match ids[i].take() {
-                Some(id) => lp.remove(id)?,
-                None => readers[i].take().expect("reader"),
-            };
-            ids[i] = Some(lp.add(sock, Interest::READABLE, read_cb(i))?);
-            if cfg.timers {
-                if let Some(t) = st.timers[i] {
-                    lp.cancel(t);
+            // event_del + event_set + event_add (libev: ev_io_stop +
+            // ev_io_set + ev_io_start): stop watching, start again.
+            ids[i] = Some(match ids[i].take() {
+                Some(id) => {
+                    let paused = lp.pause(id)?;
+                    lp.resume(paused, Interest::READABLE)?
                 }
+                None => {
+                    let sock = readers[i].take().expect("reader");
+                    lp.add(sock, Interest::READABLE, read_cb(i))?
+                }
+            });
+            if cfg.timers {
                 let drift = Duration::from_micros((i as u64 * 7919) % 1000);
-                st.timers[i] = Some(lp.call_later(IDLE + drift, |_, _| {}));
+                match st.timers[i] {
+                    Some(t) => {
+                        lp.reset_timer(t, IDLE + drift);
+                    }
+                    None => st.timers[i] = Some(lp.call_later(IDLE + drift, |_, _| {})),
+                }
             }
         }
         lp.run_once(Some(Duration::ZERO), &mut st)?;
