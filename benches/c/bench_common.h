@@ -111,4 +111,29 @@ static void print_result(const char *lib, const char *backend, double *setup, do
            r * 1000.0 / (num_active + num_writes), s * 1000.0 / num_pipes, n);
 }
 
+/* The iteration loop, the same for every library: `rearm` re-registers
+ * every watcher (the timed setup), `run_nowait` runs the loop once without
+ * blocking. */
+static void run_iterations(const char *lib, const char *backend, void (*rearm)(void), void (*run_nowait)(void)) {
+    double *setup = calloc(iterations, sizeof(double)), *run = calloc(iterations, sizeof(double)),
+           *total = calloc(iterations, sizeof(double));
+    int n = 0;
+    for (int it = 0; it < iterations; it++) {
+        double ta = now_us();
+        rearm();
+        run_nowait();
+        fire();
+        double ts = now_us();
+        while (count != fired) run_nowait();
+        double te = now_us();
+        if (it > 0) { /* the first iteration is a warm-up */
+            setup[n] = ts - ta;
+            run[n] = te - ts;
+            total[n] = te - ta;
+            n++;
+        }
+    }
+    print_result(lib, backend, setup, run, total, n);
+}
+
 #endif

@@ -16,6 +16,20 @@ static void read_cb(EV_P_ ev_io *w, int revents) {
     if (use_timers) ev_timer_again(EV_A_ &timers[idx]);
 }
 
+static void rearm(void) {
+    for (int i = 0; i < num_pipes; i++) {
+        ev_io_stop(loop, &watchers[i]);
+        ev_io_set(&watchers[i], pipes[2 * i], EV_READ);
+        ev_io_start(loop, &watchers[i]);
+        if (use_timers) {
+            timers[i].repeat = 10. + (double)((i * 7919) % 1000) / 1e6;
+            ev_timer_again(loop, &timers[i]);
+        }
+    }
+}
+
+static void run_nowait(void) { ev_run(loop, EVRUN_NOWAIT); }
+
 int main(int argc, char **argv) {
     parse_args(argc, argv);
     make_pairs();
@@ -26,32 +40,6 @@ int main(int argc, char **argv) {
         ev_io_init(&watchers[i], read_cb, pipes[2 * i], EV_READ);
         ev_init(&timers[i], idle_cb);
     }
-    double *setup = calloc(iterations, sizeof(double)), *run = calloc(iterations, sizeof(double)),
-           *total = calloc(iterations, sizeof(double));
-    int n = 0;
-    for (int it = 0; it < iterations; it++) {
-        double ta = now_us();
-        for (int i = 0; i < num_pipes; i++) {
-            ev_io_stop(loop, &watchers[i]);
-            ev_io_set(&watchers[i], pipes[2 * i], EV_READ);
-            ev_io_start(loop, &watchers[i]);
-            if (use_timers) {
-                timers[i].repeat = 10. + (double)((i * 7919) % 1000) / 1e6;
-                ev_timer_again(loop, &timers[i]);
-            }
-        }
-        ev_run(loop, EVRUN_NOWAIT);
-        fire();
-        double ts = now_us();
-        while (count != fired) ev_run(loop, EVRUN_NOWAIT);
-        double te = now_us();
-        if (it > 0) {
-            setup[n] = ts - ta;
-            run[n] = te - ts;
-            total[n] = te - ta;
-            n++;
-        }
-    }
-    print_result("libev", "epoll", setup, run, total, n);
+    run_iterations("libev", "epoll", rearm, run_nowait);
     return 0;
 }

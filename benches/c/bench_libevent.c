@@ -11,6 +11,17 @@ static void read_cb(evutil_socket_t fd, short which, void *arg) {
     on_read((int)(intptr_t)arg);
 }
 
+static void rearm(void) {
+    for (int i = 0; i < num_pipes; i++) {
+        struct timeval tv = {10, (i * 7919) % 1000};
+        event_del(events[i]);
+        event_assign(events[i], base, pipes[2 * i], EV_READ | EV_PERSIST, read_cb, (void *)(intptr_t)i);
+        event_add(events[i], use_timers ? &tv : NULL);
+    }
+}
+
+static void run_nowait(void) { event_base_loop(base, EVLOOP_ONCE | EVLOOP_NONBLOCK); }
+
 int main(int argc, char **argv) {
     parse_args(argc, argv);
     make_pairs();
@@ -21,29 +32,6 @@ int main(int argc, char **argv) {
     events = calloc(num_pipes, sizeof(struct event *));
     for (int i = 0; i < num_pipes; i++)
         events[i] = event_new(base, pipes[2 * i], EV_READ | EV_PERSIST, read_cb, (void *)(intptr_t)i);
-    double *setup = calloc(iterations, sizeof(double)), *run = calloc(iterations, sizeof(double)),
-           *total = calloc(iterations, sizeof(double));
-    int n = 0;
-    for (int it = 0; it < iterations; it++) {
-        double ta = now_us();
-        for (int i = 0; i < num_pipes; i++) {
-            struct timeval tv = {10, (i * 7919) % 1000};
-            event_del(events[i]);
-            event_assign(events[i], base, pipes[2 * i], EV_READ | EV_PERSIST, read_cb, (void *)(intptr_t)i);
-            event_add(events[i], use_timers ? &tv : NULL);
-        }
-        event_base_loop(base, EVLOOP_ONCE | EVLOOP_NONBLOCK);
-        fire();
-        double ts = now_us();
-        while (count != fired) event_base_loop(base, EVLOOP_ONCE | EVLOOP_NONBLOCK);
-        double te = now_us();
-        if (it > 0) {
-            setup[n] = ts - ta;
-            run[n] = te - ts;
-            total[n] = te - ta;
-            n++;
-        }
-    }
-    print_result("libevent", event_base_get_method(base), setup, run, total, n);
+    run_iterations("libevent", event_base_get_method(base), rearm, run_nowait);
     return 0;
 }
