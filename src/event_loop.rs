@@ -414,23 +414,7 @@ impl<S> EventLoop<S> {
     /// callback is running (it holds the source: return
     /// [`PostAction::Remove`] or call [`discard`](EventLoop::discard)).
     pub fn remove<Src: 'static>(&mut self, id: SourceId<Src>) -> io::Result<Src> {
-        let fd = self.source_fd(id.token)?;
-        if matches!(
-            self.selector.key(fd).map(|k| k.data()),
-            Some(Slot::Source(None))
-        ) {
-            return Err(busy("the source"));
-        }
-        let key = self.selector.unregister(fd)?;
-        log::trace!("loop=remove fd={fd}");
-        match key.into_data() {
-            Slot::Source(Some(entry)) => {
-                let mut out: Option<Src> = None;
-                entry.take_source(&mut out);
-                out.ok_or_else(|| io::Error::other("source id of another type"))
-            }
-            _ => Err(unknown_source(id.token)),
-        }
+        self.pause(id).map(Paused::into_source)
     }
 
     /// Unregisters a source and drops it (closing its fd). Works for any
@@ -479,11 +463,14 @@ impl<S> EventLoop<S> {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn pause<Src: 'static>(&mut self, id: SourceId<Src>) -> io::Result<Paused<S, Src>> {
-        let fd = self.source_fd(id.token)?;
-        if matches!(
-            self.selector.key(fd).map(|k| k.data()),
-            Some(Slot::Source(None))
-        ) {
+        let (fd, running) = match self.selector.key_by_token(id.token) {
+            Some(key) => match key.data() {
+                Slot::Source(entry) => (key.fd(), entry.is_none()),
+                _ => return Err(unknown_source(id.token)),
+            },
+            None => return Err(unknown_source(id.token)),
+        };
+        if running {
             return Err(busy("the source"));
         }
         match self.selector.unregister(fd)?.into_data() {
