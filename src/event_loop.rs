@@ -6,8 +6,8 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::io;
 use std::marker::PhantomData;
-use std::os::fd::{AsRawFd, RawFd};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -110,6 +110,9 @@ impl<Src> SourceEvent<Src> {
 /// drops (closes) the source.
 pub struct Paused<S, Src> {
     fd: RawFd,
+    /// The registration it was paused from, and that registration's loop.
+    token: Token,
+    loop_id: u64,
     entry: Box<dyn Dispatch<S>>,
     _source: PhantomData<fn() -> Src>,
 }
@@ -219,6 +222,9 @@ where
 enum Slot<S> {
     /// A user source; `None` while its callback runs.
     Source(Option<Box<dyn Dispatch<S>>>),
+    /// A source handed out by `pause`, whose registration is kept until the
+    /// next wait (or `add`) in case it is resumed before then.
+    Parked,
     Waker,
     Signals,
 }
@@ -264,7 +270,11 @@ struct Remote<S> {
 /// # Ok::<(), std::io::Error>(())
 /// ```
 pub struct EventLoop<S = ()> {
+    /// Tells this loop's `Paused` values from other loops'.
+    id: u64,
     selector: Selector<Slot<S>>,
+    /// Tokens of `Slot::Parked` keys (some perhaps resumed or gone since).
+    parked: Vec<Token>,
     events: Events,
     timers: Timers<TimerCallback<S>>,
     /// The repeating timer whose callback runs, and whether it was
@@ -319,8 +329,11 @@ impl<S> EventLoop<S> {
         let waker = Waker::new()?;
         selector.register(waker.fd(), Interest::READABLE, Slot::Waker)?;
         log::debug!("loop=new backend={}", selector.backend_name());
+        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         Ok(EventLoop {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             selector,
+            parked: Vec::new(),
             events: Events::with_capacity(256),
             timers: Timers::new(),
             running_timer: None,
@@ -367,16 +380,41 @@ impl<S> EventLoop<S> {
         callback: F,
     ) -> io::Result<SourceId<Src>>
     where
-        Src: AsRawFd + 'static,
+        Src: AsFd + 'static,
         F: FnMut(&mut EventLoop<S>, &mut Src, SourceEvent<Src>, &mut S) -> PostAction + 'static,
     {
-        let fd = source.as_raw_fd();
+        let fd = source.as_fd().as_raw_fd();
         let entry: Box<dyn Dispatch<S>> = Box::new(Entry { source, callback });
-        let key = self
-            .selector
-            .register(fd, interest, Slot::Source(Some(entry)))?;
+        let token = self.register(fd, interest, Slot::Source(Some(entry)))?;
         log::trace!("loop=add fd={fd} interest={interest:?}");
-        Ok(SourceId::new(key.token()))
+        Ok(SourceId::new(token))
+    }
+
+    /// Registers with the selector, after dropping the registrations of
+    /// paused sources: one of them may have been closed since, and `fd`
+    /// be its number reused.
+    fn register(&mut self, fd: RawFd, interest: Interest, slot: Slot<S>) -> io::Result<Token> {
+        self.unpark_all();
+        Ok(self.selector.register(fd, interest, slot)?.token())
+    }
+
+    /// Unregisters the keys of sources paused and not resumed since.
+    fn unpark_all(&mut self) {
+        for i in 0..self.parked.len() {
+            self.unpark(self.parked[i]);
+        }
+        self.parked.clear();
+    }
+
+    /// Unregisters the key of a paused source, if it is still parked.
+    fn unpark(&mut self, token: Token) {
+        if let Some(key) = self.selector.key_by_token(token) {
+            if matches!(key.data(), Slot::Parked) {
+                let fd = key.fd();
+                log::trace!("loop=unpark fd={fd}");
+                let _ = self.selector.unregister(fd);
+            }
+        }
     }
 
     fn source_fd(&self, token: Token) -> io::Result<RawFd> {
@@ -414,7 +452,9 @@ impl<S> EventLoop<S> {
     /// callback is running (it holds the source: return
     /// [`PostAction::Remove`] or call [`discard`](EventLoop::discard)).
     pub fn remove<Src: 'static>(&mut self, id: SourceId<Src>) -> io::Result<Src> {
-        self.pause(id).map(Paused::into_source)
+        let paused = self.pause(id)?;
+        self.unpark(paused.token);
+        Ok(paused.into_source())
     }
 
     /// Unregisters a source and drops it (closing its fd). Works for any
@@ -435,7 +475,16 @@ impl<S> EventLoop<S> {
     /// [`resume`](EventLoop::resume): libev's stopped watcher. Use it to
     /// stop reading a connection for a while (backpressure) or to re-arm a
     /// watcher without dropping and re-creating its callback. Takes effect
-    /// at once, like [`remove`](EventLoop::remove).
+    /// at once, like [`remove`](EventLoop::remove): no event collected
+    /// earlier reaches it, and the old id is dead.
+    ///
+    /// The kernel registration itself is dropped only before the loop next
+    /// waits (or adds a source). A source resumed before then needs no
+    /// system call: it owns its fd, so the fd cannot have been closed or
+    /// reused in between, and the registration is simply handed a new token.
+    /// A stop-and-start of a watcher within one iteration is therefore
+    /// free, where libev's `ev_io_stop` + `ev_io_start` costs one
+    /// `epoll_ctl`.
     ///
     /// # Errors
     ///
@@ -463,31 +512,43 @@ impl<S> EventLoop<S> {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn pause<Src: 'static>(&mut self, id: SourceId<Src>) -> io::Result<Paused<S, Src>> {
-        let (fd, running) = match self.selector.key_by_token(id.token) {
-            Some(key) => match key.data() {
-                Slot::Source(entry) => (key.fd(), entry.is_none()),
-                _ => return Err(unknown_source(id.token)),
-            },
-            None => return Err(unknown_source(id.token)),
+        let Some(key) = self.selector.key_by_token_mut(id.token) else {
+            return Err(unknown_source(id.token));
         };
-        if running {
-            return Err(busy("the source"));
+        let fd = key.fd();
+        let entry = match key.data_mut() {
+            Slot::Source(Some(_)) => match std::mem::replace(key.data_mut(), Slot::Parked) {
+                Slot::Source(Some(entry)) => entry,
+                _ => unreachable!("matched above"),
+            },
+            Slot::Source(None) => return Err(busy("the source")),
+            _ => return Err(unknown_source(id.token)),
+        };
+        // Tokens of keys resumed or unregistered since stay in the list
+        // until the next wait; keep it from growing without bound when the
+        // loop is not run.
+        if self.parked.len() >= 64 && self.parked.len() >= 2 * self.selector.len() {
+            let selector = &self.selector;
+            self.parked.retain(|&t| {
+                selector
+                    .key_by_token(t)
+                    .is_some_and(|k| matches!(k.data(), Slot::Parked))
+            });
         }
-        match self.selector.unregister(fd)?.into_data() {
-            Slot::Source(Some(entry)) => {
-                log::trace!("loop=pause fd={fd}");
-                Ok(Paused {
-                    fd,
-                    entry,
-                    _source: PhantomData,
-                })
-            }
-            _ => Err(unknown_source(id.token)),
-        }
+        self.parked.push(id.token);
+        log::trace!("loop=pause fd={fd}");
+        Ok(Paused {
+            fd,
+            token: id.token,
+            loop_id: self.id,
+            entry,
+            _source: PhantomData,
+        })
     }
 
     /// Watches a paused source again, with its callback, for `interest`.
-    /// Returns its new id.
+    /// Returns its new id. It may be resumed in another loop with the same
+    /// state type.
     ///
     /// # Errors
     ///
@@ -497,12 +558,30 @@ impl<S> EventLoop<S> {
         paused: Paused<S, Src>,
         interest: Interest,
     ) -> io::Result<SourceId<Src>> {
-        let Paused { fd, entry, .. } = paused;
-        let key = self
-            .selector
-            .register(fd, interest, Slot::Source(Some(entry)))?;
-        log::trace!("loop=resume fd={fd} interest={interest:?}");
-        Ok(SourceId::new(key.token()))
+        let Paused {
+            fd,
+            token,
+            loop_id,
+            entry,
+            ..
+        } = paused;
+        let parked = loop_id == self.id
+            && self
+                .selector
+                .key_by_token(token)
+                .is_some_and(|k| k.fd() == fd && matches!(k.data(), Slot::Parked));
+        if !parked {
+            let token = self.register(fd, interest, Slot::Source(Some(entry)))?;
+            log::trace!("loop=resume fd={fd} interest={interest:?}");
+            return Ok(SourceId::new(token));
+        }
+        // Still registered: retire the old token (events collected under it
+        // must not reach the resumed source), keep the kernel registration.
+        let key = self.selector.renew(token, interest)?;
+        let token = key.token();
+        *key.data_mut() = Slot::Source(Some(entry));
+        log::trace!("loop=resume fd={fd} interest={interest:?} kept");
+        Ok(SourceId::new(token))
     }
 
     /// The source, unless removed or running its callback (which has it).
@@ -643,8 +722,7 @@ impl<S> EventLoop<S> {
         crate::signal::validate(signum)?;
         if self.signals.is_none() {
             let signals = Signals::new()?;
-            self.selector
-                .register(signals.fd(), Interest::READABLE, Slot::Signals)?;
+            self.register(signals.fd(), Interest::READABLE, Slot::Signals)?;
             self.signals = Some(signals);
         }
         let signals = self.signals.as_mut().expect("created above");
@@ -725,6 +803,8 @@ impl<S> EventLoop<S> {
         if let Some(hook) = self.before_sleep.as_mut() {
             hook(state);
         }
+        // After the hook, which may pause sources too.
+        self.unpark_all();
         let now = Instant::now();
         let timeout = if !self.soon.is_empty() || self.stopped {
             Some(Duration::ZERO)
@@ -802,6 +882,7 @@ impl<S> EventLoop<S> {
             Slot::Source(entry) => entry.take(),
             Slot::Waker => return self.run_remote(state),
             Slot::Signals => return self.run_signals(state),
+            Slot::Parked => return,
         };
         let Some(mut entry) = entry else { return };
         self.stats.events_dispatched += 1;
@@ -1030,5 +1111,134 @@ impl<S> fmt::Debug for LoopHandle<S> {
         f.debug_struct("LoopHandle")
             .field("alive", &self.remote.alive.load(Ordering::Relaxed))
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::Backend;
+    use std::os::unix::net::UnixStream;
+    use std::sync::Arc;
+
+    /// Records the backend calls that reach the kernel side.
+    struct Recording {
+        inner: Box<dyn Backend>,
+        calls: Arc<Mutex<Vec<&'static str>>>,
+        fail_retoken: bool,
+    }
+
+    impl Backend for Recording {
+        fn name(&self) -> &'static str {
+            self.inner.name()
+        }
+        fn add(&mut self, fd: RawFd, token: Token, interest: Interest) -> io::Result<()> {
+            self.calls.lock().unwrap().push("add");
+            self.inner.add(fd, token, interest)
+        }
+        fn modify(&mut self, fd: RawFd, t: Token, old: Interest, new: Interest) -> io::Result<()> {
+            self.calls.lock().unwrap().push("modify");
+            self.inner.modify(fd, t, old, new)
+        }
+        fn delete(&mut self, fd: RawFd, token: Token, interest: Interest) -> io::Result<()> {
+            self.calls.lock().unwrap().push("delete");
+            self.inner.delete(fd, token, interest)
+        }
+        fn retoken(&mut self, fd: RawFd, old: Token, new: Token, i: Interest) -> io::Result<()> {
+            self.calls.lock().unwrap().push("retoken");
+            if self.fail_retoken {
+                return Err(io::Error::from_raw_os_error(libc::ENOMEM));
+            }
+            self.inner.retoken(fd, old, new, i)
+        }
+        fn wait(&mut self, ev: &mut Vec<(Token, Ready)>, t: Option<Duration>) -> io::Result<()> {
+            self.inner.wait(ev, t)
+        }
+        fn reports_each_fd_once(&self) -> bool {
+            self.inner.reports_each_fd_once()
+        }
+    }
+
+    fn recording_loop() -> (EventLoop<u32>, Arc<Mutex<Vec<&'static str>>>) {
+        recording_loop_with(false)
+    }
+
+    fn recording_loop_with(fail_retoken: bool) -> (EventLoop<u32>, Arc<Mutex<Vec<&'static str>>>) {
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let backend = Recording {
+            inner: BackendKind::platform_default().create().unwrap(),
+            calls: calls.clone(),
+            fail_retoken,
+        };
+        let lp = EventLoop::with_selector(Selector::from_backend(Box::new(backend))).unwrap();
+        calls.lock().unwrap().clear();
+        (lp, calls)
+    }
+
+    #[test]
+    fn stop_and_start_before_the_wait_only_renews_the_token() {
+        let (mut lp, calls) = recording_loop();
+        let (a, _b) = UnixStream::pair().unwrap();
+        let mut id = lp
+            .add(a, Interest::READABLE, |_, _, _, _| PostAction::Continue)
+            .unwrap();
+        for _ in 0..3 {
+            let paused = lp.pause(id).unwrap();
+            id = lp.resume(paused, Interest::READABLE).unwrap();
+        }
+        let paused = lp.pause(id).unwrap();
+        id = lp.resume(paused, Interest::WRITABLE).unwrap();
+        assert_eq!(
+            *calls.lock().unwrap(),
+            ["add", "retoken", "retoken", "retoken", "retoken", "modify"]
+        );
+        // Paused across a wait: the registration is dropped then, and a
+        // resume registers anew.
+        calls.lock().unwrap().clear();
+        let paused = lp.pause(id).unwrap();
+        lp.run_once(Some(Duration::ZERO), &mut 0).unwrap();
+        lp.resume(paused, Interest::READABLE).unwrap();
+        assert_eq!(*calls.lock().unwrap(), ["delete", "add"]);
+    }
+
+    #[test]
+    fn a_failed_renewal_drops_the_source_and_frees_its_fd() {
+        let (mut lp, calls) = recording_loop_with(true);
+        let (a, _b) = UnixStream::pair().unwrap();
+        let fd = a.as_raw_fd();
+        let id = lp
+            .add(a, Interest::READABLE, |_, _, _, _| PostAction::Continue)
+            .unwrap();
+        let paused = lp.pause(id).unwrap();
+        let err = lp.resume(paused, Interest::READABLE).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::ENOMEM));
+        assert_eq!(*calls.lock().unwrap(), ["add", "retoken", "delete"]);
+        assert_eq!(lp.source_count(), 0);
+        assert!(lp.selector.key(fd).is_none(), "no half-registered key left");
+    }
+
+    #[test]
+    fn remove_unregisters_at_once() {
+        let (mut lp, calls) = recording_loop();
+        let (a, _b) = UnixStream::pair().unwrap();
+        let id = lp
+            .add(a, Interest::READABLE, |_, _, _, _| PostAction::Continue)
+            .unwrap();
+        let _a: UnixStream = lp.remove(id).unwrap();
+        assert_eq!(*calls.lock().unwrap(), ["add", "delete"]);
+    }
+
+    #[test]
+    fn parked_tokens_do_not_pile_up_without_a_wait() {
+        let (mut lp, _) = recording_loop();
+        let (a, _b) = UnixStream::pair().unwrap();
+        let mut id = lp
+            .add(a, Interest::READABLE, |_, _, _, _| PostAction::Continue)
+            .unwrap();
+        for _ in 0..10_000 {
+            let paused = lp.pause(id).unwrap();
+            id = lp.resume(paused, Interest::READABLE).unwrap();
+        }
+        assert!(lp.parked.len() <= 64, "{} parked tokens", lp.parked.len());
     }
 }

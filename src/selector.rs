@@ -157,6 +157,13 @@ fn not_found(fd: RawFd) -> io::Error {
     )
 }
 
+fn not_found_token(token: Token) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::NotFound,
+        format!("{token:?} is not registered"),
+    )
+}
+
 impl<T> Selector<T> {
     /// A selector on the default backend: the one named by the
     /// `MUXLOOP_BACKEND` environment variable, else the platform's best
@@ -370,6 +377,49 @@ impl<T> Selector<T> {
             }
         }
         Ok(self.forget(index))
+    }
+
+    /// Retires the token of a registration and gives it a new one (and
+    /// `interest`), as an `unregister` and a `register` of the same fd
+    /// would, but through [`Backend::retoken`]: no kernel call on backends
+    /// that translate tokens themselves, when the interest is unchanged.
+    /// Only for an fd whose open file is known not to have changed since
+    /// it was registered (the event loop's paused sources, which own their
+    /// fd). On error the fd is unregistered.
+    pub(crate) fn renew(
+        &mut self,
+        token: Token,
+        interest: Interest,
+    ) -> io::Result<&mut SelectorKey<T>> {
+        let index = token.index();
+        let (fd, old) = match self.slots.get(index) {
+            Some(slot) if slot.key.token == token => (slot.key.fd, slot.key.interest),
+            _ => return Err(not_found_token(token)),
+        };
+        let generation = self.generations[index].wrapping_add(1);
+        self.generations[index] = generation;
+        let new = Token::new(index, generation);
+        let name = self.name;
+        let backend = self.backend.as_mut().ok_or_else(closed_error)?;
+        let mut res = backend.retoken(fd, token, new, old);
+        if res.is_ok() && interest != old {
+            res = backend.modify(fd, new, old, interest);
+        }
+        match res {
+            Ok(()) => {
+                let key = &mut self.slots[index].key;
+                key.token = new;
+                key.interest = interest;
+                Ok(key)
+            }
+            Err(e) => {
+                log::debug!("selector=renew backend={name} fd={fd} error={e}");
+                // The backend may hold the fd under either token.
+                self.slots[index].key.token = new;
+                let _ = self.unregister(fd);
+                Err(e)
+            }
+        }
     }
 
     /// Removes slot `index` from the maps and retires its token.

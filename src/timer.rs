@@ -1,4 +1,4 @@
-//! Timers: an indexed binary min-heap over a slot table. Insert, cancel,
+//! Timers: an indexed 4-ary min-heap over a slot table. Insert, cancel,
 //! reset and expiry are O(log n) and leave no garbage behind: every slot
 //! knows its position in the heap (as libev's timer heap does), so a
 //! cancelled or re-armed timer is moved, not left for later. Timers need
@@ -35,8 +35,6 @@ impl<C> Timer<C> {
 struct Slot<C> {
     generation: u32,
     timer: Option<Timer<C>>,
-    /// Scheduling sequence: equal deadlines fire in scheduling order.
-    seq: u64,
     /// Position in `heap` while scheduled.
     pos: usize,
 }
@@ -44,25 +42,36 @@ struct Slot<C> {
 /// A heap entry: the ordering key is cached next to the slot index, so
 /// sifting compares without chasing into the slot table (libev caches the
 /// deadline in its heap the same way).
+/// A heap entry: the ordering key, kept next to the index so sifting
+/// touches only the heap.
 #[derive(Clone, Copy)]
 struct HeapEntry {
-    deadline: Instant,
+    /// Deadline, in nanoseconds since the heap's epoch.
+    at: u64,
+    /// Scheduling order: equal deadlines fire first-scheduled first.
     seq: u64,
     index: u32,
 }
 
 impl HeapEntry {
+    #[inline]
     fn before(&self, other: &HeapEntry) -> bool {
-        (self.deadline, self.seq) < (other.deadline, other.seq)
+        (self.at, self.seq) < (other.at, other.seq)
     }
 }
 
+/// Children per heap node. Four halves the depth of a binary heap and
+/// keeps a node's children in one cache line; libev makes the same choice.
+const ARITY: usize = 4;
+
 pub(crate) struct Timers<C> {
-    /// A binary min-heap by (deadline, seq).
+    /// A 4-ary min-heap by (deadline, seq).
     heap: Vec<HeapEntry>,
     slots: Vec<Slot<C>>,
     free: Vec<u32>,
     next_seq: u64,
+    /// Deadlines are stored as nanoseconds since this instant.
+    epoch: Instant,
 }
 
 fn id(index: usize, generation: u32) -> TimerId {
@@ -80,7 +89,19 @@ impl<C> Timers<C> {
             slots: Vec::new(),
             free: Vec::new(),
             next_seq: 0,
+            epoch: Instant::now(),
         }
+    }
+
+    /// `t` as a heap key. Exact (Instant has nanosecond resolution at
+    /// best) and monotonic; instants before the epoch are all due anyway,
+    /// and 2^64 ns is 584 years.
+    #[inline]
+    fn key(&self, t: Instant) -> u64 {
+        let d = t.saturating_duration_since(self.epoch);
+        d.as_secs()
+            .saturating_mul(1_000_000_000)
+            .saturating_add(u64::from(d.subsec_nanos()))
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -103,7 +124,6 @@ impl<C> Timers<C> {
                 self.slots.push(Slot {
                     generation: 0,
                     timer: None,
-                    seq: 0,
                     pos: 0,
                 });
                 self.slots.len() - 1
@@ -118,20 +138,17 @@ impl<C> Timers<C> {
     /// [`pop_expired`](Timers::pop_expired) and not released.
     pub(crate) fn schedule(&mut self, id: TimerId, timer: Timer<C>) {
         let (index, _) = parts(id);
-        let seq = self.next_seq;
+        let entry = HeapEntry {
+            at: self.key(timer.deadline),
+            seq: self.next_seq,
+            index: index as u32,
+        };
         self.next_seq += 1;
         let slot = &mut self.slots[index];
         debug_assert!(slot.timer.is_none());
-        let deadline = timer.deadline;
         slot.timer = Some(timer);
-        slot.seq = seq;
-        slot.pos = self.heap.len();
-        self.heap.push(HeapEntry {
-            deadline,
-            seq,
-            index: index as u32,
-        });
-        self.sift_up(self.heap.len() - 1);
+        self.heap.push(entry);
+        self.sift_up(self.heap.len() - 1, entry);
     }
 
     /// Frees the slot of a timer taken by `pop_expired` that will not run
@@ -154,7 +171,8 @@ impl<C> Timers<C> {
             .map(|_| index)
     }
 
-    /// Cancels a scheduled timer; returns whether it was scheduled.
+    /// Unschedules a pending timer and frees its slot. False if it already
+    /// fired or was cancelled.
     pub(crate) fn cancel(&mut self, id: TimerId) -> bool {
         let Some(index) = self.scheduled(id) else {
             return false;
@@ -165,37 +183,46 @@ impl<C> Timers<C> {
         true
     }
 
-    /// Moves a scheduled timer to `deadline` in place (it then fires after
-    /// the timers already due at that instant); returns whether it was
-    /// scheduled.
+    /// Moves a pending timer to `deadline`, in place. False if it already
+    /// fired or was cancelled. Among equal deadlines it now fires last.
     pub(crate) fn reset(&mut self, id: TimerId, deadline: Instant) -> bool {
         let Some(index) = self.scheduled(id) else {
             return false;
         };
-        let seq = self.next_seq;
+        let entry = HeapEntry {
+            at: self.key(deadline),
+            seq: self.next_seq,
+            index: index as u32,
+        };
         self.next_seq += 1;
         let slot = &mut self.slots[index];
-        slot.seq = seq;
         slot.timer.as_mut().expect("scheduled").deadline = deadline;
         let pos = slot.pos;
-        self.heap[pos].deadline = deadline;
-        self.heap[pos].seq = seq;
-        self.sift_up(pos);
-        self.sift_down(self.slots[index].pos);
+        // The new seq is the largest, so the entry moves up only if its
+        // deadline is strictly earlier.
+        if entry.at < self.heap[pos].at {
+            self.sift_up(pos, entry);
+        } else {
+            self.sift_down(pos, entry);
+        }
         true
     }
 
-    /// The earliest deadline of a scheduled timer.
+    /// The earliest deadline.
     pub(crate) fn next_deadline(&self) -> Option<Instant> {
-        self.heap.first().map(|e| e.deadline)
+        let top = self.heap.first()?;
+        self.slots[top.index as usize]
+            .timer
+            .as_ref()
+            .map(|t| t.deadline)
     }
 
-    /// Takes out the earliest timer due at or before `now`. Its slot stays
-    /// reserved: pass the id to [`schedule`](Timers::schedule) to re-arm it
-    /// or to [`release`](Timers::release) to free it.
+    /// Takes the earliest timer if it is due at `now`. Its slot stays
+    /// reserved (for [`schedule`](Timers::schedule) or
+    /// [`release`](Timers::release)).
     pub(crate) fn pop_expired(&mut self, now: Instant) -> Option<(TimerId, Timer<C>)> {
         let top = *self.heap.first()?;
-        if top.deadline > now {
+        if top.at > self.key(now) {
             return None;
         }
         let index = top.index as usize;
@@ -205,58 +232,78 @@ impl<C> Timers<C> {
         Some((id(index, slot.generation), timer))
     }
 
-    /// Whether heap entry `a` fires before heap entry `b`.
-    fn before(&self, a: usize, b: usize) -> bool {
-        self.heap[a].before(&self.heap[b])
+    /// Writes `entry` at `pos` and records the position in its slot.
+    #[inline]
+    fn place(&mut self, pos: usize, entry: HeapEntry) {
+        self.heap[pos] = entry;
+        self.slots[entry.index as usize].pos = pos;
     }
 
-    fn swap(&mut self, a: usize, b: usize) {
-        self.heap.swap(a, b);
-        self.slots[self.heap[a].index as usize].pos = a;
-        self.slots[self.heap[b].index as usize].pos = b;
-    }
-
-    fn sift_up(&mut self, mut pos: usize) {
+    /// Puts `entry` at `pos` or above: parents after it move down into
+    /// the hole.
+    fn sift_up(&mut self, mut pos: usize, entry: HeapEntry) {
         while pos > 0 {
-            let parent = (pos - 1) / 2;
-            if !self.before(pos, parent) {
+            let parent = (pos - 1) / ARITY;
+            let p = self.heap[parent];
+            if !entry.before(&p) {
                 break;
             }
-            self.swap(pos, parent);
+            self.place(pos, p);
             pos = parent;
         }
+        self.place(pos, entry);
     }
 
-    fn sift_down(&mut self, mut pos: usize) {
+    /// Puts `entry` at `pos` or below: the earliest child before it moves
+    /// up into the hole.
+    fn sift_down(&mut self, mut pos: usize, entry: HeapEntry) {
+        let len = self.heap.len();
         loop {
-            let left = 2 * pos + 1;
-            if left >= self.heap.len() {
+            let first = ARITY * pos + 1;
+            if first >= len {
                 break;
             }
-            let right = left + 1;
-            let child = if right < self.heap.len() && self.before(right, left) {
-                right
-            } else {
-                left
-            };
-            if !self.before(child, pos) {
+            let end = (first + ARITY).min(len);
+            let mut child = first;
+            let mut best = self.heap[first];
+            for c in first + 1..end {
+                let e = self.heap[c];
+                if e.before(&best) {
+                    child = c;
+                    best = e;
+                }
+            }
+            if !best.before(&entry) {
                 break;
             }
-            self.swap(pos, child);
+            self.place(pos, best);
             pos = child;
         }
+        self.place(pos, entry);
     }
 
-    /// Removes heap entry `pos`, keeping the heap ordered.
+    /// Removes the entry at `pos`, filling the hole with the last entry.
     fn remove_at(&mut self, pos: usize) {
-        let last = self.heap.len() - 1;
-        if pos != last {
-            self.swap(pos, last);
+        let last = self.heap.pop().expect("pos is in the heap");
+        if pos == self.heap.len() {
+            return;
         }
-        self.heap.pop();
-        if pos < self.heap.len() {
-            self.sift_up(pos);
-            self.sift_down(self.slots[self.heap[pos].index as usize].pos);
+        if pos > 0 && last.before(&self.heap[(pos - 1) / ARITY]) {
+            self.sift_up(pos, last);
+        } else {
+            self.sift_down(pos, last);
+        }
+    }
+
+    /// Checks the heap order and every slot's recorded position.
+    #[cfg(test)]
+    fn check(&self) {
+        for (pos, e) in self.heap.iter().enumerate() {
+            assert_eq!(self.slots[e.index as usize].pos, pos, "stale position");
+            if pos > 0 {
+                let parent = &self.heap[(pos - 1) / ARITY];
+                assert!(!e.before(parent), "heap order broken at {pos}");
+            }
         }
     }
 }
@@ -354,7 +401,11 @@ mod tests {
                 }
                 _ => {}
             }
+            if step % 997 == 0 {
+                timers.check();
+            }
         }
+        timers.check();
         assert_eq!(timers.len(), live.len());
         let mut last = None;
         while let Some((id, t)) = timers.pop_expired(t0 + Duration::from_secs(1)) {

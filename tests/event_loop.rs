@@ -301,6 +301,181 @@ mod cases {
         (&sock).write_all(b"still open").unwrap();
     }
 
+    pub fn pause_and_resume_before_the_wait_keeps_watching(kind: BackendKind) {
+        let (a, mut b) = pair();
+        let mut lp = new_loop::<u32>(kind);
+        let mut id = lp
+            .add(a, Interest::READABLE, |_, sock, _, n| {
+                drain(sock);
+                *n += 1;
+                PostAction::Continue
+            })
+            .unwrap();
+        // Many stop-and-starts without a wait in between: each must leave
+        // the source watched, under a new id, with the old one dead.
+        for _ in 0..1000 {
+            let old = id;
+            let paused = lp.pause(id).unwrap();
+            id = lp.resume(paused, Interest::READABLE).unwrap();
+            assert_ne!(id, old);
+            assert!(lp.source(old).is_none());
+            assert_eq!(
+                lp.modify(old, Interest::WRITABLE).unwrap_err().kind(),
+                std::io::ErrorKind::NotFound
+            );
+        }
+        assert_eq!(lp.source_count(), 1);
+        b.write_all(b"x").unwrap();
+        let mut n = 0;
+        lp.run_once(Some(Duration::from_secs(2)), &mut n).unwrap();
+        assert_eq!(n, 1);
+        // And once more with a wait between pause and resume.
+        let paused = lp.pause(id).unwrap();
+        b.write_all(b"y").unwrap();
+        lp.run_once(Some(Duration::from_millis(20)), &mut n)
+            .unwrap();
+        assert_eq!(n, 1, "a paused source is not dispatched");
+        lp.resume(paused, Interest::READABLE).unwrap();
+        lp.run_once(Some(Duration::from_secs(2)), &mut n).unwrap();
+        assert_eq!(n, 2);
+    }
+
+    pub fn resume_before_the_wait_can_change_the_interest(kind: BackendKind) {
+        let (a, _b) = pair();
+        let mut lp = new_loop::<Vec<bool>>(kind);
+        let id = lp
+            .add(a, Interest::READABLE, |_, _, ev, log| {
+                log.push(ev.is_writable());
+                PostAction::Continue
+            })
+            .unwrap();
+        let paused = lp.pause(id).unwrap();
+        let id = lp.resume(paused, Interest::WRITABLE).unwrap();
+        assert_eq!(lp.interest(id), Some(Interest::WRITABLE));
+        let mut log = Vec::new();
+        lp.run_once(Some(Duration::from_secs(2)), &mut log).unwrap();
+        assert_eq!(log, vec![true], "an idle socket is writable");
+    }
+
+    pub fn pause_and_resume_by_an_earlier_callback_drops_the_collected_event(kind: BackendKind) {
+        let (a, mut ab) = pair();
+        let (c, mut cb) = pair();
+        let mut lp = new_loop::<Vec<&'static str>>(kind);
+        let ids: Rc<RefCell<Vec<muxloop::SourceId<UnixStream>>>> = Rc::default();
+        for (sock, name) in [(a, "a"), (c, "c")] {
+            let ids2 = ids.clone();
+            let id = lp
+                .add(sock, Interest::READABLE, move |lp, sock, ev, log| {
+                    log.push(name);
+                    drain(sock);
+                    // Stop and restart every other source: its event, already
+                    // collected under its old id, must not be dispatched.
+                    let mut ids = ids2.borrow_mut();
+                    for other in ids.iter_mut() {
+                        if *other != ev.id() {
+                            if let Ok(p) = lp.pause(*other) {
+                                *other = lp.resume(p, Interest::READABLE).unwrap();
+                            }
+                        }
+                    }
+                    PostAction::Continue
+                })
+                .unwrap();
+            ids.borrow_mut().push(id);
+        }
+        ab.write_all(b"x").unwrap();
+        cb.write_all(b"x").unwrap();
+        std::thread::sleep(Duration::from_millis(10));
+        let mut log = Vec::new();
+        lp.run_once(Some(Duration::from_secs(1)), &mut log).unwrap();
+        assert_eq!(
+            log.len(),
+            1,
+            "the restarted source ran on a stale event: {log:?}"
+        );
+        // Level-triggered: the restarted source is still readable and runs
+        // on the next wait.
+        lp.run_once(Some(Duration::from_secs(1)), &mut log).unwrap();
+        assert_eq!(log.len(), 2, "{log:?}");
+        assert_ne!(log[0], log[1]);
+    }
+
+    pub fn closing_a_paused_source_frees_its_fd_number(kind: BackendKind) {
+        let (a, _ab) = pair();
+        let mut lp = new_loop::<u32>(kind);
+        let id = lp
+            .add(a, Interest::READABLE, |_, _, _, n| {
+                *n += 100;
+                PostAction::Continue
+            })
+            .unwrap();
+        // Paused, then its file closed and its number reused before the
+        // loop waits again (dup2 does both at once, so no other thread can
+        // take the number in between): the new file must be accepted and
+        // watched.
+        let raw = lp.pause(id).unwrap().into_source().into_raw_fd();
+        let (fresh, mut fresh_peer) = pair();
+        dup_onto(&fresh, raw);
+        // SAFETY: `raw` is open (a copy of `fresh`) and owned by nobody else
+        // since `into_raw_fd`.
+        let reused = unsafe { UnixStream::from_raw_fd(raw) };
+        drop(fresh);
+        lp.add(reused, Interest::READABLE, |_, sock, _, n| {
+            drain(sock);
+            *n += 1;
+            PostAction::Continue
+        })
+        .unwrap();
+        fresh_peer.write_all(b"x").unwrap();
+        let mut n = 0;
+        lp.run_once(Some(Duration::from_secs(2)), &mut n).unwrap();
+        assert_eq!(n, 1);
+    }
+
+    pub fn a_paused_source_can_move_to_another_loop(kind: BackendKind) {
+        let (a, mut b) = pair();
+        let mut one = new_loop::<u32>(kind);
+        let mut two = new_loop::<u32>(kind);
+        let id = one
+            .add(a, Interest::READABLE, |_, sock, _, n| {
+                drain(sock);
+                *n += 1;
+                PostAction::Continue
+            })
+            .unwrap();
+        let paused = one.pause(id).unwrap();
+        two.resume(paused, Interest::READABLE).unwrap();
+        b.write_all(b"x").unwrap();
+        let mut n = 0;
+        one.run_once(Some(Duration::from_millis(20)), &mut n)
+            .unwrap();
+        assert_eq!(n, 0, "the first loop no longer watches it");
+        assert_eq!(one.source_count(), 0);
+        two.run_once(Some(Duration::from_secs(2)), &mut n).unwrap();
+        assert_eq!(n, 1);
+    }
+
+    pub fn a_source_taken_back_after_pause_is_not_watched(kind: BackendKind) {
+        let (a, mut b) = pair();
+        let mut lp = new_loop::<u32>(kind);
+        let cb = |_: &mut EventLoop<u32>, sock: &mut UnixStream, _, n: &mut u32| {
+            drain(sock);
+            *n += 1;
+            PostAction::Continue
+        };
+        let id = lp.add(a, Interest::READABLE, cb).unwrap();
+        let a = lp.pause(id).unwrap().into_source();
+        b.write_all(b"x").unwrap();
+        let mut n = 0;
+        lp.run_once(Some(Duration::from_millis(20)), &mut n)
+            .unwrap();
+        assert_eq!(n, 0);
+        // Added back as a new source: watched again.
+        lp.add(a, Interest::READABLE, cb).unwrap();
+        lp.run_once(Some(Duration::from_secs(2)), &mut n).unwrap();
+        assert_eq!(n, 1);
+    }
+
     pub fn pausing_the_running_source_is_busy(kind: BackendKind) {
         let (a, mut b) = pair();
         let mut lp = new_loop::<Vec<std::io::ErrorKind>>(kind);
@@ -596,6 +771,12 @@ per_backend!(
     hooks_run_around_the_wait,
     call_soon_runs_on_the_next_iteration_in_order,
     pause_stops_dispatch_and_resume_brings_the_callback_back,
+    pause_and_resume_before_the_wait_keeps_watching,
+    resume_before_the_wait_can_change_the_interest,
+    pause_and_resume_by_an_earlier_callback_drops_the_collected_event,
+    closing_a_paused_source_frees_its_fd_number,
+    a_paused_source_can_move_to_another_loop,
+    a_source_taken_back_after_pause_is_not_watched,
     pausing_the_running_source_is_busy,
     reset_timer_postpones_without_firing_early,
     timer_never_fires_early,

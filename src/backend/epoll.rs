@@ -228,6 +228,18 @@ impl Backend for EpollBackend {
         Ok(())
     }
 
+    /// The kernel data names the fd and the kernel generation, not the
+    /// token, so a new token needs no system call.
+    fn retoken(&mut self, fd: RawFd, _: Token, new: Token, _: Interest) -> io::Result<()> {
+        match self.fds.get_mut(fd as usize) {
+            Some(st) if st.active => {
+                st.token = new;
+                Ok(())
+            }
+            _ => Err(io::Error::from_raw_os_error(libc::ENOENT)),
+        }
+    }
+
     fn delete(&mut self, fd: RawFd, _: Token, _: Interest) -> io::Result<()> {
         // Deferred to the next wait (see the module docs); no event can be
         // collected for the fd before then.
