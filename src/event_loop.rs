@@ -878,26 +878,37 @@ impl<S> EventLoop<S> {
         if ready.is_empty() {
             return;
         }
-        let entry = match key.data_mut() {
-            Slot::Source(entry) => entry.take(),
-            Slot::Waker => return self.run_remote(state),
-            Slot::Signals => return self.run_signals(state),
-            Slot::Parked => return,
+        let Slot::Source(slot) = key.data_mut() else {
+            return self.dispatch_own(token, state);
         };
-        let Some(mut entry) = entry else { return };
+        // `None`: the source's own callback is running (it cannot be
+        // reported twice in one pass, but a merged record could).
+        let Some(mut entry) = slot.take() else {
+            return;
+        };
         self.stats.events_dispatched += 1;
         let action = entry.dispatch(self, token, ready, state);
-        match self.selector.key_by_token_mut(token) {
-            Some(key) if action == PostAction::Continue => {
-                *key.data_mut() = Slot::Source(Some(entry));
+        if let Some(key) = self.selector.key_by_token_mut(token) {
+            if action == PostAction::Continue {
+                if let Slot::Source(slot @ None) = key.data_mut() {
+                    *slot = Some(entry);
+                }
+                return;
             }
-            Some(key) => {
-                let fd = key.fd();
-                log::trace!("loop=remove fd={fd} by=callback");
-                let _ = self.selector.unregister(fd);
-            }
-            // Discarded by its own callback: drop it now.
-            None => {}
+            let fd = key.fd();
+            log::trace!("loop=remove fd={fd} by=callback");
+            let _ = self.selector.unregister(fd);
+        }
+        // Otherwise discarded by its own callback: dropped here.
+    }
+
+    /// The loop's own keys: the wake-up fd and the signal pipe.
+    #[cold]
+    fn dispatch_own(&mut self, token: Token, state: &mut S) {
+        match self.selector.key_by_token(token).map(|k| k.data()) {
+            Some(Slot::Waker) => self.run_remote(state),
+            Some(Slot::Signals) => self.run_signals(state),
+            _ => {}
         }
     }
 

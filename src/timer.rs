@@ -56,8 +56,20 @@ struct HeapEntry {
 impl HeapEntry {
     #[inline]
     fn before(&self, other: &HeapEntry) -> bool {
-        (self.at, self.seq) < (other.at, other.seq)
+        self.order() < other.order()
     }
+
+    /// (deadline, seq) as one integer: one wide comparison.
+    #[inline]
+    fn order(&self) -> u128 {
+        (u128::from(self.at) << 64) | u128::from(self.seq)
+    }
+}
+
+/// The earlier of two (position, order) pairs; the first on a tie.
+#[inline]
+fn earlier(a: (usize, u128), b: (usize, u128)) -> (usize, u128) {
+    if b.1 < a.1 { b } else { a }
 }
 
 /// Children per heap node. Four halves the depth of a binary heap and
@@ -260,19 +272,31 @@ impl<C> Timers<C> {
         let len = self.heap.len();
         loop {
             let first = ARITY * pos + 1;
-            if first >= len {
-                break;
-            }
-            let end = (first + ARITY).min(len);
-            let mut child = first;
-            let mut best = self.heap[first];
-            for c in first + 1..end {
-                let e = self.heap[c];
-                if e.before(&best) {
-                    child = c;
-                    best = e;
+            let (child, best) = if let Some(kids) = self.heap.get(first..first + ARITY) {
+                // A full node (the common case): a tournament on the keys.
+                let o = [
+                    kids[0].order(),
+                    kids[1].order(),
+                    kids[2].order(),
+                    kids[3].order(),
+                ];
+                let (i, oi) = earlier((0, o[0]), (1, o[1]));
+                let (j, oj) = earlier((2, o[2]), (3, o[3]));
+                let (k, _) = earlier((i, oi), (j, oj));
+                (first + k, kids[k])
+            } else if first < len {
+                let mut child = first;
+                let mut best = self.heap[first];
+                for (c, e) in self.heap.iter().enumerate().skip(first + 1) {
+                    if e.before(&best) {
+                        child = c;
+                        best = *e;
+                    }
                 }
-            }
+                (child, best)
+            } else {
+                break;
+            };
             if !best.before(&entry) {
                 break;
             }
