@@ -49,8 +49,10 @@ struct FdState {
     interest: Interest,
     /// Generation stored in the live kernel registration's data.
     generation: u32,
-    /// Registered with the selector (not deleted since).
-    active: bool,
+    /// The kernel data events of the active registration carry, or
+    /// `NOT_LIVE` if the fd is not registered with the selector: one
+    /// comparison checks both per event.
+    live: u64,
     /// Deleted since the last wait; the kernel registration may remain.
     deferred: bool,
 }
@@ -60,7 +62,7 @@ impl FdState {
         token: Token(0),
         interest: Interest::READABLE,
         generation: 0,
-        active: false,
+        live: NOT_LIVE,
         deferred: false,
     };
 }
@@ -84,6 +86,15 @@ fn events_for(interest: Interest) -> u32 {
         events |= libc::EPOLLOUT as u32;
     }
     events
+}
+
+/// No kernel data equals it: its fd half is not a valid fd.
+const NOT_LIVE: u64 = u64::MAX;
+
+impl FdState {
+    fn active(&self) -> bool {
+        self.live != NOT_LIVE
+    }
 }
 
 fn data(fd: RawFd, generation: u32) -> u64 {
@@ -165,7 +176,7 @@ impl EpollBackend {
         let mut kept = 0;
         for fd in 0..self.fds.len() {
             let st = self.fds[fd];
-            if !st.active {
+            if !st.active() {
                 continue;
             }
             let fd = fd as RawFd;
@@ -214,7 +225,7 @@ impl Backend for EpollBackend {
         let st = &mut self.fds[fd as usize];
         st.token = token;
         st.interest = interest;
-        st.active = true;
+        st.live = data(fd, st.generation);
         self.active += 1;
         Ok(())
     }
@@ -232,7 +243,7 @@ impl Backend for EpollBackend {
     /// token, so a new token needs no system call.
     fn retoken(&mut self, fd: RawFd, _: Token, new: Token, _: Interest) -> io::Result<()> {
         match self.fds.get_mut(fd as usize) {
-            Some(st) if st.active => {
+            Some(st) if st.active() => {
                 st.token = new;
                 Ok(())
             }
@@ -244,7 +255,7 @@ impl Backend for EpollBackend {
         // Deferred to the next wait (see the module docs); no event can be
         // collected for the fd before then.
         let st = self.state(fd);
-        st.active = false;
+        st.live = NOT_LIVE;
         st.deferred = true;
         self.deferred.push(fd);
         self.active -= 1;
@@ -260,7 +271,7 @@ impl Backend for EpollBackend {
     ) -> io::Result<()> {
         let ep = sys::epoll_create()?;
         for st in &mut self.fds {
-            st.active = false;
+            st.live = NOT_LIVE;
             st.deferred = false;
         }
         self.deferred.clear();
@@ -282,7 +293,7 @@ impl Backend for EpollBackend {
                 token,
                 interest,
                 generation,
-                active: true,
+                live: data(fd, generation),
                 deferred: false,
             };
             self.active += 1;
@@ -303,17 +314,14 @@ impl Backend for EpollBackend {
             self.events.reserve(want);
         }
         sys::epoll_wait(&self.ep, &mut self.events, timeout)?;
-        let mut orphans = false;
-        for ev in &self.events {
-            let fd = (ev.u64 & 0xffff_ffff) as usize;
-            let generation = (ev.u64 >> 32) as u32;
-            let st = match self.fds.get(fd) {
-                Some(st) if st.active && st.generation == generation => st,
-                _ => {
-                    orphans = true;
-                    continue;
-                }
-            };
+        let fds = &self.fds;
+        let before = events.len();
+        events.extend(self.events.iter().filter_map(|ev| {
+            let st = fds.get((ev.u64 & 0xffff_ffff) as usize)?;
+            // Not the live registration's data: an orphan (see above).
+            if st.live != ev.u64 {
+                return None;
+            }
             let bits = ev.events as libc::c_int;
             let ready = Ready::from_flags(
                 bits & (libc::EPOLLIN | libc::EPOLLPRI) != 0,
@@ -321,8 +329,9 @@ impl Backend for EpollBackend {
                 bits & libc::EPOLLERR != 0,
                 bits & (libc::EPOLLHUP | libc::EPOLLRDHUP) != 0,
             );
-            events.push((st.token, ready));
-        }
+            Some((st.token, ready))
+        }));
+        let orphans = events.len() - before != self.events.len();
         if orphans {
             self.rebuild()?;
         }
