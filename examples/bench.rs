@@ -3,7 +3,7 @@
 //! line up with the C originals:
 //!
 //! ```text
-//! cargo run --release --example bench -- -b epoll -n 1000 -a 100 -w 100 -i 25 [-t]
+//! cargo run --release --example bench -- -b epoll -n 1000 -a 100 -w 100 -i 25 [-t] [--rearm remove]
 //! ```
 //!
 //! Prints one machine-readable `RESULT …` line on stdout (medians over the
@@ -37,6 +37,10 @@ struct Args {
     /// Give every watcher a 10 s idle timer, re-armed on every read.
     #[arg(short = 't', long = "timers")]
     timers: bool,
+    /// How each iteration re-registers the watchers: `pause` (pause +
+    /// resume, the default) or `remove` (remove + add, through the kernel).
+    #[arg(long, value_enum, default_value_t = bench_core::Rearm::Pause)]
+    rearm: bench_core::Rearm,
     /// Print every iteration on stderr.
     #[arg(short = 'v', long)]
     verbose: bool,
@@ -52,6 +56,7 @@ fn main() {
         writes: args.writes.unwrap_or(args.pairs),
         iterations: args.iterations,
         timers: args.timers,
+        rearm: args.rearm,
     };
     let verbose = args.verbose;
     let res = bench_core::run(cfg, |i, s| {

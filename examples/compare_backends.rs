@@ -89,6 +89,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     writes: args.writes,
                     iterations: args.iterations,
                     timers: false,
+                    rearm: bench_core::Rearm::Pause,
                 };
                 let t = Instant::now();
                 let outcome = bench_core::run(cfg, |_, _| {}).map_err(|e| {

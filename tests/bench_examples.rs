@@ -13,7 +13,7 @@ use util::*;
 #[test]
 fn bench_prints_one_result_line_on_every_backend() {
     for &kind in BackendKind::available() {
-        for timers in [false, true] {
+        for (timers, remove) in [(false, false), (true, false), (false, true)] {
             let mut cmd = Command::new(example_path("bench"));
             cmd.args([
                 "-b",
@@ -30,6 +30,9 @@ fn bench_prints_one_result_line_on_every_backend() {
             if timers {
                 cmd.arg("-t");
             }
+            if remove {
+                cmd.args(["--rearm", "remove"]);
+            }
             let out = cmd.output().unwrap();
             assert!(
                 out.status.success(),
@@ -44,6 +47,10 @@ fn bench_prints_one_result_line_on_every_backend() {
             assert_eq!(f["n"], "64");
             assert_eq!(f["t"], if timers { "1" } else { "0" });
             assert_eq!(f["iters"], "2", "the first iteration is a warm-up");
+            assert_eq!(
+                f.get("rearm").map(String::as_str),
+                remove.then_some("remove")
+            );
             for key in [
                 "setup_us",
                 "run_us",

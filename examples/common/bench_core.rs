@@ -3,8 +3,10 @@
 //!
 //! `n` socket pairs. Each iteration: re-register a read watcher on every
 //! pair (setup: `pause` + `resume`, the equivalent of libevent's
-//! `event_del` + `event_add` and libev's `ev_io_stop` + `ev_io_start`; with
-//! timers, also re-arm a 10 s idle timer per watcher),
+//! `event_del` + `event_add` and libev's `ev_io_stop` + `ev_io_start`, or
+//! with [`Rearm::Remove`] `remove` + `add`, which goes through the kernel and
+//! boxes a new callback; with timers, also re-arm a 10 s idle timer per
+//! watcher),
 //! write one byte into `a` evenly spaced pairs, then run the loop without
 //! blocking until every byte is read. Each read callback reads its byte and,
 //! while the budget of `w` writes lasts, writes one byte into the next pair,
@@ -20,6 +22,18 @@ use std::time::{Duration, Instant};
 
 use muxloop::{BackendKind, EventLoop, Interest, PostAction, SourceId, TimerId};
 
+/// How the setup phase re-registers each watcher.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Rearm {
+    /// `pause` + `resume`: the source and its callback stay; before the
+    /// next wait this needs no system call.
+    #[default]
+    Pause,
+    /// `remove` + `add`: unregistered at once and registered anew (one
+    /// failing `EPOLL_CTL_ADD` on epoll), with a new boxed callback.
+    Remove,
+}
+
 /// One bench configuration.
 #[derive(Clone, Copy, Debug)]
 pub struct Config {
@@ -29,6 +43,7 @@ pub struct Config {
     pub writes: usize,
     pub iterations: usize,
     pub timers: bool,
+    pub rearm: Rearm,
 }
 
 /// Per-iteration times, in microseconds.
@@ -154,9 +169,13 @@ pub fn run(cfg: Config, mut progress: impl FnMut(usize, Sample)) -> io::Result<S
             // event_del + event_set + event_add (libev: ev_io_stop +
             // ev_io_set + ev_io_start): stop watching, start again.
             ids[i] = Some(match ids[i].take() {
-                Some(id) => {
+                Some(id) if cfg.rearm == Rearm::Pause => {
                     let paused = lp.pause(id)?;
                     lp.resume(paused, Interest::READABLE)?
+                }
+                Some(id) => {
+                    let sock = lp.remove(id)?;
+                    lp.add(sock, Interest::READABLE, read_cb(i))?
                 }
                 None => {
                     let sock = readers[i].take().expect("reader");
@@ -231,9 +250,13 @@ fn summarize(cfg: &Config, samples: &[Sample]) -> Summary {
 
 /// The machine-readable line `examples/bench.rs` prints.
 pub fn result_line(cfg: &Config, s: &Summary) -> String {
+    let rearm = match cfg.rearm {
+        Rearm::Pause => "",
+        Rearm::Remove => " rearm=remove",
+    };
     format!(
         "RESULT lib=muxloop backend={} n={} a={} w={} t={} setup_us={:.1} run_us={:.1} total_us={:.1} \
-         run_min_us={:.1} ns_per_cb={:.1} setup_ns_per_fd={:.1} iters={}",
+         run_min_us={:.1} ns_per_cb={:.1} setup_ns_per_fd={:.1} iters={}{rearm}",
         cfg.backend.name(),
         cfg.pairs,
         cfg.active,
