@@ -16,6 +16,7 @@ import argparse
 import os
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -191,6 +192,33 @@ def instructions(args):
         rows.append((name, f"{total:.0f}", f"{callback:.0f}", f"{total - callback:.0f}"))
     table("user-space instructions per extra callback (callgrind; n=1000 a=100, w 1000 -> 11000, 5 iterations)",
           ("library", "total", "in the callback", "in the loop"), rows)
+
+    # The echo servers: the same count is deterministic enough to compare,
+    # where CPU time per round trip is noisy. Two load sizes, so start-up
+    # and shutdown cancel out.
+    def echo_irefs(argv, count):
+        proc = subprocess.Popen(["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null"] + argv,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        line = proc.stdout.readline()
+        m = re.match(r"listening on (\S+)", line)
+        if not m:
+            proc.kill()
+            raise RuntimeError(f"{argv[0]}: unexpected first line {line!r}")
+        run_result([os.path.join(EX, "echo_load"), "--addr", m.group(1).split(",")[0],
+                    "--conns", "100", "--count", str(count)])
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+        return int(re.search(r"refs:\s+([\d,]+)", err).group(1).replace(",", ""))
+    rows = []
+    for name, argv in servers():
+        if name.endswith(("-poll", "-select")):
+            continue
+        lo = echo_irefs(argv, 100)
+        hi = echo_irefs(argv, 400)
+        rows.append((name, f"{(hi - lo) / (300 * 100):.0f}"))
+    rows.sort(key=lambda r: int(r[1]))
+    table("echo servers: user-space instructions per round trip (callgrind; 100 connections, "
+          "100 -> 400 round trips each)", ("server", "instructions"), rows)
 
 
 def main():

@@ -49,7 +49,8 @@ struct Args {
 struct Server {
     high_water: usize,
     low_water: usize,
-    /// Where reads land before they are appended to a connection's output.
+    /// Where reads land before they are echoed (or queued when the client
+    /// does not keep up).
     scratch: Vec<u8>,
     /// An fd held in reserve, given up to shed a connection when out of fds.
     spare: Option<File>,
@@ -79,26 +80,45 @@ impl Conn {
         self.out.len() - self.sent
     }
 
-    /// Reads one chunk through the shared scratch buffer. Returns false if
-    /// the connection failed.
+    /// Reads one chunk through the shared scratch buffer and echoes it.
+    /// With nothing pending, the chunk is written straight from the scratch
+    /// buffer and only what the socket does not take is kept (the common
+    /// case copies nothing); otherwise it queues behind the pending bytes.
+    /// Returns false if the connection failed.
     fn read_from(&mut self, sock: &mut TcpStream, srv: &mut Server) -> bool {
-        match sock.read(&mut srv.scratch) {
-            Ok(0) => self.read_closed = true,
-            Ok(n) => {
-                srv.bytes += n as u64;
-                self.out.extend_from_slice(&srv.scratch[..n]);
+        let n = match sock.read(&mut srv.scratch) {
+            Ok(0) => {
+                self.read_closed = true;
+                return true;
             }
-            Err(e) if is_retry(&e) => {}
+            Ok(n) => n,
+            Err(e) if is_retry(&e) => return true,
             Err(e) => {
                 log::debug!("read error={e}; dropping connection");
                 return false;
             }
+        };
+        srv.bytes += n as u64;
+        let mut chunk = &srv.scratch[..n];
+        if self.pending() == 0 {
+            match sock.write(chunk) {
+                Ok(written) => chunk = &chunk[written..],
+                Err(e) if is_retry(&e) => {}
+                Err(e) => {
+                    log::debug!("write error={e}; dropping connection");
+                    return false;
+                }
+            }
         }
+        self.out.extend_from_slice(chunk);
         true
     }
 
     /// Writes what is pending. Returns false if the connection failed.
     fn flush_to(&mut self, sock: &mut TcpStream) -> bool {
+        if self.out.is_empty() {
+            return true;
+        }
         while self.pending() > 0 {
             match sock.write(&self.out[self.sent..]) {
                 Ok(n) => self.sent += n,

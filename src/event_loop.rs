@@ -359,10 +359,15 @@ impl<S> EventLoop<S> {
 
     // --- sources -------------------------------------------------------------
 
-    /// Registers a non-blocking source (a socket, pipe, mio or std type —
-    /// anything with an fd) and the callback to run when it is ready. The
-    /// loop owns the source from now on, so it cannot be closed while
-    /// registered; [`remove`](EventLoop::remove) hands it back.
+    /// Registers a non-blocking source (a socket, pipe, mio or std type,
+    /// `OwnedFd` — anything [`AsFd`], which owns its fd) and the callback to
+    /// run when it is ready. The loop owns the source from now on, so it
+    /// cannot be closed while registered; [`remove`](EventLoop::remove)
+    /// hands it back.
+    ///
+    /// The loop relies on the source keeping the same open file while it
+    /// or a [`Paused`] holds it, as every std and mio type does (a raw fd
+    /// number is not a source: wrap it in an `OwnedFd`).
     ///
     /// The callback gets the loop (to add, modify or remove sources,
     /// schedule timers, stop), the source, the [`SourceEvent`] and the

@@ -12,7 +12,7 @@ use std::os::unix::net::UnixStream;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use muxloop::{BackendKind, EventLoop, Interest, LoopHandle, PostAction};
+use muxloop::{BackendKind, EventLoop, Interest, LoopHandle, PostAction, SourceId};
 use util::*;
 
 fn new_loop<S>(kind: BackendKind) -> EventLoop<S> {
@@ -24,6 +24,44 @@ fn new_loop<S>(kind: BackendKind) -> EventLoop<S> {
 /// instead of hanging.
 fn safety_net<S: 'static>(lp: &mut EventLoop<S>, secs: u64) -> muxloop::TimerId {
     lp.call_later(Duration::from_secs(secs), |lp, _| lp.stop())
+}
+
+type Log = Vec<&'static str>;
+
+/// Two sources made readable together and one iteration run, in which the
+/// callback that runs first (the kernel's order) applies `to_other` to the
+/// other source's id. Returns the loop, the log of callbacks that ran and
+/// the peers (kept open).
+fn two_ready_sources(
+    kind: BackendKind,
+    to_other: fn(&mut EventLoop<Log>, &mut SourceId<UnixStream>),
+) -> (EventLoop<Log>, Log, [UnixStream; 2]) {
+    let (a, mut ab) = pair();
+    let (c, mut cb) = pair();
+    let mut lp = new_loop::<Log>(kind);
+    let ids: Rc<RefCell<Vec<SourceId<UnixStream>>>> = Rc::default();
+    for (sock, name) in [(a, "a"), (c, "c")] {
+        let ids2 = ids.clone();
+        let id = lp
+            .add(sock, Interest::READABLE, move |lp, sock, ev, log| {
+                log.push(name);
+                drain(sock);
+                for other in ids2.borrow_mut().iter_mut() {
+                    if *other != ev.id() {
+                        to_other(lp, other);
+                    }
+                }
+                PostAction::Continue
+            })
+            .unwrap();
+        ids.borrow_mut().push(id);
+    }
+    ab.write_all(b"x").unwrap();
+    cb.write_all(b"x").unwrap();
+    std::thread::sleep(Duration::from_millis(10));
+    let mut log = Vec::new();
+    lp.run_once(Some(Duration::from_secs(1)), &mut log).unwrap();
+    (lp, log, [ab, cb])
 }
 
 mod cases {
@@ -96,31 +134,9 @@ mod cases {
     }
 
     pub fn removal_by_an_earlier_callback_suppresses_a_collected_event(kind: BackendKind) {
-        let (a, mut ab) = pair();
-        let (c, mut cb) = pair();
-        let mut lp = new_loop::<Vec<&'static str>>(kind);
-        let ids: Rc<RefCell<Vec<muxloop::SourceId<UnixStream>>>> = Rc::default();
-        for (sock, name) in [(a, "a"), (c, "c")] {
-            let ids2 = ids.clone();
-            let id = lp
-                .add(sock, Interest::READABLE, move |lp, _, ev, log| {
-                    log.push(name);
-                    // Remove every other source.
-                    for &other in ids2.borrow().iter() {
-                        if other != ev.id() {
-                            let _ = lp.remove(other);
-                        }
-                    }
-                    PostAction::Continue
-                })
-                .unwrap();
-            ids.borrow_mut().push(id);
-        }
-        ab.write_all(b"x").unwrap();
-        cb.write_all(b"x").unwrap();
-        std::thread::sleep(Duration::from_millis(10));
-        let mut log = Vec::new();
-        lp.run_once(Some(Duration::from_secs(1)), &mut log).unwrap();
+        let (lp, log, _peers) = two_ready_sources(kind, |lp, other| {
+            let _ = lp.remove(*other);
+        });
         assert_eq!(
             log.len(),
             1,
@@ -358,36 +374,13 @@ mod cases {
     }
 
     pub fn pause_and_resume_by_an_earlier_callback_drops_the_collected_event(kind: BackendKind) {
-        let (a, mut ab) = pair();
-        let (c, mut cb) = pair();
-        let mut lp = new_loop::<Vec<&'static str>>(kind);
-        let ids: Rc<RefCell<Vec<muxloop::SourceId<UnixStream>>>> = Rc::default();
-        for (sock, name) in [(a, "a"), (c, "c")] {
-            let ids2 = ids.clone();
-            let id = lp
-                .add(sock, Interest::READABLE, move |lp, sock, ev, log| {
-                    log.push(name);
-                    drain(sock);
-                    // Stop and restart every other source: its event, already
-                    // collected under its old id, must not be dispatched.
-                    let mut ids = ids2.borrow_mut();
-                    for other in ids.iter_mut() {
-                        if *other != ev.id() {
-                            if let Ok(p) = lp.pause(*other) {
-                                *other = lp.resume(p, Interest::READABLE).unwrap();
-                            }
-                        }
-                    }
-                    PostAction::Continue
-                })
-                .unwrap();
-            ids.borrow_mut().push(id);
-        }
-        ab.write_all(b"x").unwrap();
-        cb.write_all(b"x").unwrap();
-        std::thread::sleep(Duration::from_millis(10));
-        let mut log = Vec::new();
-        lp.run_once(Some(Duration::from_secs(1)), &mut log).unwrap();
+        // The restarted source's event, collected under its old id, must
+        // not be dispatched.
+        let (mut lp, mut log, _peers) = two_ready_sources(kind, |lp, other| {
+            if let Ok(p) = lp.pause(*other) {
+                *other = lp.resume(p, Interest::READABLE).unwrap();
+            }
+        });
         assert_eq!(
             log.len(),
             1,

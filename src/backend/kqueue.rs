@@ -139,6 +139,12 @@ impl Backend for KqueueBackend {
         self.change(fd, token, &add, &del)
     }
 
+    /// `EV_ADD` of an existing filter replaces its `udata`: one call.
+    fn retoken(&mut self, fd: RawFd, _: Token, new: Token, interest: Interest) -> io::Result<()> {
+        let filters: Vec<i16> = filters(interest).collect();
+        self.change(fd, new, &filters, &[])
+    }
+
     fn delete(&mut self, fd: RawFd, token: Token, interest: Interest) -> io::Result<()> {
         self.added -= 1;
         let flags = (libc::EV_DELETE | libc::EV_RECEIPT) as u16;
