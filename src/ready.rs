@@ -184,6 +184,26 @@ mod tests {
     }
 
     #[test]
+    fn masking_rules_hold_for_every_combination() {
+        for bits in 0..16u8 {
+            let ready = Ready(bits);
+            for interest in [Interest::READABLE, Interest::WRITABLE, Interest::BOTH] {
+                let got = ready.masked(interest);
+                let dirs = Ready(interest.bits());
+                let hints = Ready(bits & (ERROR | HUP));
+                let want = if !hints.is_empty() {
+                    dirs | hints
+                } else if bits & interest.bits() == 0 {
+                    Ready::EMPTY
+                } else {
+                    Ready(bits & interest.bits())
+                };
+                assert_eq!(got, want, "{ready:?} masked by {interest:?}");
+            }
+        }
+    }
+
+    #[test]
     fn debug_lists_bits() {
         assert_eq!(
             format!("{:?}", Ready::READABLE | Ready::HUP),
