@@ -110,7 +110,9 @@ impl Conn {
                 }
             }
         }
-        self.out.extend_from_slice(chunk);
+        if !chunk.is_empty() {
+            self.out.extend_from_slice(chunk);
+        }
         true
     }
 
