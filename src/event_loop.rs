@@ -1141,7 +1141,18 @@ mod tests {
     struct Recording {
         inner: Box<dyn Backend>,
         calls: Arc<Mutex<Vec<&'static str>>>,
-        fail_retoken: bool,
+        /// The call that fails with `ENOMEM`, if any.
+        fail: Option<&'static str>,
+    }
+
+    impl Recording {
+        fn record(&self, call: &'static str) -> io::Result<()> {
+            self.calls.lock().unwrap().push(call);
+            if self.fail == Some(call) {
+                return Err(io::Error::from_raw_os_error(libc::ENOMEM));
+            }
+            Ok(())
+        }
     }
 
     impl Backend for Recording {
@@ -1149,22 +1160,19 @@ mod tests {
             self.inner.name()
         }
         fn add(&mut self, fd: RawFd, token: Token, interest: Interest) -> io::Result<()> {
-            self.calls.lock().unwrap().push("add");
+            self.record("add")?;
             self.inner.add(fd, token, interest)
         }
         fn modify(&mut self, fd: RawFd, t: Token, old: Interest, new: Interest) -> io::Result<()> {
-            self.calls.lock().unwrap().push("modify");
+            self.record("modify")?;
             self.inner.modify(fd, t, old, new)
         }
         fn delete(&mut self, fd: RawFd, token: Token, interest: Interest) -> io::Result<()> {
-            self.calls.lock().unwrap().push("delete");
+            self.record("delete")?;
             self.inner.delete(fd, token, interest)
         }
         fn retoken(&mut self, fd: RawFd, old: Token, new: Token, i: Interest) -> io::Result<()> {
-            self.calls.lock().unwrap().push("retoken");
-            if self.fail_retoken {
-                return Err(io::Error::from_raw_os_error(libc::ENOMEM));
-            }
+            self.record("retoken")?;
             self.inner.retoken(fd, old, new, i)
         }
         fn wait(&mut self, ev: &mut Vec<(Token, Ready)>, t: Option<Duration>) -> io::Result<()> {
@@ -1176,15 +1184,17 @@ mod tests {
     }
 
     fn recording_loop() -> (EventLoop<u32>, Arc<Mutex<Vec<&'static str>>>) {
-        recording_loop_with(false)
+        recording_loop_with(None)
     }
 
-    fn recording_loop_with(fail_retoken: bool) -> (EventLoop<u32>, Arc<Mutex<Vec<&'static str>>>) {
+    fn recording_loop_with(
+        fail: Option<&'static str>,
+    ) -> (EventLoop<u32>, Arc<Mutex<Vec<&'static str>>>) {
         let calls = Arc::new(Mutex::new(Vec::new()));
         let backend = Recording {
             inner: BackendKind::platform_default().create().unwrap(),
             calls: calls.clone(),
-            fail_retoken,
+            fail,
         };
         let lp = EventLoop::with_selector(Selector::from_backend(Box::new(backend))).unwrap();
         calls.lock().unwrap().clear();
@@ -1219,18 +1229,35 @@ mod tests {
 
     #[test]
     fn a_failed_renewal_drops_the_source_and_frees_its_fd() {
-        let (mut lp, calls) = recording_loop_with(true);
-        let (a, _b) = UnixStream::pair().unwrap();
-        let fd = a.as_raw_fd();
-        let id = lp
-            .add(a, Interest::READABLE, |_, _, _, _| PostAction::Continue)
-            .unwrap();
-        let paused = lp.pause(id).unwrap();
-        let err = lp.resume(paused, Interest::READABLE).unwrap_err();
-        assert_eq!(err.raw_os_error(), Some(libc::ENOMEM));
-        assert_eq!(*calls.lock().unwrap(), ["add", "retoken", "delete"]);
-        assert_eq!(lp.source_count(), 0);
-        assert!(lp.selector.key(fd).is_none(), "no half-registered key left");
+        for (fail, interest, want) in [
+            (
+                "retoken",
+                Interest::READABLE,
+                &["add", "retoken", "delete"][..],
+            ),
+            (
+                "modify",
+                Interest::WRITABLE,
+                &["add", "retoken", "modify", "delete"][..],
+            ),
+        ] {
+            let (mut lp, calls) = recording_loop_with(Some(fail));
+            let (a, _b) = UnixStream::pair().unwrap();
+            let fd = a.as_raw_fd();
+            let id = lp
+                .add(a, Interest::READABLE, |_, _, _, _| PostAction::Continue)
+                .unwrap();
+            let paused = lp.pause(id).unwrap();
+            let err = lp.resume(paused, interest).unwrap_err();
+            assert_eq!(err.raw_os_error(), Some(libc::ENOMEM));
+            assert_eq!(*calls.lock().unwrap(), want);
+            assert_eq!(lp.source_count(), 0);
+            assert!(lp.selector.key(fd).is_none(), "no half-registered key left");
+            // The number is free for a new source.
+            let (c, _d) = UnixStream::pair().unwrap();
+            lp.add(c, Interest::READABLE, |_, _, _, _| PostAction::Continue)
+                .unwrap();
+        }
     }
 
     #[test]

@@ -402,20 +402,21 @@ impl<T> Selector<T> {
         let name = self.name;
         let backend = self.backend.as_mut().ok_or_else(closed_error)?;
         let mut res = backend.retoken(fd, token, new, old);
-        if res.is_ok() && interest != old {
-            res = backend.modify(fd, new, old, interest);
+        if res.is_ok() {
+            // From here on the backend knows the fd by the new token.
+            self.slots[index].key.token = new;
+            if interest != old {
+                res = backend.modify(fd, new, old, interest);
+            }
         }
         match res {
             Ok(()) => {
                 let key = &mut self.slots[index].key;
-                key.token = new;
                 key.interest = interest;
                 Ok(key)
             }
             Err(e) => {
                 log::debug!("selector=renew backend={name} fd={fd} error={e}");
-                // The backend may hold the fd under either token.
-                self.slots[index].key.token = new;
                 let _ = self.unregister(fd);
                 Err(e)
             }
