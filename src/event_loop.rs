@@ -220,8 +220,10 @@ where
 
 /// What the loop's selector keys hold.
 enum Slot<S> {
-    /// A user source; `None` while its callback runs.
-    Source(Option<Box<dyn Dispatch<S>>>),
+    /// A user source.
+    Source(Box<dyn Dispatch<S>>),
+    /// A user source whose callback is running: the callback has it.
+    Running,
     /// A source handed out by `pause`, whose registration is kept until the
     /// next wait (or `add`) in case it is resumed before then.
     Parked,
@@ -284,6 +286,8 @@ pub struct EventLoop<S = ()> {
     remote: Arc<Remote<S>>,
     signals: Option<Signals<SignalCallback<S>>>,
     stopped: bool,
+    /// An iteration is under way (its callbacks may not start another).
+    iterating: bool,
     before_sleep: Option<Hook<S>>,
     after_wake: Option<Hook<S>>,
     stats: LoopStats,
@@ -346,6 +350,7 @@ impl<S> EventLoop<S> {
             }),
             signals: None,
             stopped: false,
+            iterating: false,
             before_sleep: None,
             after_wake: None,
             stats: LoopStats::default(),
@@ -390,7 +395,7 @@ impl<S> EventLoop<S> {
     {
         let fd = source.as_fd().as_raw_fd();
         let entry: Box<dyn Dispatch<S>> = Box::new(Entry { source, callback });
-        let token = self.register(fd, interest, Slot::Source(Some(entry)))?;
+        let token = self.register(fd, interest, Slot::Source(entry))?;
         log::trace!("loop=add fd={fd} interest={interest:?}");
         Ok(SourceId::new(token))
     }
@@ -424,7 +429,7 @@ impl<S> EventLoop<S> {
 
     fn source_fd(&self, token: Token) -> io::Result<RawFd> {
         match self.selector.key_by_token(token) {
-            Some(key) if matches!(key.data(), Slot::Source(_)) => Ok(key.fd()),
+            Some(key) if matches!(key.data(), Slot::Source(_) | Slot::Running) => Ok(key.fd()),
             _ => Err(unknown_source(token)),
         }
     }
@@ -522,11 +527,11 @@ impl<S> EventLoop<S> {
         };
         let fd = key.fd();
         let entry = match key.data_mut() {
-            Slot::Source(Some(_)) => match std::mem::replace(key.data_mut(), Slot::Parked) {
-                Slot::Source(Some(entry)) => entry,
+            Slot::Source(_) => match std::mem::replace(key.data_mut(), Slot::Parked) {
+                Slot::Source(entry) => entry,
                 _ => unreachable!("matched above"),
             },
-            Slot::Source(None) => return Err(busy("the source")),
+            Slot::Running => return Err(busy("the source")),
             _ => return Err(unknown_source(id.token)),
         };
         // Tokens of keys resumed or unregistered since stay in the list
@@ -576,7 +581,7 @@ impl<S> EventLoop<S> {
                 .key_by_token(token)
                 .is_some_and(|k| k.fd() == fd && matches!(k.data(), Slot::Parked));
         if !parked {
-            let token = self.register(fd, interest, Slot::Source(Some(entry)))?;
+            let token = self.register(fd, interest, Slot::Source(entry))?;
             log::trace!("loop=resume fd={fd} interest={interest:?}");
             return Ok(SourceId::new(token));
         }
@@ -584,7 +589,7 @@ impl<S> EventLoop<S> {
         // must not reach the resumed source), keep the kernel registration.
         let key = self.selector.renew(token, interest)?;
         let token = key.token();
-        *key.data_mut() = Slot::Source(Some(entry));
+        *key.data_mut() = Slot::Source(entry);
         log::trace!("loop=resume fd={fd} interest={interest:?} kept");
         Ok(SourceId::new(token))
     }
@@ -592,7 +597,7 @@ impl<S> EventLoop<S> {
     /// The source, unless removed or running its callback (which has it).
     pub fn source<Src: 'static>(&self, id: SourceId<Src>) -> Option<&Src> {
         match self.selector.key_by_token(id.token)?.data() {
-            Slot::Source(Some(entry)) => entry.source().downcast_ref(),
+            Slot::Source(entry) => entry.source().downcast_ref(),
             _ => None,
         }
     }
@@ -600,7 +605,7 @@ impl<S> EventLoop<S> {
     /// The source, mutably; as [`source`](EventLoop::source).
     pub fn source_mut<Src: 'static>(&mut self, id: SourceId<Src>) -> Option<&mut Src> {
         match self.selector.key_by_token_mut(id.token)?.data_mut() {
-            Slot::Source(Some(entry)) => entry.source_mut().downcast_mut(),
+            Slot::Source(entry) => entry.source_mut().downcast_mut(),
             _ => None,
         }
     }
@@ -610,7 +615,7 @@ impl<S> EventLoop<S> {
     pub fn source_count(&self) -> usize {
         self.selector
             .keys()
-            .filter(|k| matches!(k.data(), Slot::Source(_)))
+            .filter(|k| matches!(k.data(), Slot::Source(_) | Slot::Running))
             .count()
     }
 
@@ -783,7 +788,12 @@ impl<S> EventLoop<S> {
     /// # Errors
     ///
     /// The selector's error; the loop can be run again afterwards.
+    /// `ResourceBusy` if called from one of this loop's callbacks, as
+    /// [`run_once`](EventLoop::run_once).
     pub fn run(&mut self, state: &mut S) -> io::Result<()> {
+        if self.iterating {
+            return self.iterate(None, state);
+        }
         self.stopped = false;
         log::debug!("loop=run backend={}", self.backend_name());
         while !self.stopped {
@@ -799,12 +809,27 @@ impl<S> EventLoop<S> {
     ///
     /// # Errors
     ///
-    /// The selector's error.
+    /// The selector's error; `ResourceBusy` if called from one of this
+    /// loop's callbacks (a nested iteration would dispatch readiness the
+    /// outer one has already collected).
     pub fn run_once(&mut self, timeout: Option<Duration>, state: &mut S) -> io::Result<()> {
         self.iterate(timeout, state)
     }
 
     fn iterate(&mut self, cap: Option<Duration>, state: &mut S) -> io::Result<()> {
+        if self.iterating {
+            return Err(io::Error::new(
+                io::ErrorKind::ResourceBusy,
+                "run/run_once called from a callback of the same loop: the loop is already running",
+            ));
+        }
+        self.iterating = true;
+        let res = self.iterate_once(cap, state);
+        self.iterating = false;
+        res
+    }
+
+    fn iterate_once(&mut self, cap: Option<Duration>, state: &mut S) -> io::Result<()> {
         if let Some(hook) = self.before_sleep.as_mut() {
             hook(state);
         }
@@ -883,20 +908,21 @@ impl<S> EventLoop<S> {
         if ready.is_empty() {
             return;
         }
-        let Slot::Source(slot) = key.data_mut() else {
+        let slot = key.data_mut();
+        if !matches!(slot, Slot::Source(_)) {
+            // The loop's own fds; or `Running`, the source's callback is
+            // running (in a nested `run_once`), or `Parked`: nothing to do.
             return self.dispatch_own(token, state);
-        };
-        // `None`: the source's own callback is running (it cannot be
-        // reported twice in one pass, but a merged record could).
-        let Some(mut entry) = slot.take() else {
-            return;
+        }
+        let Slot::Source(mut entry) = std::mem::replace(slot, Slot::Running) else {
+            unreachable!("matched above");
         };
         self.stats.events_dispatched += 1;
         let action = entry.dispatch(self, token, ready, state);
         if let Some(key) = self.selector.key_by_token_mut(token) {
             if action == PostAction::Continue {
-                if let Slot::Source(slot @ None) = key.data_mut() {
-                    *slot = Some(entry);
+                if let slot @ Slot::Running = key.data_mut() {
+                    *slot = Slot::Source(entry);
                 }
                 return;
             }

@@ -469,6 +469,31 @@ mod cases {
         assert_eq!(n, 1);
     }
 
+    pub fn running_the_loop_from_its_own_callback_is_refused(kind: BackendKind) {
+        let (a, mut ab) = pair();
+        let mut lp = new_loop::<Vec<std::io::ErrorKind>>(kind);
+        lp.add(a, Interest::READABLE, |lp, sock, _, log| {
+            drain(sock);
+            let mut nested = Vec::new();
+            log.push(
+                lp.run_once(Some(Duration::ZERO), &mut nested)
+                    .unwrap_err()
+                    .kind(),
+            );
+            log.push(lp.run(&mut nested).unwrap_err().kind());
+            PostAction::Continue
+        })
+        .unwrap();
+        ab.write_all(b"x").unwrap();
+        let mut log = Vec::new();
+        lp.run_once(Some(Duration::from_secs(1)), &mut log).unwrap();
+        assert_eq!(log, [std::io::ErrorKind::ResourceBusy; 2]);
+        // And the loop runs normally afterwards.
+        ab.write_all(b"y").unwrap();
+        lp.run_once(Some(Duration::from_secs(1)), &mut log).unwrap();
+        assert_eq!(log.len(), 4);
+    }
+
     pub fn pausing_the_running_source_is_busy(kind: BackendKind) {
         let (a, mut b) = pair();
         let mut lp = new_loop::<Vec<std::io::ErrorKind>>(kind);
@@ -771,6 +796,7 @@ per_backend!(
     a_paused_source_can_move_to_another_loop,
     a_source_taken_back_after_pause_is_not_watched,
     pausing_the_running_source_is_busy,
+    running_the_loop_from_its_own_callback_is_refused,
     reset_timer_postpones_without_firing_early,
     timer_never_fires_early,
     timers_due_together_fire_in_scheduling_order,
