@@ -105,15 +105,22 @@ impl<C> Timers<C> {
         }
     }
 
-    /// `t` as a heap key. Exact (Instant has nanosecond resolution at
-    /// best) and monotonic; instants before the epoch are all due anyway,
-    /// and 2^64 ns is 584 years.
+    /// `t` as a heap key: nanoseconds from the epoch, offset by 2^63 so
+    /// instants before the epoch keep their order too. Exact (Instant has
+    /// nanosecond resolution at best) and monotonic within 292 years either
+    /// side of the epoch, saturating beyond.
     #[inline]
     fn key(&self, t: Instant) -> u64 {
-        let d = t.saturating_duration_since(self.epoch);
-        d.as_secs()
-            .saturating_mul(1_000_000_000)
-            .saturating_add(u64::from(d.subsec_nanos()))
+        const ZERO: u64 = 1 << 63;
+        fn nanos(d: Duration) -> u64 {
+            d.as_secs()
+                .saturating_mul(1_000_000_000)
+                .saturating_add(u64::from(d.subsec_nanos()))
+        }
+        match t.checked_duration_since(self.epoch) {
+            Some(after) => ZERO.saturating_add(nanos(after)),
+            None => ZERO.saturating_sub(nanos(self.epoch - t)),
+        }
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -379,6 +386,21 @@ mod tests {
         let mut want: Vec<u64> = (0..1000).filter(|i| i % 10 == 0).collect();
         want.sort_by_key(|i| ((i * 7919) % 1000, *i));
         assert_eq!(fired, want);
+    }
+
+    #[test]
+    fn deadlines_before_the_heap_was_created_keep_their_order() {
+        let t0 = Instant::now();
+        std::thread::sleep(Duration::from_millis(2));
+        let mut timers = Timers::new();
+        timers.insert(t0 + Duration::from_micros(900), None, "third");
+        timers.insert(t0, None, "first");
+        timers.insert(t0 + Duration::from_micros(10), None, "second");
+        timers.check();
+        assert_eq!(
+            drain(&mut timers, Instant::now()),
+            vec!["first", "second", "third"]
+        );
     }
 
     #[test]
