@@ -181,6 +181,11 @@ fn on_connection(
     if ev.is_readable() && !conn.read_from(sock, srv) {
         return close(srv);
     }
+    if conn.out.is_empty() && conn.interest == Interest::READABLE && !conn.read_closed {
+        // Everything echoed and still reading: nothing to change (the
+        // common case, and what `wanted` would conclude).
+        return PostAction::Continue;
+    }
     if !conn.flush_to(sock) {
         return close(srv);
     }
