@@ -812,6 +812,12 @@ impl<S> EventLoop<S> {
     /// The selector's error; `ResourceBusy` if called from one of this
     /// loop's callbacks (a nested iteration would dispatch readiness the
     /// outer one has already collected).
+    ///
+    /// # Panics
+    ///
+    /// A panic in a callback propagates out of the iteration. The loop
+    /// stays memory-safe but not usable: drop it (later calls return
+    /// `ResourceBusy`).
     pub fn run_once(&mut self, timeout: Option<Duration>, state: &mut S) -> io::Result<()> {
         self.iterate(timeout, state)
     }
