@@ -916,8 +916,9 @@ impl<S> EventLoop<S> {
         }
         let slot = key.data_mut();
         if !matches!(slot, Slot::Source(_)) {
-            // The loop's own fds; or `Running`, the source's callback is
-            // running (in a nested `run_once`), or `Parked`: nothing to do.
+            // The loop's own fds, or a source paused earlier in this pass.
+            // (`Running` cannot occur: a pass has one record per source,
+            // and passes do not nest.)
             return self.dispatch_own(token, state);
         }
         let Slot::Source(mut entry) = std::mem::replace(slot, Slot::Running) else {
