@@ -37,13 +37,16 @@ struct Slot<C> {
     timer: Option<Timer<C>>,
     /// Position in `heap` while scheduled.
     pos: usize,
+    /// The timer's true key while scheduled. Its heap entry may hold an
+    /// earlier one: a reset to a later deadline only updates these, and
+    /// the entry is moved when its old deadline comes (`pop_expired`).
+    at: u64,
+    seq: u64,
 }
 
 /// A heap entry: the ordering key is cached next to the slot index, so
 /// sifting compares without chasing into the slot table (libev caches the
 /// deadline in its heap the same way).
-/// A heap entry: the ordering key, kept next to the index so sifting
-/// touches only the heap.
 #[derive(Clone, Copy)]
 struct HeapEntry {
     /// Deadline, in nanoseconds since the heap's epoch.
@@ -144,6 +147,8 @@ impl<C> Timers<C> {
                     generation: 0,
                     timer: None,
                     pos: 0,
+                    at: 0,
+                    seq: 0,
                 });
                 self.slots.len() - 1
             }
@@ -166,6 +171,8 @@ impl<C> Timers<C> {
         let slot = &mut self.slots[index];
         debug_assert!(slot.timer.is_none());
         slot.timer = Some(timer);
+        slot.at = entry.at;
+        slot.seq = entry.seq;
         self.heap.push(entry);
         self.sift_up(self.heap.len() - 1, entry);
     }
@@ -202,48 +209,82 @@ impl<C> Timers<C> {
         true
     }
 
-    /// Moves a pending timer to `deadline`, in place. False if it already
-    /// fired or was cancelled. Among equal deadlines it now fires last.
+    /// Moves a pending timer to `deadline`. False if it already fired or
+    /// was cancelled. Among equal deadlines it now fires last.
+    ///
+    /// Earlier: the entry moves up the heap at once. Later (an idle timeout
+    /// re-armed on activity, the common case): only the slot's key changes,
+    /// in O(1); the stale, earlier entry is moved down only when its old
+    /// deadline comes, so a timer re-armed many times before it is due
+    /// costs at most one heap move per old deadline that passes instead of
+    /// one per reset. (libev's manual recommends doing this by hand for
+    /// idle timeouts.)
     pub(crate) fn reset(&mut self, id: TimerId, deadline: Instant) -> bool {
         let Some(index) = self.scheduled(id) else {
             return false;
         };
-        let entry = HeapEntry {
-            at: self.key(deadline),
-            seq: self.next_seq,
-            index: index as u32,
-        };
+        let at = self.key(deadline);
+        let seq = self.next_seq;
         self.next_seq += 1;
         let slot = &mut self.slots[index];
         slot.timer.as_mut().expect("scheduled").deadline = deadline;
+        slot.at = at;
+        slot.seq = seq;
         let pos = slot.pos;
-        // The new seq is the largest, so the entry moves up only if its
-        // deadline is strictly earlier.
-        if entry.at < self.heap[pos].at {
+        if at < self.heap[pos].at {
+            let entry = HeapEntry {
+                at,
+                seq,
+                index: index as u32,
+            };
             self.sift_up(pos, entry);
-        } else {
-            self.sift_down(pos, entry);
         }
         true
     }
 
-    /// The earliest deadline.
+    /// When the loop must wake up next: the top entry's deadline. If that
+    /// entry is stale (its timer was pushed back), this is earlier than the
+    /// timer's deadline; the wake-up then moves the entry down and fires
+    /// nothing, once per push-back that reaches the top.
     pub(crate) fn next_deadline(&self) -> Option<Instant> {
         let top = self.heap.first()?;
-        self.slots[top.index as usize]
-            .timer
-            .as_ref()
-            .map(|t| t.deadline)
+        let slot = &self.slots[top.index as usize];
+        if slot.at == top.at && slot.seq == top.seq {
+            return slot.timer.as_ref().map(|t| t.deadline);
+        }
+        Some(self.instant(top.at))
+    }
+
+    /// The instant of a key (the inverse of `key`; keys before the epoch
+    /// map to the epoch, which is past anyway).
+    fn instant(&self, at: u64) -> Instant {
+        const ZERO: u64 = 1 << 63;
+        self.epoch + Duration::from_nanos(at.saturating_sub(ZERO))
     }
 
     /// Takes the earliest timer if it is due at `now`. Its slot stays
     /// reserved (for [`schedule`](Timers::schedule) or
     /// [`release`](Timers::release)).
     pub(crate) fn pop_expired(&mut self, now: Instant) -> Option<(TimerId, Timer<C>)> {
-        let top = *self.heap.first()?;
-        if top.at > self.key(now) {
-            return None;
-        }
+        let now = self.key(now);
+        let top = loop {
+            let top = *self.heap.first()?;
+            if top.at > now {
+                return None;
+            }
+            let slot = &self.slots[top.index as usize];
+            if slot.at == top.at && slot.seq == top.seq {
+                break top;
+            }
+            // Stale: the timer was pushed back. Move the entry to its true
+            // key and look again.
+            let entry = HeapEntry {
+                at: slot.at,
+                seq: slot.seq,
+                index: top.index,
+            };
+            self.sift_down(0, entry);
+        };
         let index = top.index as usize;
         self.remove_at(0);
         let slot = &mut self.slots[index];
@@ -330,7 +371,12 @@ impl<C> Timers<C> {
     #[cfg(test)]
     fn check(&self) {
         for (pos, e) in self.heap.iter().enumerate() {
-            assert_eq!(self.slots[e.index as usize].pos, pos, "stale position");
+            let slot = &self.slots[e.index as usize];
+            assert_eq!(slot.pos, pos, "stale position");
+            assert!(
+                (e.at, e.seq) <= (slot.at, slot.seq),
+                "an entry is never later than its timer"
+            );
             if pos > 0 {
                 let parent = &self.heap[(pos - 1) / ARITY];
                 assert!(!e.before(parent), "heap order broken at {pos}");
@@ -404,7 +450,35 @@ mod tests {
     }
 
     #[test]
-    fn reset_moves_a_timer_in_place() {
+    fn timers_pushed_back_keep_order_and_scheduling_order() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut timers = Timers::new();
+        let b = timers.insert(t0 + ms(1), None, "b");
+        let a = timers.insert(t0 + ms(2), None, "a");
+        timers.insert(t0 + ms(3), None, "c");
+        // Pushed back lazily: the heap still holds their old, earlier
+        // entries. a is reset to 8 ms before b is, so a fires first, even
+        // though b's stale entry is the earlier one.
+        for _ in 0..100 {
+            assert!(timers.reset(a, t0 + ms(8)));
+            assert!(timers.reset(b, t0 + ms(8)));
+        }
+        timers.check();
+        // The wake-up may come early (b's old deadline), a firing never.
+        assert_eq!(timers.next_deadline(), Some(t0 + ms(1)));
+        assert!(timers.pop_expired(t0 + ms(2)).is_none(), "never early");
+        assert_eq!(timers.next_deadline(), Some(t0 + ms(3)));
+        assert_eq!(drain(&mut timers, t0 + ms(5)), vec!["c"]);
+        // Back to an earlier deadline: moved up at once.
+        assert!(timers.reset(b, t0 + ms(6)));
+        timers.check();
+        assert_eq!(drain(&mut timers, t0 + ms(10)), vec!["b", "a"]);
+        assert!(timers.is_empty());
+    }
+
+    #[test]
+    fn reset_moves_a_timer_without_firing_it_early() {
         let t0 = Instant::now();
         let mut timers = Timers::new();
         let a = timers.insert(t0 + Duration::from_millis(1), None, "a");
@@ -412,6 +486,10 @@ mod tests {
         timers.insert(t0 + Duration::from_millis(3), None, "c");
         assert!(timers.reset(a, t0 + Duration::from_millis(5)));
         assert_eq!(timers.len(), 3);
+        // Pushed back lazily: the next wake-up is still a's old deadline,
+        // which fires nothing and brings the heap up to date.
+        assert_eq!(timers.next_deadline(), Some(t0 + Duration::from_millis(1)));
+        assert!(timers.pop_expired(t0 + Duration::from_millis(1)).is_none());
         assert_eq!(timers.next_deadline(), Some(t0 + Duration::from_millis(2)));
         assert_eq!(
             drain(&mut timers, t0 + Duration::from_millis(10)),
