@@ -16,7 +16,8 @@
 
 #![allow(dead_code)] // each including example uses a different part
 
-use std::io::{self, Read, Write};
+use std::io;
+use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
@@ -106,6 +107,29 @@ pub fn fds_needed(pairs: usize) -> usize {
     2 * pairs + 16
 }
 
+/// Reads one byte with read(2), as the C versions do: the callbacks of
+/// every library make the same system calls. (std's `UnixStream` goes
+/// through recv(2)/send(2) and its own wrappers: ~40 more user-space
+/// instructions per callback, `docs/benchmarks.md`.)
+fn read_byte(sock: &UnixStream) -> usize {
+    let mut ch = 0u8;
+    // SAFETY: `ch` is a valid one-byte buffer and the fd is open: `sock`
+    // owns it for the duration of the call.
+    let n = unsafe { libc::read(sock.as_raw_fd(), (&raw mut ch).cast(), 1) };
+    usize::from(n == 1)
+}
+
+/// Writes one byte with write(2); see [`read_byte`].
+fn write_byte(sock: &UnixStream) -> io::Result<()> {
+    // SAFETY: a one-byte static buffer; the fd is open: `sock` owns it.
+    let n = unsafe { libc::write(sock.as_raw_fd(), b"e".as_ptr().cast(), 1) };
+    if n == 1 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 fn read_cb(
     i: usize,
 ) -> impl FnMut(
@@ -115,16 +139,14 @@ fn read_cb(
     &mut State,
 ) -> PostAction {
     move |lp, sock, _ev, st| {
-        let mut ch = [0u8; 1];
-        if let Ok(n) = sock.read(&mut ch) {
-            st.count += n;
-        }
+        st.count += read_byte(sock);
         if st.writes > 0 {
             let mut widx = i + 1;
             if widx >= st.writers.len() {
                 widx -= st.writers.len();
             }
-            let _ = st.writers[widx].write(b"e");
+            // A full socket buffer is fine: the byte is just not sent.
+            let _ = write_byte(&st.writers[widx]);
             st.writes -= 1;
             st.fired += 1;
         }
@@ -196,7 +218,7 @@ pub fn run(cfg: Config, mut progress: impl FnMut(usize, Sample)) -> io::Result<S
         st.fired = 0;
         let space = cfg.pairs / cfg.active;
         for k in 0..cfg.active {
-            st.writers[k * space].write_all(b"e")?;
+            write_byte(&st.writers[k * space])?;
             st.fired += 1;
         }
         st.count = 0;
