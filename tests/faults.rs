@@ -289,10 +289,7 @@ fn run(kind: BackendKind, seed: u64, ops: &[Op], total: &AtomicU64) -> Result<()
 
 fn fuzz(kind: BackendKind) {
     init_logging();
-    let cases = std::env::var("MUXLOOP_FAULT_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(10_000);
+    let cases = env_cases("MUXLOOP_FAULT_CASES", 10_000);
     let total = AtomicU64::new(0);
     let mut runner = TestRunner::new(Config {
         cases,

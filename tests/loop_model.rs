@@ -261,22 +261,13 @@ fn run_sequence(kind: BackendKind, ops: &[Op]) -> Result<(), TestCaseError> {
     Ok(())
 }
 
-fn open_fds() -> usize {
-    std::fs::read_dir("/proc/self/fd")
-        .map(|d| d.count())
-        .unwrap_or(0)
-}
-
 /// The fd-count check needs this binary's tests to run one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
 
 fn fuzz(kind: BackendKind) {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     init_logging();
-    let cases = std::env::var("MUXLOOP_FUZZ_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(2_000);
+    let cases = env_cases("MUXLOOP_FUZZ_CASES", 2_000);
     let config = Config {
         cases,
         failure_persistence: None,

@@ -89,12 +89,6 @@ struct Real {
     peers: Vec<Option<UnixStream>>,
 }
 
-fn open_fds() -> usize {
-    std::fs::read_dir("/proc/self/fd")
-        .map(|d| d.count())
-        .unwrap_or(0)
-}
-
 fn check_kind(
     what: &str,
     res: io::Result<()>,
@@ -334,18 +328,12 @@ fn run_sequence(kind: BackendKind, ops: &[Op]) -> Result<(), TestCaseError> {
 /// The fd-count check needs this binary's tests to run one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
 
-fn cases() -> u32 {
-    std::env::var("MUXLOOP_FUZZ_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(10_000)
-}
-
 fn fuzz(kind: BackendKind) {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     init_logging();
+    let cases = env_cases("MUXLOOP_FUZZ_CASES", 10_000);
     let config = Config {
-        cases: cases(),
+        cases,
         failure_persistence: None,
         ..Config::default()
     };
@@ -356,7 +344,7 @@ fn fuzz(kind: BackendKind) {
     if let Err(e) = result {
         panic!("{kind}: {e}");
     }
-    eprintln!("{kind}: {} sequences passed", cases());
+    eprintln!("{kind}: {cases} sequences passed");
 }
 
 #[test]

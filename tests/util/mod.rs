@@ -472,3 +472,18 @@ pub fn result_fields(stdout: &str) -> std::collections::HashMap<String, String> 
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect()
 }
+
+/// How many fds this process has open (for leak checks).
+pub fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// A case count from the environment variable `var`, else `default`.
+pub fn env_cases(var: &str, default: u32) -> u32 {
+    std::env::var(var)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
