@@ -1234,13 +1234,20 @@ mod tests {
         (lp, calls)
     }
 
+    /// A socket added for reading, with a callback that does nothing, and
+    /// its peer (kept open by the caller).
+    fn idle_source(lp: &mut EventLoop<u32>) -> (SourceId<UnixStream>, UnixStream) {
+        let (a, b) = UnixStream::pair().unwrap();
+        let id = lp
+            .add(a, Interest::READABLE, |_, _, _, _| PostAction::Continue)
+            .unwrap();
+        (id, b)
+    }
+
     #[test]
     fn stop_and_start_before_the_wait_only_renews_the_token() {
         let (mut lp, calls) = recording_loop();
-        let (a, _b) = UnixStream::pair().unwrap();
-        let mut id = lp
-            .add(a, Interest::READABLE, |_, _, _, _| PostAction::Continue)
-            .unwrap();
+        let (mut id, _b) = idle_source(&mut lp);
         for _ in 0..3 {
             let paused = lp.pause(id).unwrap();
             id = lp.resume(paused, Interest::READABLE).unwrap();
@@ -1296,10 +1303,7 @@ mod tests {
     #[test]
     fn remove_unregisters_at_once() {
         let (mut lp, calls) = recording_loop();
-        let (a, _b) = UnixStream::pair().unwrap();
-        let id = lp
-            .add(a, Interest::READABLE, |_, _, _, _| PostAction::Continue)
-            .unwrap();
+        let (id, _b) = idle_source(&mut lp);
         let _a: UnixStream = lp.remove(id).unwrap();
         assert_eq!(*calls.lock().unwrap(), ["add", "delete"]);
     }
@@ -1307,10 +1311,7 @@ mod tests {
     #[test]
     fn parked_tokens_do_not_pile_up_without_a_wait() {
         let (mut lp, _) = recording_loop();
-        let (a, _b) = UnixStream::pair().unwrap();
-        let mut id = lp
-            .add(a, Interest::READABLE, |_, _, _, _| PostAction::Continue)
-            .unwrap();
+        let (mut id, _b) = idle_source(&mut lp);
         for _ in 0..10_000 {
             let paused = lp.pause(id).unwrap();
             id = lp.resume(paused, Interest::READABLE).unwrap();
