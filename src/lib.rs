@@ -9,6 +9,7 @@
 mod backend;
 mod event;
 mod event_loop;
+mod fd_table;
 mod interest;
 mod ready;
 mod selector;

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use slab::Slab;
 
 use crate::backend::{Backend, BackendKind};
+use crate::fd_table::FdTable;
 use crate::{Event, Events, Interest, Ready, Token};
 
 /// One registration: Python's `SelectorKey(fileobj, fd, events, data)`.
@@ -139,8 +140,8 @@ pub struct Selector<T> {
     slots: Slab<Slot<T>>,
     /// Generation of each slab index; bumped when the index is freed.
     generations: Vec<u32>,
-    /// Slab index of each registered fd, indexed by fd.
-    by_fd: Vec<usize>,
+    /// Slab index of each registered fd.
+    by_fd: FdTable<usize>,
     /// Raw backend output, reused across calls.
     raw: Vec<(Token, Ready)>,
     round: u64,
@@ -211,7 +212,7 @@ impl<T> Selector<T> {
             name,
             slots: Slab::new(),
             generations: Vec::new(),
-            by_fd: Vec::new(),
+            by_fd: FdTable::new(NO_SLOT),
             raw: Vec::new(),
             round: 0,
         }
@@ -230,10 +231,7 @@ impl<T> Selector<T> {
         if fd < 0 {
             return None;
         }
-        match self.by_fd.get(fd as usize) {
-            Some(&i) if i != NO_SLOT => Some(i),
-            _ => None,
-        }
+        self.by_fd.get(fd).copied()
     }
 
     /// Starts watching `fd` for `interest`, attaching `data`.
@@ -309,11 +307,7 @@ impl<T> Selector<T> {
         log::trace!(
             "selector=register backend={name} fd={fd} interest={interest:?} token={token:?}"
         );
-        let idx = fd as usize;
-        if self.by_fd.len() <= idx {
-            self.by_fd.resize(idx + 1, NO_SLOT);
-        }
-        self.by_fd[idx] = index;
+        self.by_fd.insert(fd, index);
         let slot = Slot {
             key: SelectorKey {
                 fd,
@@ -426,7 +420,7 @@ impl<T> Selector<T> {
     /// Removes slot `index` from the maps and retires its token.
     fn forget(&mut self, index: usize) -> SelectorKey<T> {
         let slot = self.slots.remove(index);
-        self.by_fd[slot.key.fd as usize] = NO_SLOT;
+        self.by_fd.remove(slot.key.fd);
         self.generations[index] = self.generations[index].wrapping_add(1);
         slot.key
     }

@@ -72,19 +72,34 @@ fn select_watches_fds_far_beyond_fd_setsize() {
 
 #[cfg(target_os = "linux")]
 #[test]
-fn epoll_refuses_regular_file_and_rolls_back() {
-    let file = std::fs::File::open("Cargo.toml").unwrap();
-    let mut sel = selector::<&str>(BackendKind::Epoll);
-    let err = sel
-        .register(file.as_raw_fd(), Interest::READABLE, "file")
-        .unwrap_err();
-    assert_eq!(err.raw_os_error(), Some(libc::EPERM), "{err}");
-    assert!(sel.is_empty());
-    assert!(sel.key(file.as_raw_fd()).is_none());
-    assert_eq!(
-        sel.unregister(file.as_raw_fd()).unwrap_err().kind(),
-        io::ErrorKind::NotFound
-    );
+fn epoll_and_mio_refuse_regular_files_and_dev_null_naming_the_cause() {
+    for path in ["Cargo.toml", "/dev/null", "src"] {
+        let file = std::fs::File::open(path).unwrap();
+        for kind in [BackendKind::Epoll, BackendKind::Mio] {
+            if !kind.is_available() {
+                continue;
+            }
+            let mut sel = selector::<&str>(kind);
+            let err = sel
+                .register(file.as_raw_fd(), Interest::READABLE, "file")
+                .unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::PermissionDenied, "{err}");
+            let msg = err.to_string();
+            for part in [
+                "does not support polling",
+                "regular file",
+                "select and poll",
+            ] {
+                assert!(msg.contains(part), "{kind} {path}: {msg}");
+            }
+            assert!(sel.is_empty());
+            assert!(sel.key(file.as_raw_fd()).is_none());
+            assert_eq!(
+                sel.unregister(file.as_raw_fd()).unwrap_err().kind(),
+                io::ErrorKind::NotFound
+            );
+        }
+    }
 }
 
 #[test]

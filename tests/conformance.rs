@@ -97,6 +97,53 @@ mod cases {
         assert_eq!(ready_fds(&mut sel), vec![fd]);
     }
 
+    pub fn register_huge_fd_number_fails_at_once_and_costs_nothing(kind: BackendKind) {
+        let (a, _b) = pair();
+        let mut sel = selector::<()>(kind);
+        let rss = own_rss_kib();
+        let started = Instant::now();
+        for fd in [i32::MAX - 1, i32::MAX, 50_000_000, 1_000_000] {
+            let err = sel.register(fd, R, ()).unwrap_err();
+            let refused = err.raw_os_error() == Some(libc::EBADF)
+                || err.kind() == io::ErrorKind::InvalidInput; // select off Linux
+            assert!(refused, "fd {fd}: {err}");
+            assert!(sel.key(fd).is_none());
+        }
+        assert!(sel.is_empty());
+        let grew = own_rss_kib().saturating_sub(rss);
+        assert!(
+            grew < 32 * 1024,
+            "four refused registers grew RSS by {grew} KiB"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            started.elapsed()
+        );
+        sel.register(a.as_raw_fd(), W, ()).unwrap();
+        assert_eq!(ready_fds(&mut sel), vec![a.as_raw_fd()]);
+    }
+
+    pub fn fd_near_the_limit_is_watched(kind: BackendKind) {
+        let limit = raise_fd_limit().min(i32::MAX as u64) as RawFd;
+        let (a, mut b) = pair();
+        let high = dup_at_least(a.as_raw_fd(), limit.saturating_sub(8).max(64));
+        let mut sel = selector(kind);
+        match sel.register(high.as_raw_fd(), R, "high") {
+            Ok(_) => {}
+            // select(2) off Linux cannot hold fds beyond FD_SETSIZE.
+            Err(e) if e.kind() == io::ErrorKind::InvalidInput => return,
+            Err(e) => panic!("{e}"),
+        }
+        sel.register(a.as_raw_fd(), R, "low").unwrap();
+        b.write_all(b"x").unwrap();
+        let mut fds = ready_fds(&mut sel);
+        fds.sort();
+        assert_eq!(fds, vec![a.as_raw_fd(), high.as_raw_fd()]);
+        assert_eq!(*sel.unregister(high.as_raw_fd()).unwrap().data(), "high");
+        assert_eq!(ready_fds(&mut sel), vec![a.as_raw_fd()]);
+    }
+
     pub fn unregister_returns_key_with_data(kind: BackendKind) {
         let (a, _b) = pair();
         let mut sel = selector(kind);
@@ -762,6 +809,8 @@ per_backend!(
     dup_of_registered_fd_is_a_separate_registration,
     register_negative_fd_is_invalid_input,
     register_closed_fd_fails_and_leaves_nothing,
+    register_huge_fd_number_fails_at_once_and_costs_nothing,
+    fd_near_the_limit_is_watched,
     unregister_returns_key_with_data,
     unregister_unknown_is_not_found,
     modify_unknown_is_not_found,

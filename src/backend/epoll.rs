@@ -25,6 +25,9 @@
 //!   reported as a hang-up (epoll(7), since Linux 2.6.17).
 //! * Regular files and directories are refused by the kernel with `EPERM`
 //!   (epoll_ctl(2)); the error reaches the selector, which rolls back.
+//! * **Sparse fds.** The per-fd table is an [`FdTable`]: a registration of
+//!   a very high fd number costs one hash-map entry, not a table up to it,
+//!   and a refused one (`EBADF` for `i32::MAX - 1`) costs nothing.
 //! * **Orphans.** Closing an fd removes its registration only when no other
 //!   descriptor refers to the same open file (epoll(7), Q6). Otherwise the
 //!   registration lives on, no `EPOLL_CTL_DEL` can name it any more, and,
@@ -36,14 +39,15 @@ use std::io;
 use std::os::fd::{OwnedFd, RawFd};
 use std::time::Duration;
 
-use super::Backend;
+use super::{Backend, not_pollable};
+use crate::fd_table::FdTable;
 use crate::sys;
 use crate::{Interest, Ready, Token};
 
 const MIN_EVENTS: usize = 64;
 
 /// What the kernel holds for one fd number.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq)]
 struct FdState {
     token: Token,
     interest: Interest,
@@ -70,11 +74,16 @@ impl FdState {
 pub(crate) struct EpollBackend {
     ep: OwnedFd,
     events: Vec<libc::epoll_event>,
-    /// Indexed by fd.
-    fds: Vec<FdState>,
+    /// Fds registered or with a deferred delete; an entry goes when both
+    /// are over.
+    fds: FdTable<FdState>,
     /// Fds whose delete is deferred to the next wait.
     deferred: Vec<RawFd>,
     active: usize,
+    /// The generation of the last kernel registration made (any fd): each
+    /// new registration gets a fresh one, so an orphan's data never
+    /// matches a live registration's.
+    generation: u32,
 }
 
 fn events_for(interest: Interest) -> u32 {
@@ -133,18 +142,24 @@ impl EpollBackend {
         Ok(EpollBackend {
             ep: sys::epoll_create()?,
             events: Vec::with_capacity(MIN_EVENTS),
-            fds: Vec::new(),
+            fds: FdTable::new(FdState::EMPTY),
             deferred: Vec::new(),
             active: 0,
+            generation: 0,
         })
     }
 
+    /// A generation no live kernel registration carries (0 is the vacant
+    /// entry's).
+    fn next_generation(&mut self) -> u32 {
+        self.generation = self.generation.wrapping_add(1).max(1);
+        self.generation
+    }
+
     fn state(&mut self, fd: RawFd) -> &mut FdState {
-        let idx = fd as usize;
-        if self.fds.len() <= idx {
-            self.fds.resize(idx + 1, FdState::EMPTY);
-        }
-        &mut self.fds[idx]
+        self.fds
+            .get_mut(fd)
+            .expect("the backend keeps an entry for every fd it was given")
     }
 
     fn ctl(
@@ -160,12 +175,12 @@ impl EpollBackend {
     /// Re-adds an fd deleted since the last wait, reusing its kernel
     /// registration if the same open file still holds it.
     fn revive(&mut self, fd: RawFd, interest: Interest) -> io::Result<()> {
-        let st = self.fds[fd as usize];
-        let fresh = st.generation.wrapping_add(1);
+        let st = *self.state(fd);
+        let fresh = self.next_generation();
         match self.ctl(libc::EPOLL_CTL_ADD, fd, interest, fresh) {
             // Another file (or none) is at this number now: registered anew.
             Ok(()) => {
-                self.fds[fd as usize].generation = fresh;
+                self.state(fd).generation = fresh;
                 Ok(())
             }
             // The same open file is still registered, with the old data.
@@ -184,9 +199,14 @@ impl EpollBackend {
     fn flush_deletes(&mut self) {
         for i in 0..self.deferred.len() {
             let fd = self.deferred[i];
-            let st = &mut self.fds[fd as usize];
+            let Some(st) = self.fds.get_mut(fd) else {
+                continue;
+            };
             if st.deferred {
                 st.deferred = false;
+                if !st.active() {
+                    self.fds.remove(fd);
+                }
                 if let Err(e) = sys::epoll_ctl(&self.ep, libc::EPOLL_CTL_DEL, fd, 0, 0) {
                     log::trace!("backend=epoll fd={fd} deferred delete: {e}");
                 }
@@ -201,12 +221,7 @@ impl EpollBackend {
         self.flush_deletes();
         let ep = sys::epoll_create()?;
         let mut kept = 0;
-        for fd in 0..self.fds.len() {
-            let st = self.fds[fd];
-            if !st.active() {
-                continue;
-            }
-            let fd = fd as RawFd;
+        for (fd, &st) in self.fds.iter().filter(|(_, st)| st.active()) {
             let res = sys::epoll_ctl(
                 &ep,
                 libc::EPOLL_CTL_ADD,
@@ -240,16 +255,30 @@ impl Backend for EpollBackend {
     }
 
     fn add(&mut self, fd: RawFd, token: Token, interest: Interest) -> io::Result<()> {
-        let st = *self.state(fd);
-        if st.deferred {
-            self.fds[fd as usize].deferred = false;
-            self.revive(fd, interest)?;
+        // Only a deferred delete can have left an entry: the selector never
+        // adds an fd twice.
+        if self.fds.get(fd).is_some_and(|st| st.deferred) {
+            self.state(fd).deferred = false;
+            if let Err(e) = self.revive(fd, interest) {
+                // Nothing is registered any more; the deferred delete
+                // (still queued) drops whatever the kernel kept.
+                self.state(fd).deferred = true;
+                return Err(not_pollable("epoll", fd, e));
+            }
         } else {
-            let generation = st.generation.wrapping_add(1);
-            self.ctl(libc::EPOLL_CTL_ADD, fd, interest, generation)?;
-            self.fds[fd as usize].generation = generation;
+            // Nothing is recorded before the kernel accepts the fd.
+            let generation = self.next_generation();
+            self.ctl(libc::EPOLL_CTL_ADD, fd, interest, generation)
+                .map_err(|e| not_pollable("epoll", fd, e))?;
+            self.fds.insert(
+                fd,
+                FdState {
+                    generation,
+                    ..FdState::EMPTY
+                },
+            );
         }
-        let st = &mut self.fds[fd as usize];
+        let st = self.state(fd);
         st.token = token;
         st.interest = interest;
         st.live = data(fd, st.generation);
@@ -258,9 +287,9 @@ impl Backend for EpollBackend {
     }
 
     fn modify(&mut self, fd: RawFd, token: Token, _: Interest, new: Interest) -> io::Result<()> {
-        let generation = self.fds[fd as usize].generation;
+        let generation = self.state(fd).generation;
         self.ctl(libc::EPOLL_CTL_MOD, fd, new, generation)?;
-        let st = &mut self.fds[fd as usize];
+        let st = self.state(fd);
         st.token = token;
         st.interest = new;
         Ok(())
@@ -269,7 +298,7 @@ impl Backend for EpollBackend {
     /// The kernel data names the fd and the kernel generation, not the
     /// token, so a new token needs no system call.
     fn retoken(&mut self, fd: RawFd, _: Token, new: Token, _: Interest) -> io::Result<()> {
-        match self.fds.get_mut(fd as usize) {
+        match self.fds.get_mut(fd) {
             Some(st) if st.active() => {
                 st.token = new;
                 Ok(())
@@ -297,14 +326,11 @@ impl Backend for EpollBackend {
         live: &mut dyn Iterator<Item = (RawFd, Token, Interest)>,
     ) -> io::Result<()> {
         let ep = sys::epoll_create()?;
-        for st in &mut self.fds {
-            st.live = NOT_LIVE;
-            st.deferred = false;
-        }
+        self.fds.clear();
         self.deferred.clear();
         self.active = 0;
         for (fd, token, interest) in live {
-            let generation = self.state(fd).generation.wrapping_add(1);
+            let generation = self.next_generation();
             let res = sys::epoll_ctl(
                 &ep,
                 libc::EPOLL_CTL_ADD,
@@ -316,13 +342,16 @@ impl Backend for EpollBackend {
                 log::warn!("backend=epoll fd={fd} not re-added on purge: {e}");
                 continue;
             }
-            *self.state(fd) = FdState {
-                token,
-                interest,
-                generation,
-                live: data(fd, generation),
-                deferred: false,
-            };
+            self.fds.insert(
+                fd,
+                FdState {
+                    token,
+                    interest,
+                    generation,
+                    live: data(fd, generation),
+                    deferred: false,
+                },
+            );
             self.active += 1;
         }
         self.ep = ep;
@@ -344,7 +373,7 @@ impl Backend for EpollBackend {
         let fds = &self.fds;
         let before = events.len();
         events.extend(self.events.iter().filter_map(|ev| {
-            let st = fds.get((ev.u64 & 0xffff_ffff) as usize)?;
+            let st = fds.get((ev.u64 & 0xffff_ffff) as RawFd)?;
             // Not the live registration's data: an orphan (see above).
             if st.live != ev.u64 {
                 return None;

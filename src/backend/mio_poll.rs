@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use mio::unix::SourceFd;
 
-use super::Backend;
+use super::{Backend, not_pollable};
 use crate::{Interest, Ready, Token};
 
 const MIN_EVENTS: usize = 64;
@@ -70,11 +70,14 @@ impl Backend for MioBackend {
     }
 
     fn add(&mut self, fd: RawFd, token: Token, interest: Interest) -> io::Result<()> {
-        self.poll.registry().register(
-            &mut SourceFd(&fd),
-            mio::Token(token.0),
-            mio_interest(interest),
-        )?;
+        self.poll
+            .registry()
+            .register(
+                &mut SourceFd(&fd),
+                mio::Token(token.0),
+                mio_interest(interest),
+            )
+            .map_err(|e| not_pollable("mio", fd, e))?;
         self.added.insert(token, (fd, interest));
         Ok(())
     }

@@ -17,6 +17,7 @@ use crate::{Interest, Ready, Token};
 mod epoll;
 #[cfg(muxloop_kqueue)]
 mod kqueue;
+#[cfg(feature = "mio")]
 mod mio_poll;
 mod poll;
 mod select;
@@ -128,9 +129,12 @@ pub trait Backend: Send {
 /// assert!("nope".parse::<BackendKind>().is_err());
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum BackendKind {
-    /// select(2): everywhere; fds below `FD_SETSIZE` (1024) only; O(highest fd)
-    /// per wait.
+    /// select(2): everywhere; O(highest fd) per wait. On Linux any fd
+    /// (the set grows with the highest fd registered); elsewhere fds below
+    /// `FD_SETSIZE` (1024) only, a higher one is refused with
+    /// `InvalidInput`.
     Select,
     /// poll(2): everywhere; O(registered fds) per wait.
     Poll,
@@ -139,7 +143,9 @@ pub enum BackendKind {
     /// kqueue(2): macOS, iOS and the BSDs; O(ready fds) per wait.
     Kqueue,
     /// The `mio` crate's `Poll` (epoll or kqueue, edge-triggered underneath,
-    /// made level-triggered by re-arming every reported fd).
+    /// made level-triggered by re-arming every reported fd). Needs the `mio`
+    /// cargo feature (on by default); without it the backend is not
+    /// available.
     Mio,
 }
 
@@ -161,6 +167,7 @@ const AVAILABLE: &[BackendKind] = &[
     BackendKind::Epoll,
     #[cfg(muxloop_kqueue)]
     BackendKind::Kqueue,
+    #[cfg(feature = "mio")]
     BackendKind::Mio,
 ];
 
@@ -254,6 +261,7 @@ impl BackendKind {
             BackendKind::Epoll => Box::new(epoll::EpollBackend::new()?),
             #[cfg(muxloop_kqueue)]
             BackendKind::Kqueue => Box::new(kqueue::KqueueBackend::new()?),
+            #[cfg(feature = "mio")]
             BackendKind::Mio => Box::new(mio_poll::MioBackend::new()?),
             #[allow(unreachable_patterns)]
             other => return Err(Self::checked(other.name()).unwrap_err()),
@@ -261,6 +269,24 @@ impl BackendKind {
         log::debug!("backend=created name={}", backend.name());
         Ok(backend)
     }
+}
+
+/// The kernel's refusal of `fd`, with the cause named where `EPERM` alone
+/// would not tell it: epoll (and mio on it) cannot watch files that do not
+/// support polling.
+#[cfg_attr(not(any(muxloop_epoll, feature = "mio")), allow(dead_code))]
+pub(crate) fn not_pollable(backend: &str, fd: RawFd, e: io::Error) -> io::Error {
+    if e.raw_os_error() != Some(libc::EPERM) {
+        return e;
+    }
+    io::Error::new(
+        io::ErrorKind::PermissionDenied,
+        format!(
+            "the {backend} backend cannot watch fd {fd}: it does not support polling \
+             (a regular file, a directory, /dev/null?); the select and poll backends \
+             accept such fds and report them always ready ({e})"
+        ),
+    )
 }
 
 fn available_list() -> String {

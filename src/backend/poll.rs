@@ -9,6 +9,7 @@ use std::os::fd::RawFd;
 use std::time::Duration;
 
 use super::Backend;
+use crate::fd_table::FdTable;
 use crate::sys;
 use crate::{Interest, Ready, Token};
 
@@ -23,14 +24,12 @@ const HUP_EVENTS: libc::c_short = libc::POLLHUP | libc::POLLRDHUP;
 #[cfg(not(any(target_os = "linux", target_os = "android")))]
 const HUP_EVENTS: libc::c_short = libc::POLLHUP;
 
-const NONE: usize = usize::MAX;
-
 pub(crate) struct PollBackend {
     fds: Vec<libc::pollfd>,
     /// Token of `fds[i]`.
     tokens: Vec<Token>,
-    /// Position in `fds` of each added fd, indexed by fd.
-    index: Vec<usize>,
+    /// Position in `fds` of each added fd.
+    index: FdTable<usize>,
 }
 
 fn events_for(interest: Interest) -> libc::c_short {
@@ -49,14 +48,14 @@ impl PollBackend {
         PollBackend {
             fds: Vec::new(),
             tokens: Vec::new(),
-            index: Vec::new(),
+            index: FdTable::new(usize::MAX),
         }
     }
 
     fn position(&self, fd: RawFd) -> io::Result<usize> {
-        match self.index.get(fd as usize) {
-            Some(&pos) if pos != NONE => Ok(pos),
-            _ => Err(io::Error::from_raw_os_error(libc::ENOENT)),
+        match self.index.get(fd) {
+            Some(&pos) => Ok(pos),
+            None => Err(io::Error::from_raw_os_error(libc::ENOENT)),
         }
     }
 }
@@ -73,11 +72,7 @@ impl Backend for PollBackend {
     fn add(&mut self, fd: RawFd, token: Token, interest: Interest) -> io::Result<()> {
         // poll(2) would only flag it later, with POLLNVAL.
         sys::check_open(fd)?;
-        let idx = fd as usize;
-        if self.index.len() <= idx {
-            self.index.resize(idx + 1, NONE);
-        }
-        self.index[idx] = self.fds.len();
+        self.index.insert(fd, self.fds.len());
         self.fds.push(libc::pollfd {
             fd,
             events: events_for(interest),
@@ -104,9 +99,9 @@ impl Backend for PollBackend {
         let pos = self.position(fd)?;
         self.fds.swap_remove(pos);
         self.tokens.swap_remove(pos);
-        self.index[fd as usize] = NONE;
+        self.index.remove(fd);
         if let Some(moved) = self.fds.get(pos) {
-            self.index[moved.fd as usize] = pos;
+            self.index.insert(moved.fd, pos);
         }
         Ok(())
     }

@@ -11,6 +11,7 @@ use std::os::fd::RawFd;
 use std::time::Duration;
 
 use super::Backend;
+use crate::fd_table::FdTable;
 use crate::sys::{self, FdSet};
 use crate::{Interest, Ready, Token};
 
@@ -22,8 +23,8 @@ pub(crate) struct SelectBackend {
     ready_write: FdSet,
     /// One more than the highest fd this backend accepts, if limited.
     limit: Option<RawFd>,
-    /// Token of each added fd, indexed by fd.
-    tokens: Vec<Option<Token>>,
+    /// Token of each added fd.
+    tokens: FdTable<Option<Token>>,
     /// Highest added fd, or -1.
     max_fd: RawFd,
 }
@@ -40,7 +41,7 @@ impl SelectBackend {
             ready_read: FdSet::new(),
             ready_write: FdSet::new(),
             limit,
-            tokens: Vec::new(),
+            tokens: FdTable::new(None),
             max_fd: -1,
         }
     }
@@ -63,14 +64,13 @@ impl SelectBackend {
 /// `write` so the others can still be polled. Returns false if no
 /// closed fd was found.
 fn report_closed(
-    tokens: &[Option<Token>],
+    tokens: &FdTable<Option<Token>>,
     events: &mut Vec<(Token, Ready)>,
     read: &mut FdSet,
     write: &mut FdSet,
 ) -> bool {
     let mut found = false;
-    for (fd, token) in tokens.iter().enumerate() {
-        let fd = fd as RawFd;
+    for (fd, token) in tokens.iter() {
         if let Some(token) = *token {
             if !sys::fd_is_open(fd) {
                 log::warn!(
@@ -107,11 +107,7 @@ impl Backend for SelectBackend {
         }
         // select(2) would only fail later, for every fd at once.
         sys::check_open(fd)?;
-        let idx = fd as usize;
-        if self.tokens.len() <= idx {
-            self.tokens.resize(idx + 1, None);
-        }
-        self.tokens[idx] = Some(token);
+        self.tokens.insert(fd, Some(token));
         self.set_bits(fd, interest);
         self.max_fd = self.max_fd.max(fd);
         Ok(())
@@ -123,7 +119,7 @@ impl Backend for SelectBackend {
     }
 
     fn retoken(&mut self, fd: RawFd, _: Token, new: Token, _: Interest) -> io::Result<()> {
-        match self.tokens.get_mut(fd as usize) {
+        match self.tokens.get_mut(fd) {
             Some(Some(token)) => {
                 *token = new;
                 Ok(())
@@ -135,13 +131,10 @@ impl Backend for SelectBackend {
     fn delete(&mut self, fd: RawFd, _: Token, _: Interest) -> io::Result<()> {
         self.read.remove(fd);
         self.write.remove(fd);
-        if let Some(slot) = self.tokens.get_mut(fd as usize) {
-            *slot = None;
+        self.tokens.remove(fd);
+        if fd == self.max_fd {
+            self.max_fd = self.tokens.max_fd().unwrap_or(-1);
         }
-        while self.max_fd >= 0 && self.tokens[self.max_fd as usize].is_none() {
-            self.max_fd -= 1;
-        }
-        self.tokens.truncate((self.max_fd + 1) as usize);
         Ok(())
     }
 
@@ -172,7 +165,7 @@ impl Backend for SelectBackend {
         let tokens = &self.tokens;
         let (read, write) = (&self.ready_read, &self.ready_write);
         read.for_each_union(write, |fd| {
-            let Some(Some(token)) = tokens.get(fd as usize) else {
+            let Some(Some(token)) = tokens.get(fd) else {
                 return;
             };
             let mut ready = Ready::EMPTY;
