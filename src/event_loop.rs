@@ -29,15 +29,20 @@ pub enum PostAction {
 /// Identifies a source registered with [`EventLoop::add`]. The type
 /// parameter is the source's type, so [`EventLoop::remove`] hands back
 /// exactly what was added.
+///
+/// An id belongs to the loop that made it: another loop answers
+/// `NotFound` (or `None`) for it, whatever it holds.
 pub struct SourceId<Src> {
     token: Token,
+    loop_id: u64,
     _source: PhantomData<fn() -> Src>,
 }
 
 impl<Src> SourceId<Src> {
-    fn new(token: Token) -> SourceId<Src> {
+    fn new(token: Token, loop_id: u64) -> SourceId<Src> {
         SourceId {
             token,
+            loop_id,
             _source: PhantomData,
         }
     }
@@ -58,7 +63,7 @@ impl<Src> Copy for SourceId<Src> {}
 
 impl<Src> PartialEq for SourceId<Src> {
     fn eq(&self, other: &Self) -> bool {
-        self.token == other.token
+        self.token == other.token && self.loop_id == other.loop_id
     }
 }
 
@@ -66,7 +71,8 @@ impl<Src> Eq for SourceId<Src> {}
 
 impl<Src> std::hash::Hash for SourceId<Src> {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        self.token.hash(state)
+        self.token.hash(state);
+        self.loop_id.hash(state);
     }
 }
 
@@ -108,6 +114,7 @@ impl<Src> SourceEvent<Src> {
 /// callback: give it to [`EventLoop::resume`] to watch it again, or take
 /// the source back with [`into_source`](Paused::into_source). Dropping it
 /// drops (closes) the source.
+#[must_use = "dropping a Paused drops (closes) its source: resume it, or take it back with into_source"]
 pub struct Paused<S, Src> {
     fd: RawFd,
     /// The registration it was paused from, and that registration's loop.
@@ -134,6 +141,7 @@ impl<S, Src> fmt::Debug for Paused<S, Src> {
 
 /// Counters, readable with [`EventLoop::stats`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct LoopStats {
     /// Loop iterations (one `select` each).
     pub iterations: u64,
@@ -197,7 +205,7 @@ where
         state: &mut S,
     ) -> PostAction {
         let ev = SourceEvent {
-            id: SourceId::new(token),
+            id: SourceId::new(token, lp.id),
             ready,
         };
         (self.callback)(lp, &mut self.source, ev, state)
@@ -288,16 +296,26 @@ pub struct EventLoop<S = ()> {
     stopped: bool,
     /// An iteration is under way (its callbacks may not start another).
     iterating: bool,
+    /// A callback panicked: the iteration it was in never finished, and
+    /// the source or timer it ran is gone. The loop refuses to run again.
+    poisoned: bool,
     before_sleep: Option<Hook<S>>,
     after_wake: Option<Hook<S>>,
     stats: LoopStats,
 }
 
-fn busy(what: &str) -> io::Error {
+/// `pause` or `remove` of the source whose callback is running.
+fn busy(verb: &str) -> io::Error {
+    let advice = if verb == "pause" {
+        "to stop watching it, pause it once the callback has returned \
+         (EventLoop::call_soon), or change its interest with EventLoop::modify"
+    } else {
+        "return PostAction::Remove, or use EventLoop::discard"
+    };
     io::Error::new(
         io::ErrorKind::ResourceBusy,
         format!(
-            "{what} is running its callback: return PostAction::Remove, or use EventLoop::discard"
+            "cannot {verb} the source whose callback is running (the callback holds it): {advice}"
         ),
     )
 }
@@ -306,6 +324,13 @@ fn unknown_source(token: Token) -> io::Error {
     io::Error::new(
         io::ErrorKind::NotFound,
         format!("source {token:?} is not registered (already removed?)"),
+    )
+}
+
+fn foreign_source(token: Token) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::NotFound,
+        format!("source {token:?} belongs to another event loop"),
     )
 }
 
@@ -334,12 +359,13 @@ impl<S> EventLoop<S> {
         selector.register(waker.fd(), Interest::READABLE, Slot::Waker)?;
         log::debug!("loop=new backend={}", selector.backend_name());
         static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
         Ok(EventLoop {
-            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            id,
             selector,
             parked: Vec::new(),
             events: Events::with_capacity(256),
-            timers: Timers::new(),
+            timers: Timers::new(id),
             running_timer: None,
             soon: VecDeque::new(),
             remote: Arc::new(Remote {
@@ -351,6 +377,7 @@ impl<S> EventLoop<S> {
             signals: None,
             stopped: false,
             iterating: false,
+            poisoned: false,
             before_sleep: None,
             after_wake: None,
             stats: LoopStats::default(),
@@ -397,7 +424,16 @@ impl<S> EventLoop<S> {
         let entry: Box<dyn Dispatch<S>> = Box::new(Entry { source, callback });
         let token = self.register(fd, interest, Slot::Source(entry))?;
         log::trace!("loop=add fd={fd} interest={interest:?}");
-        Ok(SourceId::new(token))
+        Ok(SourceId::new(token, self.id))
+    }
+
+    /// The token of one of this loop's ids.
+    fn own<Src>(&self, id: SourceId<Src>) -> io::Result<Token> {
+        if id.loop_id == self.id {
+            Ok(id.token)
+        } else {
+            Err(foreign_source(id.token))
+        }
     }
 
     /// Registers with the selector, after dropping the registrations of
@@ -441,15 +477,16 @@ impl<S> EventLoop<S> {
     ///
     /// `NotFound` if the source was removed; as [`Selector::modify`].
     pub fn modify<Src>(&mut self, id: SourceId<Src>, interest: Interest) -> io::Result<()> {
-        let fd = self.source_fd(id.token)?;
+        let fd = self.source_fd(self.own(id)?)?;
         self.selector.set_interest(fd, interest)?;
         Ok(())
     }
 
     /// The interest a source is registered with.
     pub fn interest<Src>(&self, id: SourceId<Src>) -> Option<Interest> {
-        self.source_fd(id.token).ok()?;
-        self.selector.key_by_token(id.token).map(|k| k.interest())
+        let token = self.own(id).ok()?;
+        self.source_fd(token).ok()?;
+        self.selector.key_by_token(token).map(|k| k.interest())
     }
 
     /// Unregisters a source and hands it back. Takes effect at once: no
@@ -462,7 +499,7 @@ impl<S> EventLoop<S> {
     /// callback is running (it holds the source: return
     /// [`PostAction::Remove`] or call [`discard`](EventLoop::discard)).
     pub fn remove<Src: 'static>(&mut self, id: SourceId<Src>) -> io::Result<Src> {
-        let paused = self.pause(id)?;
+        let paused = self.take(id, "remove")?;
         self.unpark(paused.token);
         Ok(paused.into_source())
     }
@@ -475,7 +512,7 @@ impl<S> EventLoop<S> {
     ///
     /// `NotFound` if already removed.
     pub fn discard<Src>(&mut self, id: SourceId<Src>) -> io::Result<()> {
-        let fd = self.source_fd(id.token)?;
+        let fd = self.source_fd(self.own(id)?)?;
         drop(self.selector.unregister(fd)?);
         log::trace!("loop=discard fd={fd}");
         Ok(())
@@ -522,8 +559,15 @@ impl<S> EventLoop<S> {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn pause<Src: 'static>(&mut self, id: SourceId<Src>) -> io::Result<Paused<S, Src>> {
-        let Some(key) = self.selector.key_by_token_mut(id.token) else {
-            return Err(unknown_source(id.token));
+        self.take(id, "pause")
+    }
+
+    /// Parks a source's key and hands out the source: `pause`, and the
+    /// first half of `remove` (`verb` names which, for the error).
+    fn take<Src: 'static>(&mut self, id: SourceId<Src>, verb: &str) -> io::Result<Paused<S, Src>> {
+        let token = self.own(id)?;
+        let Some(key) = self.selector.key_by_token_mut(token) else {
+            return Err(unknown_source(token));
         };
         let fd = key.fd();
         let entry = match key.data_mut() {
@@ -531,8 +575,8 @@ impl<S> EventLoop<S> {
                 Slot::Source(entry) => entry,
                 _ => unreachable!("matched above"),
             },
-            Slot::Running => return Err(busy("the source")),
-            _ => return Err(unknown_source(id.token)),
+            Slot::Running => return Err(busy(verb)),
+            _ => return Err(unknown_source(token)),
         };
         // Tokens of keys resumed or unregistered since stay in the list
         // until the next wait; keep it from growing without bound when the
@@ -545,11 +589,11 @@ impl<S> EventLoop<S> {
                     .is_some_and(|k| matches!(k.data(), Slot::Parked))
             });
         }
-        self.parked.push(id.token);
-        log::trace!("loop=pause fd={fd}");
+        self.parked.push(token);
+        log::trace!("loop={verb} fd={fd}");
         Ok(Paused {
             fd,
-            token: id.token,
+            token,
             loop_id: self.id,
             entry,
             _source: PhantomData,
@@ -583,7 +627,7 @@ impl<S> EventLoop<S> {
         if !parked {
             let token = self.register(fd, interest, Slot::Source(entry))?;
             log::trace!("loop=resume fd={fd} interest={interest:?}");
-            return Ok(SourceId::new(token));
+            return Ok(SourceId::new(token, self.id));
         }
         // Still registered: retire the old token (events collected under it
         // must not reach the resumed source), keep the kernel registration.
@@ -591,12 +635,12 @@ impl<S> EventLoop<S> {
         let token = key.token();
         *key.data_mut() = Slot::Source(entry);
         log::trace!("loop=resume fd={fd} interest={interest:?} kept");
-        Ok(SourceId::new(token))
+        Ok(SourceId::new(token, self.id))
     }
 
     /// The source, unless removed or running its callback (which has it).
     pub fn source<Src: 'static>(&self, id: SourceId<Src>) -> Option<&Src> {
-        match self.selector.key_by_token(id.token)?.data() {
+        match self.selector.key_by_token(self.own(id).ok()?)?.data() {
             Slot::Source(entry) => entry.source().downcast_ref(),
             _ => None,
         }
@@ -604,7 +648,8 @@ impl<S> EventLoop<S> {
 
     /// The source, mutably; as [`source`](EventLoop::source).
     pub fn source_mut<Src: 'static>(&mut self, id: SourceId<Src>) -> Option<&mut Src> {
-        match self.selector.key_by_token_mut(id.token)?.data_mut() {
+        let token = self.own(id).ok()?;
+        match self.selector.key_by_token_mut(token)?.data_mut() {
             Slot::Source(entry) => entry.source_mut().downcast_mut(),
             _ => None,
         }
@@ -773,34 +818,56 @@ impl<S> EventLoop<S> {
     }
 
     /// Makes [`run`](EventLoop::run) return after the current iteration.
+    /// Called before `run`, it makes the next `run` poll once without
+    /// waiting, run what is ready and due, and return (asyncio's rule).
     pub fn stop(&mut self) {
         self.stopped = true;
     }
 
-    /// Whether [`stop`](EventLoop::stop) was called since `run` started.
+    /// Whether [`stop`](EventLoop::stop) was called and `run` has not yet
+    /// returned for it.
     pub fn is_stopped(&self) -> bool {
         self.stopped
     }
 
     /// Runs iterations until [`stop`](EventLoop::stop) (or
-    /// [`LoopHandle::stop`]).
+    /// [`LoopHandle::stop`]). A stop requested before the call makes it run
+    /// one iteration, without waiting, and return.
     ///
     /// # Errors
     ///
     /// The selector's error; the loop can be run again afterwards.
-    /// `ResourceBusy` if called from one of this loop's callbacks, as
-    /// [`run_once`](EventLoop::run_once).
+    /// `ResourceBusy` if called from one of this loop's callbacks, or after
+    /// a callback panicked, as [`run_once`](EventLoop::run_once).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use muxloop::EventLoop;
+    ///
+    /// let mut lp = EventLoop::<u32>::new()?;
+    /// lp.call_soon(|_, n| *n += 1);
+    /// lp.stop(); // before run: one iteration, then return
+    /// let mut n = 0;
+    /// lp.run(&mut n)?;
+    /// assert_eq!(n, 1);
+    /// assert!(!lp.is_stopped());
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn run(&mut self, state: &mut S) -> io::Result<()> {
-        if self.iterating {
-            return self.iterate(None, state);
-        }
-        self.stopped = false;
+        self.check_runnable()?;
         log::debug!("loop=run backend={}", self.backend_name());
-        while !self.stopped {
-            self.iterate(None, state)?;
-        }
+        let res = loop {
+            if let Err(e) = self.iterate(None, state) {
+                break Err(e);
+            }
+            if self.stopped {
+                break Ok(());
+            }
+        };
+        self.stopped = false;
         log::debug!("loop=stopped");
-        Ok(())
+        res
     }
 
     /// Runs one iteration: waits at most `timeout` (less if a timer is due
@@ -811,28 +878,53 @@ impl<S> EventLoop<S> {
     ///
     /// The selector's error; `ResourceBusy` if called from one of this
     /// loop's callbacks (a nested iteration would dispatch readiness the
-    /// outer one has already collected).
+    /// outer one has already collected), or after a callback panicked.
     ///
     /// # Panics
     ///
     /// A panic in a callback propagates out of the iteration. The loop
-    /// stays memory-safe but not usable: drop it (later calls return
-    /// `ResourceBusy`).
+    /// stays memory-safe but not usable: the iteration was left half-done
+    /// and the source or timer whose callback panicked is gone, so later
+    /// calls to `run` and `run_once` return `ResourceBusy` saying so. Drop
+    /// the loop (its sources are closed).
     pub fn run_once(&mut self, timeout: Option<Duration>, state: &mut S) -> io::Result<()> {
         self.iterate(timeout, state)
     }
 
-    fn iterate(&mut self, cap: Option<Duration>, state: &mut S) -> io::Result<()> {
+    fn check_runnable(&self) -> io::Result<()> {
+        if self.poisoned {
+            return Err(io::Error::new(
+                io::ErrorKind::ResourceBusy,
+                "the event loop is unusable: a callback panicked during an earlier iteration, \
+                 which was left half-done; drop the loop",
+            ));
+        }
         if self.iterating {
             return Err(io::Error::new(
                 io::ErrorKind::ResourceBusy,
                 "run/run_once called from a callback of the same loop: the loop is already running",
             ));
         }
+        Ok(())
+    }
+
+    fn iterate(&mut self, cap: Option<Duration>, state: &mut S) -> io::Result<()> {
+        self.check_runnable()?;
         self.iterating = true;
-        let res = self.iterate_once(cap, state);
+        // The closure only borrows what the loop is poisoned for if it
+        // unwinds: nothing half-updated is used afterwards.
+        let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.iterate_once(cap, state)
+        }));
         self.iterating = false;
-        res
+        match res {
+            Ok(res) => res,
+            Err(panic) => {
+                self.poisoned = true;
+                self.timers.end_pass();
+                std::panic::resume_unwind(panic)
+            }
+        }
     }
 
     fn iterate_once(&mut self, cap: Option<Duration>, state: &mut S) -> io::Result<()> {
@@ -956,6 +1048,9 @@ impl<S> EventLoop<S> {
         }
         let now = Instant::now();
         let mut rearm = Vec::new();
+        // Timers scheduled by the callbacks below at a deadline already
+        // past wait for the next iteration: the loop polls I/O in between.
+        self.timers.begin_pass(now);
         while let Some((id, timer)) = self.timers.pop_expired(now) {
             self.stats.timers_fired += 1;
             let Timer {
@@ -986,6 +1081,7 @@ impl<S> EventLoop<S> {
                 }
             }
         }
+        self.timers.end_pass();
         // Re-armed after the pass, so a short interval cannot starve the
         // loop by firing again within the same pass.
         for (id, next, interval, cb) in rearm {

@@ -11,8 +11,16 @@ use std::time::{Duration, Instant};
 ///
 /// [`EventLoop::cancel`]: crate::EventLoop::cancel
 /// [`EventLoop::reset_timer`]: crate::EventLoop::reset_timer
+///
+/// An id belongs to the loop that made it: another loop's `cancel` or
+/// `reset_timer` does not know it (returns false).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct TimerId(pub(crate) u64);
+pub struct TimerId {
+    /// Slot index and generation.
+    slot: u64,
+    /// The [`Timers`] (hence the loop) that made it.
+    owner: u64,
+}
 
 pub(crate) struct Timer<C> {
     pub(crate) deadline: Instant,
@@ -87,25 +95,54 @@ pub(crate) struct Timers<C> {
     next_seq: u64,
     /// Deadlines are stored as nanoseconds since this instant.
     epoch: Instant,
-}
-
-fn id(index: usize, generation: u32) -> TimerId {
-    TimerId(index as u64 | (u64::from(generation) << 32))
+    /// The earliest key a timer may be scheduled at: during an expiry pass,
+    /// just after its `now`, so that a timer scheduled by a callback of the
+    /// pass (at a deadline already past) waits for a later pass instead of
+    /// running in this one; 0 otherwise.
+    floor: u64,
+    /// Written into every id, and checked: ids of other instances are
+    /// unknown here.
+    owner: u64,
 }
 
 fn parts(id: TimerId) -> (usize, u32) {
-    ((id.0 & 0xffff_ffff) as usize, (id.0 >> 32) as u32)
+    ((id.slot & 0xffff_ffff) as usize, (id.slot >> 32) as u32)
 }
 
 impl<C> Timers<C> {
-    pub(crate) fn new() -> Timers<C> {
+    /// An empty heap whose ids carry `owner`.
+    pub(crate) fn new(owner: u64) -> Timers<C> {
         Timers {
             heap: Vec::new(),
             slots: Vec::new(),
             free: Vec::new(),
             next_seq: 0,
             epoch: Instant::now(),
+            floor: 0,
+            owner,
         }
+    }
+
+    fn id(&self, index: usize, generation: u32) -> TimerId {
+        TimerId {
+            slot: index as u64 | (u64::from(generation) << 32),
+            owner: self.owner,
+        }
+    }
+
+    /// Starts an expiry pass at `now`: until [`end_pass`](Timers::end_pass),
+    /// timers scheduled or reset to a deadline at or before `now` are kept
+    /// for the next pass (they still fire as soon as possible, never early:
+    /// their deadline has passed). Without this a callback re-arming its
+    /// timer at a past deadline would run again and again in one pass,
+    /// starving I/O.
+    pub(crate) fn begin_pass(&mut self, now: Instant) {
+        self.floor = self.key(now).saturating_add(1);
+    }
+
+    /// Ends the pass begun by [`begin_pass`](Timers::begin_pass).
+    pub(crate) fn end_pass(&mut self) {
+        self.floor = 0;
     }
 
     /// `t` as a heap key: nanoseconds from the epoch, offset by 2^63 so
@@ -153,7 +190,7 @@ impl<C> Timers<C> {
                 self.slots.len() - 1
             }
         };
-        let id = id(index, self.slots[index].generation);
+        let id = self.id(index, self.slots[index].generation);
         self.schedule(id, Timer::new(deadline, interval, callback));
         id
     }
@@ -163,7 +200,7 @@ impl<C> Timers<C> {
     pub(crate) fn schedule(&mut self, id: TimerId, timer: Timer<C>) {
         let (index, _) = parts(id);
         let entry = HeapEntry {
-            at: self.key(timer.deadline),
+            at: self.key(timer.deadline).max(self.floor),
             seq: self.next_seq,
             index: index as u32,
         };
@@ -190,6 +227,9 @@ impl<C> Timers<C> {
 
     /// The slot index of a scheduled timer.
     fn scheduled(&self, id: TimerId) -> Option<usize> {
+        if id.owner != self.owner {
+            return None;
+        }
         let (index, generation) = parts(id);
         self.slots
             .get(index)
@@ -223,7 +263,7 @@ impl<C> Timers<C> {
         let Some(index) = self.scheduled(id) else {
             return false;
         };
-        let at = self.key(deadline);
+        let at = self.key(deadline).max(self.floor);
         let seq = self.next_seq;
         self.next_seq += 1;
         let slot = &mut self.slots[index];
@@ -289,7 +329,8 @@ impl<C> Timers<C> {
         self.remove_at(0);
         let slot = &mut self.slots[index];
         let timer = slot.timer.take()?;
-        Some((id(index, slot.generation), timer))
+        let generation = slot.generation;
+        Some((self.id(index, generation), timer))
     }
 
     /// Writes `entry` at `pos` and records the position in its slot.
@@ -402,7 +443,7 @@ mod tests {
     #[test]
     fn expires_in_deadline_then_scheduling_order() {
         let t0 = Instant::now();
-        let mut timers = Timers::new();
+        let mut timers = Timers::new(1);
         timers.insert(t0 + Duration::from_millis(2), None, "late");
         timers.insert(t0 + Duration::from_millis(1), None, "a");
         timers.insert(t0 + Duration::from_millis(1), None, "b");
@@ -416,13 +457,54 @@ mod tests {
     }
 
     #[test]
+    fn timers_scheduled_during_a_pass_wait_for_the_next_one() {
+        let t0 = Instant::now();
+        let mut timers = Timers::new(1);
+        let past = t0 - Duration::from_millis(5);
+        timers.insert(t0, None, "due");
+        timers.insert(t0 + Duration::from_millis(1), None, "due later");
+        timers.begin_pass(t0 + Duration::from_millis(1));
+        let (id, _) = timers.pop_expired(t0 + Duration::from_millis(1)).unwrap();
+        timers.release(id);
+        // A callback of the pass schedules at a past deadline, and pushes
+        // a pending timer to now.
+        timers.insert(past, None, "again");
+        let later = timers.insert(t0 + Duration::from_secs(9), None, "reset");
+        assert!(timers.reset(later, past));
+        let rest = drain(&mut timers, t0 + Duration::from_millis(1));
+        assert_eq!(rest, vec!["due later"], "only what was due before the pass");
+        timers.end_pass();
+        // The next pass runs them, in scheduling order, however late.
+        assert_eq!(
+            drain(&mut timers, t0 + Duration::from_millis(2)),
+            vec!["again", "reset"]
+        );
+        timers.check();
+    }
+
+    #[test]
+    fn ids_of_another_heap_are_unknown() {
+        let t0 = Instant::now();
+        let mut a = Timers::new(1);
+        let mut b = Timers::new(2);
+        let id_a = a.insert(t0, None, "a");
+        let id_b = b.insert(t0, None, "b");
+        assert_ne!(id_a, id_b, "same slot, other owner");
+        assert!(!b.cancel(id_a));
+        assert!(!b.reset(id_a, t0));
+        assert_eq!(b.len(), 1);
+        assert!(a.cancel(id_a));
+        assert!(b.cancel(id_b));
+    }
+
+    #[test]
     fn cancelled_timers_never_expire_and_leave_nothing_behind() {
         let t0 = Instant::now();
-        let mut timers = Timers::new();
+        let mut timers = Timers::new(1);
         let ids: Vec<TimerId> = (0..1000)
             .map(|i| timers.insert(t0 + Duration::from_micros((i * 7919) % 1000), None, i))
             .collect();
-        for id in ids.iter().filter(|id| id.0 % 10 != 0) {
+        for id in ids.iter().filter(|id| id.slot % 10 != 0) {
             assert!(timers.cancel(*id));
             assert!(!timers.cancel(*id));
         }
@@ -438,7 +520,7 @@ mod tests {
     fn deadlines_before_the_heap_was_created_keep_their_order() {
         let t0 = Instant::now();
         std::thread::sleep(Duration::from_millis(2));
-        let mut timers = Timers::new();
+        let mut timers = Timers::new(1);
         timers.insert(t0 + Duration::from_micros(900), None, "third");
         timers.insert(t0, None, "first");
         timers.insert(t0 + Duration::from_micros(10), None, "second");
@@ -453,7 +535,7 @@ mod tests {
     fn timers_pushed_back_keep_order_and_scheduling_order() {
         let t0 = Instant::now();
         let ms = Duration::from_millis;
-        let mut timers = Timers::new();
+        let mut timers = Timers::new(1);
         let b = timers.insert(t0 + ms(1), None, "b");
         let a = timers.insert(t0 + ms(2), None, "a");
         timers.insert(t0 + ms(3), None, "c");
@@ -480,7 +562,7 @@ mod tests {
     #[test]
     fn reset_moves_a_timer_without_firing_it_early() {
         let t0 = Instant::now();
-        let mut timers = Timers::new();
+        let mut timers = Timers::new(1);
         let a = timers.insert(t0 + Duration::from_millis(1), None, "a");
         timers.insert(t0 + Duration::from_millis(2), None, "b");
         timers.insert(t0 + Duration::from_millis(3), None, "c");
@@ -501,7 +583,7 @@ mod tests {
     #[test]
     fn heap_order_survives_random_operations() {
         let t0 = Instant::now();
-        let mut timers = Timers::new();
+        let mut timers = Timers::new(1);
         let mut live: Vec<(TimerId, u64)> = Vec::new();
         let mut x = 0x9e37_79b9_7f4a_7c15_u64;
         for step in 0..20_000u64 {

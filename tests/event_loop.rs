@@ -496,17 +496,188 @@ mod cases {
 
     pub fn pausing_the_running_source_is_busy(kind: BackendKind) {
         let (a, mut b) = pair();
-        let mut lp = new_loop::<Vec<std::io::ErrorKind>>(kind);
+        let mut lp = new_loop::<Vec<std::io::Error>>(kind);
         lp.add(a, Interest::READABLE, |lp, sock, ev, log| {
             drain(sock);
-            log.push(lp.pause(ev.id()).map(drop).unwrap_err().kind());
+            log.push(lp.pause(ev.id()).map(drop).unwrap_err());
+            log.push(lp.remove(ev.id()).map(drop).unwrap_err());
             PostAction::Remove
         })
         .unwrap();
         b.write_all(b"x").unwrap();
         let mut log = Vec::new();
         lp.run_once(Some(Duration::from_secs(2)), &mut log).unwrap();
-        assert_eq!(log, vec![std::io::ErrorKind::ResourceBusy]);
+        assert_eq!(log.len(), 2);
+        let (pause, remove) = (log[0].to_string(), log[1].to_string());
+        assert!(
+            log.iter()
+                .all(|e| e.kind() == std::io::ErrorKind::ResourceBusy)
+        );
+        // Each names what the caller wanted, and advises accordingly: a
+        // pause is not pointed at removal.
+        assert!(pause.contains("cannot pause"), "{pause}");
+        assert!(
+            !pause.contains("Remove") && !pause.contains("discard"),
+            "{pause}"
+        );
+        assert!(pause.contains("call_soon"), "{pause}");
+        assert!(remove.contains("cannot remove"), "{remove}");
+        assert!(remove.contains("PostAction::Remove"), "{remove}");
+    }
+
+    pub fn a_panicking_callback_leaves_the_loop_refusing_with_the_reason(kind: BackendKind) {
+        let (a, mut b) = pair();
+        let mut lp = new_loop::<()>(kind);
+        lp.add(a, Interest::READABLE, |_, _, _, _| -> PostAction {
+            panic!("callback failed")
+        })
+        .unwrap();
+        b.write_all(b"x").unwrap();
+        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            lp.run_once(Some(Duration::from_secs(2)), &mut ())
+        }));
+        assert!(caught.is_err(), "the panic propagates");
+        for err in [
+            lp.run_once(Some(Duration::ZERO), &mut ()).unwrap_err(),
+            lp.run(&mut ()).unwrap_err(),
+        ] {
+            assert_eq!(err.kind(), std::io::ErrorKind::ResourceBusy);
+            let msg = err.to_string();
+            assert!(msg.contains("panicked"), "{msg}");
+            assert!(!msg.contains("called from a callback"), "{msg}");
+        }
+    }
+
+    pub fn timer_rearmed_in_the_past_runs_once_per_iteration(kind: BackendKind) {
+        fn again(lp: &mut EventLoop<u32>, n: &mut u32) {
+            *n += 1;
+            if *n < 1000 {
+                lp.call_at(Instant::now() - Duration::from_millis(1), again);
+            }
+        }
+        let mut lp = new_loop::<u32>(kind);
+        lp.call_at(Instant::now() - Duration::from_millis(1), again);
+        let mut n = 0;
+        let started = Instant::now();
+        lp.run_once(Some(Duration::from_millis(10)), &mut n)
+            .unwrap();
+        assert_eq!(n, 1, "a timer added by the timer pass waits for the next");
+        lp.run_once(Some(Duration::from_millis(10)), &mut n)
+            .unwrap();
+        assert_eq!(n, 2);
+        assert!(started.elapsed() < Duration::from_secs(2));
+    }
+
+    pub fn a_late_drift_free_ticker_does_not_starve_io(kind: BackendKind) {
+        // Each tick takes 2 ms and schedules the next 1 ms after its own
+        // deadline: always behind. Every iteration must still poll I/O, so
+        // no iteration runs more than the one tick that was due.
+        #[derive(Default)]
+        struct State {
+            ticks: u32,
+            in_this_iteration: u32,
+            most_in_one_iteration: u32,
+            reads: u32,
+        }
+        fn tick(lp: &mut EventLoop<State>, st: &mut State, at: Instant) {
+            st.ticks += 1;
+            st.in_this_iteration += 1;
+            st.most_in_one_iteration = st.most_in_one_iteration.max(st.in_this_iteration);
+            std::thread::sleep(Duration::from_millis(2));
+            let next = at + Duration::from_millis(1);
+            lp.call_at(next, move |lp, st| tick(lp, st, next));
+        }
+        let (a, mut b) = pair();
+        let mut lp = new_loop::<State>(kind);
+        lp.set_after_wake(|st| st.in_this_iteration = 0);
+        lp.add(a, Interest::READABLE, |lp, sock, _, st| {
+            drain(sock);
+            st.reads += 1;
+            lp.stop();
+            PostAction::Continue
+        })
+        .unwrap();
+        let start = Instant::now();
+        lp.call_at(start, move |lp, st| tick(lp, st, start));
+        safety_net(&mut lp, 10);
+        let writer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            b.write_all(b"x").unwrap();
+            b
+        });
+        let mut st = State::default();
+        lp.run(&mut st).unwrap();
+        let _b = writer.join().unwrap();
+        assert_eq!(st.reads, 1);
+        assert!(st.ticks >= 10, "{} ticks", st.ticks);
+        assert_eq!(
+            st.most_in_one_iteration, 1,
+            "a pass ran {} ticks while I/O waited",
+            st.most_in_one_iteration
+        );
+    }
+
+    pub fn stop_before_run_runs_one_iteration(kind: BackendKind) {
+        let (a, mut b) = pair();
+        let mut lp = new_loop::<Vec<&'static str>>(kind);
+        lp.add(a, Interest::READABLE, |_, sock, _, log| {
+            drain(sock);
+            log.push("io");
+            PostAction::Continue
+        })
+        .unwrap();
+        lp.call_soon(|_, log| log.push("soon"));
+        let fallback = safety_net(&mut lp, 5);
+        b.write_all(b"x").unwrap();
+        lp.stop();
+        assert!(lp.is_stopped());
+        let mut log = Vec::new();
+        let started = Instant::now();
+        lp.run(&mut log).unwrap();
+        assert!(started.elapsed() < Duration::from_secs(2), "did not wait");
+        log.sort();
+        assert_eq!(log, vec!["io", "soon"], "what was ready and queued ran");
+        assert!(!lp.is_stopped(), "the stop was consumed");
+        // The same through the handle.
+        lp.handle().stop().unwrap();
+        b.write_all(b"y").unwrap();
+        lp.run(&mut log).unwrap();
+        assert_eq!(log.len(), 3);
+        assert!(lp.cancel(fallback));
+    }
+
+    pub fn ids_of_another_loop_are_refused(kind: BackendKind) {
+        let (a, _ab) = pair();
+        let (c, _cd) = pair();
+        let mut one = new_loop::<()>(kind);
+        let mut two = new_loop::<()>(kind);
+        let id_one = one
+            .add(a, Interest::READABLE, |_, _, _, _| PostAction::Continue)
+            .unwrap();
+        let id_two = two
+            .add(c, Interest::READABLE, |_, _, _, _| PostAction::Continue)
+            .unwrap();
+        assert_ne!(id_one, id_two);
+        let timer_one = one.call_later(Duration::from_secs(60), |_, _| {});
+        let timer_two = two.call_later(Duration::from_secs(60), |_, _| {});
+        // Same slots in each loop, but the ids are not interchangeable.
+        assert!(!two.cancel(timer_one));
+        assert!(!two.reset_timer(timer_one, Duration::ZERO));
+        assert_eq!(two.timer_count(), 1);
+        let err = two.remove(id_one).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::NotFound);
+        assert!(err.to_string().contains("another event loop"), "{err}");
+        assert!(two.pause(id_one).is_err());
+        assert!(two.discard(id_one).is_err());
+        assert!(two.modify(id_one, Interest::WRITABLE).is_err());
+        assert!(two.source(id_one).is_none());
+        assert!(two.source_mut(id_one).is_none());
+        assert!(two.interest(id_one).is_none());
+        assert_eq!(two.source_count(), 1);
+        assert_eq!(two.interest(id_two), Some(Interest::READABLE));
+        assert!(two.cancel(timer_two));
+        assert!(one.cancel(timer_one));
+        assert!(one.remove(id_one).is_ok());
     }
 
     pub fn reset_timer_postpones_without_firing_early(kind: BackendKind) {
@@ -796,6 +967,11 @@ per_backend!(
     a_paused_source_can_move_to_another_loop,
     a_source_taken_back_after_pause_is_not_watched,
     pausing_the_running_source_is_busy,
+    a_panicking_callback_leaves_the_loop_refusing_with_the_reason,
+    timer_rearmed_in_the_past_runs_once_per_iteration,
+    a_late_drift_free_ticker_does_not_starve_io,
+    stop_before_run_runs_one_iteration,
+    ids_of_another_loop_are_refused,
     running_the_loop_from_its_own_callback_is_refused,
     reset_timer_postpones_without_firing_early,
     timer_never_fires_early,
