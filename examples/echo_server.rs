@@ -34,10 +34,12 @@ struct Args {
     /// Address to listen on (port 0 picks a free port).
     #[arg(long, default_value = "127.0.0.1:1234")]
     addr: String,
-    /// Stop reading a client once this many echo bytes wait for it.
+    /// Stop reading a client once more than this many echo bytes wait for
+    /// it (0: whenever any wait).
     #[arg(long, default_value_t = 256 * 1024)]
     high_water: usize,
-    /// Resume reading it once fewer than this many wait.
+    /// Resume reading it once at most this many wait (at most --high-water;
+    /// 0: once all are sent).
     #[arg(long, default_value_t = 64 * 1024)]
     low_water: usize,
     /// Stop by itself after this many seconds (0 = run until a signal).
@@ -149,9 +151,9 @@ impl Conn {
     /// What to wait for next, or `None` when the connection is done.
     fn wanted(&mut self, srv: &Server) -> Option<Interest> {
         let pending = self.pending();
-        if self.paused && pending < srv.low_water {
+        if self.paused && pending <= srv.low_water {
             self.paused = false;
-        } else if !self.paused && pending >= srv.high_water {
+        } else if !self.paused && pending > srv.high_water {
             self.paused = true;
         }
         let read = !self.read_closed && !self.paused;
@@ -342,7 +344,7 @@ fn main() -> io::Result<()> {
     println!("listening on {addr} (backend {})", lp.backend_name());
 
     let mut srv = Server {
-        high_water: args.high_water.max(1),
+        high_water: args.high_water,
         low_water: args.low_water.min(args.high_water),
         scratch: vec![0; READ_CHUNK],
         spare: File::open("/dev/null").ok(),

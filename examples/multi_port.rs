@@ -8,15 +8,28 @@
 //! back to READABLE. No polling interval is needed: the loop sleeps until
 //! something happens.
 //!
+//! Out of fds (`EMFILE`), a pending connection is shed through a reserve
+//! fd, or the listener is paused for 100 ms, so the loop never spins on it;
+//! a closed stdout (`| head -1`) does not stop the server.
+//!
 //! ```text
 //! cargo run --example multi_port -- --ports 8001,8002 --backend select
 //! ```
 
+use std::fs::File;
 use std::io::{self, Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::time::Duration;
 
 use clap::Parser;
 use muxloop::{BackendKind, EventLoop, Interest, PostAction, SourceEvent};
+
+/// `print`, except that a closed stdout is not fatal.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        let _ = writeln!(io::stdout(), $($arg)*);
+    }};
+}
 
 /// A two-port server that answers every message with `ok`.
 #[derive(Parser)]
@@ -32,24 +45,26 @@ struct Args {
     max_seconds: u64,
 }
 
-#[derive(Default)]
 struct Counts {
     connections: u64,
     messages: u64,
+    /// An fd held in reserve, given up to shed a connection when out of fds.
+    spare: Option<File>,
 }
 
 fn on_listener(
     lp: &mut EventLoop<Counts>,
     sk: &mut TcpListener,
-    _: SourceEvent<TcpListener>,
+    ev: SourceEvent<TcpListener>,
     counts: &mut Counts,
 ) -> PostAction {
     match sk.accept() {
         Ok((conn, addr)) => {
-            println!(
+            say!(
                 "new connection on {}: {addr}",
                 sk.local_addr().map(|a| a.port()).unwrap_or(0)
             );
+            let _ = conn.set_nodelay(true);
             counts.connections += 1;
             if let Err(e) = conn
                 .set_nonblocking(true)
@@ -59,8 +74,47 @@ fn on_listener(
             }
         }
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
+            return shed(lp, sk, ev, counts, e);
+        }
         Err(e) => log::warn!("accept: {e}"),
     }
+    PostAction::Continue
+}
+
+/// Out of fds, the pending connection keeps the listener readable: a
+/// level-triggered loop would spin on it. Give up the reserve fd, accept
+/// and close the connection, take the reserve back; if that is impossible,
+/// stop watching the listener for 100 ms.
+fn shed(
+    lp: &mut EventLoop<Counts>,
+    sk: &mut TcpListener,
+    ev: SourceEvent<TcpListener>,
+    counts: &mut Counts,
+    e: io::Error,
+) -> PostAction {
+    if counts.spare.take().is_some() {
+        if let Ok((conn, addr)) = sk.accept() {
+            log::warn!("out of fds ({e}): shedding connection from {addr}");
+            drop(conn);
+        }
+        counts.spare = File::open("/dev/null").ok();
+        if counts.spare.is_some() {
+            return PostAction::Continue;
+        }
+    }
+    log::warn!("out of fds ({e}) and no reserve: pausing accept for 100 ms");
+    let id = ev.id();
+    // After this callback returns: a running source cannot be paused.
+    lp.call_soon(move |lp, _| {
+        let Ok(paused) = lp.pause(id) else { return };
+        lp.call_later(Duration::from_millis(100), move |lp, counts| {
+            counts.spare = counts.spare.take().or_else(|| File::open("/dev/null").ok());
+            if let Err(e) = lp.resume(paused, Interest::READABLE) {
+                log::warn!("listener lost: {e}");
+            }
+        });
+    });
     PostAction::Continue
 }
 
@@ -83,7 +137,7 @@ fn on_conn(
     let mut data = [0u8; 1024];
     match conn.read(&mut data) {
         Ok(n) if n > 0 => {
-            println!("message: {:?}", String::from_utf8_lossy(&data[..n]));
+            say!("message: {:?}", String::from_utf8_lossy(&data[..n]));
             counts.messages += 1;
             // `w_inputs.append(obj)`
             match lp.modify(ev.id(), Interest::WRITABLE) {
@@ -125,12 +179,16 @@ fn main() -> io::Result<()> {
             lp.stop()
         });
     }
-    println!(
+    say!(
         "listening on {} (backend {})",
         addrs.join(","),
         lp.backend_name()
     );
-    let mut counts = Counts::default();
+    let mut counts = Counts {
+        connections: 0,
+        messages: 0,
+        spare: File::open("/dev/null").ok(),
+    };
     lp.run(&mut counts)?;
     eprintln!(
         "stopped: {} connections, {} messages answered",

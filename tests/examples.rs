@@ -162,3 +162,153 @@ fn timers_example_runs_to_completion() {
     assert!(text.contains("result Some(500000500000)"), "{text}");
     assert!(text.contains("tick 1"), "{text}");
 }
+
+/// `selectors_echo` on `kind`, or `multi_port` on one port (`--ports 0`):
+/// both print `listening on ADDR (backend NAME)` first and answer a
+/// two-byte message with two bytes (the echo, or `ok`).
+fn two_byte_server(name: &str) -> Command {
+    let mut cmd = Command::new(example_path(name));
+    if name == "multi_port" {
+        cmd.args(["--ports", "0", "--max-seconds", "120"]);
+    } else {
+        cmd.args(["--addr", "127.0.0.1:0"]);
+    }
+    cmd
+}
+
+fn ask(c: &mut TcpStream) -> std::io::Result<()> {
+    c.write_all(b"hi")?;
+    let mut back = [0; 2];
+    c.read_exact(&mut back)
+}
+
+fn connect(addr: std::net::SocketAddr) -> TcpStream {
+    let c = TcpStream::connect(addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    c.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
+    c
+}
+
+#[test]
+fn selectors_echo_returns_everything_to_a_client_that_half_closed() {
+    for kind in [BackendKind::Poll, BackendKind::platform_default()] {
+        let server = selectors_echo(kind);
+        let mut c = connect(server.addr);
+        const TOTAL: usize = 5 * 1000 * 1000;
+        let data: Vec<u8> = (0..TOTAL).map(|i| (i * 13 % 251) as u8).collect();
+        let mut writer = c.try_clone().unwrap();
+        let sent = data.clone();
+        let sender = std::thread::spawn(move || {
+            writer.write_all(&sent).unwrap();
+            writer.shutdown(std::net::Shutdown::Write).unwrap();
+        });
+        // Read late: the server holds the echo, and its EOF, meanwhile.
+        std::thread::sleep(Duration::from_millis(1500));
+        let mut back = Vec::new();
+        c.read_to_end(&mut back).unwrap();
+        sender.join().unwrap();
+        assert!(
+            back == data,
+            "{kind}: {} of {} bytes back",
+            back.len(),
+            data.len()
+        );
+    }
+}
+
+#[test]
+fn servers_shed_connections_without_spinning_or_flooding_the_log_when_out_of_fds() {
+    for name in ["selectors_echo", "multi_port"] {
+        let mut cmd = two_byte_server(name);
+        cmd.env("RUST_LOG", "warn")
+            .stderr(std::process::Stdio::piped());
+        with_fd_limit(&mut cmd, 48);
+        let mut server = start_server(cmd);
+        let log_bytes = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let mut stderr = server.child.stderr.take().unwrap();
+        let counter = log_bytes.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0; 4096];
+            while let Ok(n @ 1..) = stderr.read(&mut buf) {
+                counter.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+            }
+        });
+        let mut served = Vec::new();
+        let mut shed = 0;
+        for _ in 0..80 {
+            let mut c = connect(server.addr);
+            c.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+            match ask(&mut c) {
+                Ok(()) => served.push(c),
+                Err(_) => shed += 1,
+            }
+        }
+        assert!(shed > 0, "{name}: the fd limit was never reached");
+        assert!(served.len() >= 30, "{name}: only {} served", served.len());
+        // Clients keep knocking while the server is out of fds.
+        let knocking: Vec<TcpStream> = (0..20).map(|_| connect(server.addr)).collect();
+        let logged = log_bytes.load(std::sync::atomic::Ordering::Relaxed);
+        let cpu = cpu_percent_over(server.child.id(), Duration::from_secs(1));
+        let logged = log_bytes.load(std::sync::atomic::Ordering::Relaxed) - logged;
+        assert!(cpu < 30, "{name}: {cpu} % CPU while out of fds");
+        assert!(logged < 16 * 1024, "{name}: {logged} bytes of log in 1 s");
+        drop(knocking);
+        for c in served.iter_mut().take(10) {
+            ask(c).unwrap_or_else(|e| panic!("{name}: a connected client: {e}"));
+        }
+        // Free fds: accepting resumes.
+        served.truncate(served.len() - 10);
+        std::thread::sleep(Duration::from_millis(300));
+        ask(&mut connect(server.addr)).unwrap_or_else(|e| panic!("{name}: after: {e}"));
+    }
+}
+
+#[test]
+fn servers_keep_serving_when_their_stdout_is_closed() {
+    use std::io::BufRead;
+    for name in ["selectors_echo", "multi_port"] {
+        let mut cmd = two_byte_server(name);
+        cmd.stdout(std::process::Stdio::piped())
+            .stdin(std::process::Stdio::null());
+        let mut child = cmd.spawn().unwrap();
+        let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        let addr: std::net::SocketAddr = line
+            .strip_prefix("listening on ")
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("{line:?}"));
+        drop(out); // `| head -1`
+        for _ in 0..3 {
+            let mut c = connect(addr);
+            ask(&mut c).unwrap_or_else(|e| panic!("{name}: {e}"));
+            ask(&mut c).unwrap_or_else(|e| panic!("{name}: {e}"));
+        }
+        assert!(child.try_wait().unwrap().is_none(), "{name} exited");
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+#[test]
+fn selectors_echo_does_not_delay_messages_longer_than_its_reads() {
+    // 1024-byte messages are read as 1000 + 24 bytes and echoed in two
+    // sends; with Nagle's algorithm the second waits for the peer's delayed
+    // ACK (~40 ms a round trip). 50 round trips take milliseconds without.
+    let server = selectors_echo(BackendKind::platform_default());
+    let mut c = connect(server.addr);
+    c.set_nodelay(true).unwrap();
+    let msg = [7u8; 1024];
+    let started = std::time::Instant::now();
+    for _ in 0..50 {
+        c.write_all(&msg).unwrap();
+        let mut back = [0; 1024];
+        c.read_exact(&mut back).unwrap();
+    }
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_millis(1500),
+        "50 round trips took {took:?}"
+    );
+}
