@@ -1,46 +1,45 @@
+// The link definitions come first, so the README's links to `docs/*.md`
+// become links to the same guides in these docs.
+#![doc = include_str!("guide/links.md")]
 #![doc = include_str!("../README.md")]
 #![warn(
     missing_docs,
     unsafe_op_in_unsafe_fn,
     clippy::undocumented_unsafe_blocks
 )]
-#![cfg(unix)]
+#[cfg(not(unix))]
+compile_error!(
+    "muxloop supports Unix only (Linux, Android, macOS, iOS and the BSDs): it is built on \
+     select(2), poll(2), epoll and kqueue"
+);
 
-mod backend;
-mod event;
-mod event_loop;
-mod fd_table;
-mod interest;
-mod ready;
-mod selector;
-mod signal;
-mod sys;
-mod timer;
-mod token;
-mod waker;
+/// Gives every item `#[cfg(unix)]`, so that elsewhere the crate is empty
+/// but for the `compile_error!` above.
+macro_rules! unix_only {
+    ($($item:item)*) => { $( #[cfg(unix)] $item )* };
+}
 
-pub use backend::{BACKEND_ENV, Backend, BackendKind};
-pub use event::{Event, Events};
-pub use event_loop::{EventLoop, LoopHandle, LoopStats, Paused, PostAction, SourceEvent, SourceId};
-pub use interest::Interest;
-pub use ready::Ready;
-pub use selector::{Selector, SelectorKey};
-pub use timer::TimerId;
-pub use token::Token;
+unix_only! {
+    mod backend;
+    mod event;
+    mod event_loop;
+    mod fd_table;
+    pub mod guide;
+    mod interest;
+    mod ready;
+    mod selector;
+    mod signal;
+    mod sys;
+    mod timer;
+    mod token;
+    mod waker;
 
-/// The guides under `docs/` are compiled and run as doc-tests too.
-#[cfg(doctest)]
-#[doc = include_str!("../docs/writing-a-backend.md")]
-struct WritingABackend;
-
-#[cfg(doctest)]
-#[doc = include_str!("../docs/architecture.md")]
-struct Architecture;
-
-#[cfg(doctest)]
-#[doc = include_str!("../docs/backends.md")]
-struct Backends;
-
-#[cfg(doctest)]
-#[doc = include_str!("../docs/event-loop.md")]
-struct EventLoopGuide;
+    pub use backend::{BACKEND_ENV, Backend, BackendKind};
+    pub use event::{Event, Events};
+    pub use event_loop::{EventLoop, LoopHandle, LoopStats, Paused, PostAction, SourceEvent, SourceId};
+    pub use interest::Interest;
+    pub use ready::Ready;
+    pub use selector::{Selector, SelectorKey};
+    pub use timer::TimerId;
+    pub use token::Token;
+}

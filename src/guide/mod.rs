@@ -1,0 +1,40 @@
+//! The guides, as pages of these docs: how muxloop is built, each backend's
+//! cost and quirks, the event loop, writing a backend, what is tested and
+//! what was measured. (The same text is in the repository's `docs/`.)
+//!
+//! | page | what it covers |
+//! |---|---|
+//! | [`architecture`] | the layers, one `select` step by step, who owns what |
+//! | [`backends`] | each backend's system calls, cost, limits and quirks |
+//! | [`event_loop`] | one loop iteration, ownership, what callbacks may do |
+//! | [`writing_a_backend`] | the [`Backend`](crate::Backend) contract |
+//! | [`reliability`] | model-based fuzzing, fault injection, scale, soak |
+//! | [`benchmarks`] | select vs poll vs epoll vs mio, muxloop vs libev and others |
+
+// Each page is its markdown file behind `links.md`, whose link definitions
+// come first and so win over the file's own (which point at the other
+// markdown files, for reading them in the repository).
+
+#[doc = include_str!("links.md")]
+#[doc = include_str!("../../docs/architecture.md")]
+pub mod architecture {}
+
+#[doc = include_str!("links.md")]
+#[doc = include_str!("../../docs/backends.md")]
+pub mod backends {}
+
+#[doc = include_str!("links.md")]
+#[doc = include_str!("../../docs/event-loop.md")]
+pub mod event_loop {}
+
+#[doc = include_str!("links.md")]
+#[doc = include_str!("../../docs/writing-a-backend.md")]
+pub mod writing_a_backend {}
+
+#[doc = include_str!("links.md")]
+#[doc = include_str!("../../docs/reliability.md")]
+pub mod reliability {}
+
+#[doc = include_str!("links.md")]
+#[doc = include_str!("../../docs/benchmarks.md")]
+pub mod benchmarks {}
