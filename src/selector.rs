@@ -10,6 +10,7 @@ use slab::Slab;
 
 use crate::backend::{Backend, BackendKind};
 use crate::fd_table::FdTable;
+use crate::sys;
 use crate::{Event, Events, Interest, Ready, Token};
 
 /// One registration: Python's `SelectorKey(fileobj, fd, events, data)`.
@@ -307,6 +308,12 @@ impl<T> Selector<T> {
         log::trace!(
             "selector=register backend={name} fd={fd} interest={interest:?} token={token:?}"
         );
+        if log::log_enabled!(log::Level::Debug) && sys::is_blocking(fd) {
+            log::debug!(
+                "selector=register backend={name} fd={fd} is in blocking mode: a read or \
+                 write on it after a spurious wake-up stalls the whole loop (set_nonblocking)"
+            );
+        }
         self.by_fd.insert(fd, index);
         let slot = Slot {
             key: SelectorKey {

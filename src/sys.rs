@@ -83,6 +83,13 @@ pub(crate) fn fd_is_open(fd: RawFd) -> bool {
     fd >= 0 && syscall!(fcntl(fd, libc::F_GETFD)).is_ok()
 }
 
+/// Whether `fd` is open and lacks `O_NONBLOCK`.
+pub(crate) fn is_blocking(fd: RawFd) -> bool {
+    // SAFETY: F_GETFL only reads the file status flags; a closed or invalid
+    // fd yields EBADF.
+    syscall!(fcntl(fd, libc::F_GETFL)).is_ok_and(|flags| flags & libc::O_NONBLOCK == 0)
+}
+
 /// Fails with EBADF unless `fd` is open, for backends whose kernel interface
 /// would only notice later (select(2), poll(2)).
 pub(crate) fn check_open(fd: RawFd) -> io::Result<()> {

@@ -324,6 +324,7 @@ fn epoll_survives_faults() {
     fuzz(BackendKind::Epoll);
 }
 
+#[cfg(feature = "mio")]
 #[test]
 fn mio_survives_faults() {
     fuzz(BackendKind::Mio);

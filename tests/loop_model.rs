@@ -305,6 +305,7 @@ fn kqueue_loop_matches_the_model() {
     fuzz(BackendKind::Kqueue);
 }
 
+#[cfg(feature = "mio")]
 #[test]
 fn mio_loop_matches_the_model() {
     fuzz(BackendKind::Mio);

@@ -369,6 +369,7 @@ fn kqueue_matches_the_model() {
     fuzz(BackendKind::Kqueue);
 }
 
+#[cfg(feature = "mio")]
 #[test]
 fn mio_matches_the_model() {
     fuzz(BackendKind::Mio);

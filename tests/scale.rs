@@ -90,6 +90,7 @@ fn kqueue_five_thousand_fds() {
     thousands_registered_all_ready_in_one_call(BackendKind::Kqueue);
 }
 
+#[cfg(feature = "mio")]
 #[test]
 fn mio_five_thousand_fds() {
     thousands_registered_all_ready_in_one_call(BackendKind::Mio);

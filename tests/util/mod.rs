@@ -32,6 +32,7 @@ macro_rules! per_backend {
             target_os = "dragonfly"
         ))]
         $crate::per_backend!(@backend kqueue, muxloop::BackendKind::Kqueue; $($case),*);
+        #[cfg(feature = "mio")]
         $crate::per_backend!(@backend mio_backend, muxloop::BackendKind::Mio; $($case),*);
     };
     (@backend $module:ident, $kind:expr; $($case:ident),*) => {
