@@ -354,6 +354,27 @@ impl<S> EventLoop<S> {
         Self::with_selector(Selector::with_backend(kind)?)
     }
 
+    /// A loop on a backend of your own, or a wrapper around a built-in one
+    /// (to count or inject calls), as [`Selector::from_backend`] allows.
+    ///
+    /// # Errors
+    ///
+    /// The kernel refusing the wake-up fd; the backend refusing to watch it.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use muxloop::{BackendKind, EventLoop};
+    ///
+    /// let backend = BackendKind::Poll.create()?;
+    /// let lp = EventLoop::<()>::from_backend(backend)?;
+    /// assert_eq!(lp.backend_name(), "poll");
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn from_backend(backend: Box<dyn crate::Backend>) -> io::Result<EventLoop<S>> {
+        Self::with_selector(Selector::from_backend(backend))
+    }
+
     fn with_selector(mut selector: Selector<Slot<S>>) -> io::Result<EventLoop<S>> {
         let waker = Waker::new()?;
         selector.register(waker.fd(), Interest::READABLE, Slot::Waker)?;
@@ -1262,152 +1283,15 @@ impl<S> fmt::Debug for LoopHandle<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::Backend;
     use std::os::unix::net::UnixStream;
-    use std::sync::Arc;
-
-    /// Records the backend calls that reach the kernel side.
-    struct Recording {
-        inner: Box<dyn Backend>,
-        calls: Arc<Mutex<Vec<&'static str>>>,
-        /// The call that fails with `ENOMEM`, if any.
-        fail: Option<&'static str>,
-    }
-
-    impl Recording {
-        fn record(&self, call: &'static str) -> io::Result<()> {
-            self.calls.lock().unwrap().push(call);
-            if self.fail == Some(call) {
-                return Err(io::Error::from_raw_os_error(libc::ENOMEM));
-            }
-            Ok(())
-        }
-    }
-
-    impl Backend for Recording {
-        fn name(&self) -> &'static str {
-            self.inner.name()
-        }
-        fn add(&mut self, fd: RawFd, token: Token, interest: Interest) -> io::Result<()> {
-            self.record("add")?;
-            self.inner.add(fd, token, interest)
-        }
-        fn modify(&mut self, fd: RawFd, t: Token, old: Interest, new: Interest) -> io::Result<()> {
-            self.record("modify")?;
-            self.inner.modify(fd, t, old, new)
-        }
-        fn delete(&mut self, fd: RawFd, token: Token, interest: Interest) -> io::Result<()> {
-            self.record("delete")?;
-            self.inner.delete(fd, token, interest)
-        }
-        fn retoken(&mut self, fd: RawFd, old: Token, new: Token, i: Interest) -> io::Result<()> {
-            self.record("retoken")?;
-            self.inner.retoken(fd, old, new, i)
-        }
-        fn wait(&mut self, ev: &mut Vec<(Token, Ready)>, t: Option<Duration>) -> io::Result<()> {
-            self.inner.wait(ev, t)
-        }
-        fn reports_each_fd_once(&self) -> bool {
-            self.inner.reports_each_fd_once()
-        }
-    }
-
-    fn recording_loop() -> (EventLoop<u32>, Arc<Mutex<Vec<&'static str>>>) {
-        recording_loop_with(None)
-    }
-
-    fn recording_loop_with(
-        fail: Option<&'static str>,
-    ) -> (EventLoop<u32>, Arc<Mutex<Vec<&'static str>>>) {
-        let calls = Arc::new(Mutex::new(Vec::new()));
-        let backend = Recording {
-            inner: BackendKind::platform_default().create().unwrap(),
-            calls: calls.clone(),
-            fail,
-        };
-        let lp = EventLoop::with_selector(Selector::from_backend(Box::new(backend))).unwrap();
-        calls.lock().unwrap().clear();
-        (lp, calls)
-    }
-
-    /// A socket added for reading, with a callback that does nothing, and
-    /// its peer (kept open by the caller).
-    fn idle_source(lp: &mut EventLoop<u32>) -> (SourceId<UnixStream>, UnixStream) {
-        let (a, b) = UnixStream::pair().unwrap();
-        let id = lp
-            .add(a, Interest::READABLE, |_, _, _, _| PostAction::Continue)
-            .unwrap();
-        (id, b)
-    }
-
-    #[test]
-    fn stop_and_start_before_the_wait_only_renews_the_token() {
-        let (mut lp, calls) = recording_loop();
-        let (mut id, _b) = idle_source(&mut lp);
-        for _ in 0..3 {
-            let paused = lp.pause(id).unwrap();
-            id = lp.resume(paused, Interest::READABLE).unwrap();
-        }
-        let paused = lp.pause(id).unwrap();
-        id = lp.resume(paused, Interest::WRITABLE).unwrap();
-        assert_eq!(
-            *calls.lock().unwrap(),
-            ["add", "retoken", "retoken", "retoken", "retoken", "modify"]
-        );
-        // Paused across a wait: the registration is dropped then, and a
-        // resume registers anew.
-        calls.lock().unwrap().clear();
-        let paused = lp.pause(id).unwrap();
-        lp.run_once(Some(Duration::ZERO), &mut 0).unwrap();
-        lp.resume(paused, Interest::READABLE).unwrap();
-        assert_eq!(*calls.lock().unwrap(), ["delete", "add"]);
-    }
-
-    #[test]
-    fn a_failed_renewal_drops_the_source_and_frees_its_fd() {
-        for (fail, interest, want) in [
-            (
-                "retoken",
-                Interest::READABLE,
-                &["add", "retoken", "delete"][..],
-            ),
-            (
-                "modify",
-                Interest::WRITABLE,
-                &["add", "retoken", "modify", "delete"][..],
-            ),
-        ] {
-            let (mut lp, calls) = recording_loop_with(Some(fail));
-            let (a, _b) = UnixStream::pair().unwrap();
-            let fd = a.as_raw_fd();
-            let id = lp
-                .add(a, Interest::READABLE, |_, _, _, _| PostAction::Continue)
-                .unwrap();
-            let paused = lp.pause(id).unwrap();
-            let err = lp.resume(paused, interest).unwrap_err();
-            assert_eq!(err.raw_os_error(), Some(libc::ENOMEM));
-            assert_eq!(*calls.lock().unwrap(), want);
-            assert_eq!(lp.source_count(), 0);
-            assert!(lp.selector.key(fd).is_none(), "no half-registered key left");
-            // The number is free for a new source.
-            let (c, _d) = UnixStream::pair().unwrap();
-            lp.add(c, Interest::READABLE, |_, _, _, _| PostAction::Continue)
-                .unwrap();
-        }
-    }
-
-    #[test]
-    fn remove_unregisters_at_once() {
-        let (mut lp, calls) = recording_loop();
-        let (id, _b) = idle_source(&mut lp);
-        let _a: UnixStream = lp.remove(id).unwrap();
-        assert_eq!(*calls.lock().unwrap(), ["add", "delete"]);
-    }
 
     #[test]
     fn parked_tokens_do_not_pile_up_without_a_wait() {
-        let (mut lp, _) = recording_loop();
-        let (mut id, _b) = idle_source(&mut lp);
+        let mut lp = EventLoop::<u32>::with_backend(BackendKind::platform_default()).unwrap();
+        let (a, _b) = UnixStream::pair().unwrap();
+        let mut id = lp
+            .add(a, Interest::READABLE, |_, _, _, _| PostAction::Continue)
+            .unwrap();
         for _ in 0..10_000 {
             let paused = lp.pause(id).unwrap();
             id = lp.resume(paused, Interest::READABLE).unwrap();

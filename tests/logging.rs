@@ -44,6 +44,10 @@ fn registering_a_blocking_fd_is_logged_at_debug_level() {
         assert!(!about(nonblocking.as_raw_fd()), "{kind}");
         sel.register(blocking.as_raw_fd(), Interest::READABLE, ())
             .unwrap();
-        assert!(about(blocking.as_raw_fd()), "{kind}: {:?}", LINES.lock().unwrap());
+        assert!(
+            about(blocking.as_raw_fd()),
+            "{kind}: {:?}",
+            LINES.lock().unwrap()
+        );
     }
 }

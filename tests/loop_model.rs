@@ -267,7 +267,7 @@ static SERIAL: Mutex<()> = Mutex::new(());
 fn fuzz(kind: BackendKind) {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     init_logging();
-    let cases = env_cases("MUXLOOP_FUZZ_CASES", 2_000);
+    let cases = env_cases("MUXLOOP_FUZZ_CASES", 500, 2_000);
     let config = Config {
         cases,
         failure_persistence: None,

@@ -15,11 +15,9 @@ use util::*;
 const PAIRS: usize = 2_600; // 5,200 registered fds
 
 fn thousands_registered_all_ready_in_one_call(kind: BackendKind) {
-    let limit = raise_fd_limit();
-    assert!(
-        limit >= 2 * PAIRS as u64 + 100,
-        "RLIMIT_NOFILE {limit} too low"
-    );
+    if !fds_fit(2 * PAIRS as u64 + 100, "5,200 registered fds") {
+        return;
+    }
     let pairs: Vec<_> = (0..PAIRS).map(|_| pair()).collect();
     let mut sel = selector(kind);
     for (i, (a, b)) in pairs.iter().enumerate() {

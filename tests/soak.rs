@@ -70,10 +70,7 @@ fn round(addr: std::net::SocketAddr, seed: u64) -> usize {
 
 #[test]
 fn soak_keeps_fds_and_memory_flat() {
-    let secs: u64 = std::env::var("MUXLOOP_SOAK_SECS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(45);
+    let secs = u64::from(env_cases("MUXLOOP_SOAK_SECS", 10, 45));
     let server = echo_server(muxloop::BackendKind::platform_default(), &[]);
     let pid = server.child.id();
     // Warm up, then take the baseline.

@@ -1,5 +1,5 @@
 //! Helpers shared by the integration tests: socket pairs, pipes, fd limits,
-//! signals, a call-counting backend wrapper.
+//! signals, one hookable backend wrapper (count, record, fail).
 #![allow(dead_code)]
 
 use std::io::{self, Read, Write};
@@ -132,8 +132,11 @@ pub fn ready_fds<T>(sel: &mut Selector<T>) -> Vec<RawFd> {
     poll_now(sel).into_iter().map(|e| e.0).collect()
 }
 
-/// Raises the soft `RLIMIT_NOFILE` to the hard limit; returns the new soft
-/// limit.
+/// Raises the soft `RLIMIT_NOFILE` as far as the system allows and
+/// returns the soft limit now in force. Never asks for `RLIM_INFINITY`
+/// (macOS refuses it, and caps the soft limit at `kern.maxfilesperproc`):
+/// it tries the hard limit, then smaller values, keeping the first the
+/// kernel accepts.
 #[allow(clippy::unnecessary_cast)] // rlim_t is not u64 everywhere
 pub fn raise_fd_limit() -> u64 {
     let mut lim = libc::rlimit {
@@ -142,11 +145,46 @@ pub fn raise_fd_limit() -> u64 {
     };
     // SAFETY: `lim` is a valid, writable rlimit.
     assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }, 0);
-    lim.rlim_cur = lim.rlim_max;
-    // SAFETY: `lim` is a valid rlimit; raising the soft limit up to the hard
-    // one is always allowed.
-    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) }, 0);
-    lim.rlim_cur as u64
+    let current = lim.rlim_cur as u64;
+    let hard = if lim.rlim_max == libc::RLIM_INFINITY {
+        1 << 20
+    } else {
+        lim.rlim_max as u64
+    };
+    for want in [hard, 1 << 20, 65_536, 24_576, 10_240, 4_096] {
+        if want <= current {
+            break;
+        }
+        if want > hard {
+            continue;
+        }
+        let new = libc::rlimit {
+            rlim_cur: want as libc::rlim_t,
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: `new` is a valid rlimit; a refused value changes nothing.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &new) } == 0 {
+            return want;
+        }
+    }
+    current
+}
+
+/// Raises the fd limit and says whether `need` fds fit under it; if not,
+/// prints that `what` is skipped and why, for the caller to return.
+pub fn fds_fit(need: u64, what: &str) -> bool {
+    let limit = raise_fd_limit();
+    if limit >= need {
+        return true;
+    }
+    // Straight to stderr, past the test harness's capture: a skip should
+    // be seen.
+    let _ = writeln!(
+        io::stderr(),
+        "skipped: {what} needs {need} fds and RLIMIT_NOFILE allows {limit} \
+         (raise the hard limit, e.g. `ulimit -Hn`, to run it)"
+    );
+    false
 }
 
 /// This process's resident set size, in KiB (0 where /proc is missing).
@@ -212,12 +250,125 @@ pub fn interrupt(thread: libc::pthread_t) {
     assert_eq!(rc, 0);
 }
 
-/// Wraps a backend and counts the calls made to it.
-pub struct Counting {
-    inner: Box<dyn Backend>,
-    pub calls: Arc<Calls>,
+/// A call from the selector to its backend, as seen by [`Hooks`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Call {
+    Add,
+    Modify,
+    Delete,
+    Retoken,
+    Wait,
+    Purge,
 }
 
+impl Call {
+    pub fn name(self) -> &'static str {
+        match self {
+            Call::Add => "add",
+            Call::Modify => "modify",
+            Call::Delete => "delete",
+            Call::Retoken => "retoken",
+            Call::Wait => "wait",
+            Call::Purge => "purge",
+        }
+    }
+}
+
+/// What a test does around each backend call: count, record, fail it or
+/// change its answer. Both default to passing the call through.
+pub trait Hooks: Send {
+    /// Before the backend is called; an error fails the call without
+    /// reaching the backend (the kernel is unchanged).
+    fn before(&mut self, _call: Call) -> io::Result<()> {
+        Ok(())
+    }
+
+    /// After the backend answered `res` (for `Wait`, with `events` as it
+    /// filled them); returns the answer the selector gets.
+    fn after(
+        &mut self,
+        _call: Call,
+        res: io::Result<()>,
+        _events: &mut Vec<(Token, Ready)>,
+    ) -> io::Result<()> {
+        res
+    }
+}
+
+/// A backend wrapped in [`Hooks`]: the one test backend every suite uses
+/// to count, record or inject faults, forwarding each method once, here.
+pub struct Hooked<H> {
+    inner: Box<dyn Backend>,
+    hooks: H,
+    /// The events buffer `after` sees for calls other than `Wait`.
+    none: Vec<(Token, Ready)>,
+}
+
+impl<H: Hooks> Hooked<H> {
+    pub fn new(kind: BackendKind, hooks: H) -> Hooked<H> {
+        init_logging();
+        Hooked {
+            inner: kind.create().expect("create backend"),
+            hooks,
+            none: Vec::new(),
+        }
+    }
+
+    fn around(
+        &mut self,
+        call: Call,
+        f: impl FnOnce(&mut dyn Backend) -> io::Result<()>,
+    ) -> io::Result<()> {
+        self.hooks.before(call)?;
+        let res = f(&mut *self.inner);
+        self.hooks.after(call, res, &mut self.none)
+    }
+}
+
+impl<H: Hooks> Backend for Hooked<H> {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+
+    fn add(&mut self, fd: RawFd, token: Token, interest: Interest) -> io::Result<()> {
+        self.around(Call::Add, |b| b.add(fd, token, interest))
+    }
+
+    fn modify(&mut self, fd: RawFd, token: Token, old: Interest, new: Interest) -> io::Result<()> {
+        self.around(Call::Modify, |b| b.modify(fd, token, old, new))
+    }
+
+    fn delete(&mut self, fd: RawFd, token: Token, interest: Interest) -> io::Result<()> {
+        self.around(Call::Delete, |b| b.delete(fd, token, interest))
+    }
+
+    fn retoken(&mut self, fd: RawFd, old: Token, new: Token, interest: Interest) -> io::Result<()> {
+        self.around(Call::Retoken, |b| b.retoken(fd, old, new, interest))
+    }
+
+    fn reports_each_fd_once(&self) -> bool {
+        self.inner.reports_each_fd_once()
+    }
+
+    fn purge(
+        &mut self,
+        live: &mut dyn Iterator<Item = (RawFd, Token, Interest)>,
+    ) -> io::Result<()> {
+        self.around(Call::Purge, |b| b.purge(live))
+    }
+
+    fn wait(
+        &mut self,
+        events: &mut Vec<(Token, Ready)>,
+        timeout: Option<Duration>,
+    ) -> io::Result<()> {
+        self.hooks.before(Call::Wait)?;
+        let res = self.inner.wait(events, timeout);
+        self.hooks.after(Call::Wait, res, events)
+    }
+}
+
+/// Counts the calls that reach the backend.
 #[derive(Default)]
 pub struct Calls {
     pub add: AtomicUsize,
@@ -238,52 +389,25 @@ impl Calls {
     }
 }
 
-/// A selector of `kind` whose backend calls are counted.
-pub fn counting_selector<T>(kind: BackendKind) -> (Selector<T>, Arc<Calls>) {
-    init_logging();
-    let calls = Arc::new(Calls::default());
-    let backend = Counting {
-        inner: kind.create().expect("create backend"),
-        calls: calls.clone(),
-    };
-    (Selector::from_backend(Box::new(backend)), calls)
+impl Hooks for Arc<Calls> {
+    fn before(&mut self, call: Call) -> io::Result<()> {
+        let counter = match call {
+            Call::Add => &self.add,
+            Call::Modify => &self.modify,
+            Call::Delete => &self.delete,
+            Call::Wait => &self.wait,
+            Call::Retoken | Call::Purge => return Ok(()),
+        };
+        counter.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
 }
 
-impl Backend for Counting {
-    fn name(&self) -> &'static str {
-        self.inner.name()
-    }
-
-    fn add(&mut self, fd: RawFd, token: Token, interest: Interest) -> io::Result<()> {
-        self.calls.add.fetch_add(1, Ordering::SeqCst);
-        self.inner.add(fd, token, interest)
-    }
-
-    fn modify(&mut self, fd: RawFd, token: Token, old: Interest, new: Interest) -> io::Result<()> {
-        self.calls.modify.fetch_add(1, Ordering::SeqCst);
-        self.inner.modify(fd, token, old, new)
-    }
-
-    fn delete(&mut self, fd: RawFd, token: Token, interest: Interest) -> io::Result<()> {
-        self.calls.delete.fetch_add(1, Ordering::SeqCst);
-        self.inner.delete(fd, token, interest)
-    }
-
-    fn wait(
-        &mut self,
-        events: &mut Vec<(Token, Ready)>,
-        timeout: Option<Duration>,
-    ) -> io::Result<()> {
-        self.calls.wait.fetch_add(1, Ordering::SeqCst);
-        self.inner.wait(events, timeout)
-    }
-
-    fn purge(
-        &mut self,
-        live: &mut dyn Iterator<Item = (RawFd, Token, Interest)>,
-    ) -> io::Result<()> {
-        self.inner.purge(live)
-    }
+/// A selector of `kind` whose backend calls are counted.
+pub fn counting_selector<T>(kind: BackendKind) -> (Selector<T>, Arc<Calls>) {
+    let calls = Arc::new(Calls::default());
+    let backend = Hooked::new(kind, calls.clone());
+    (Selector::from_backend(Box::new(backend)), calls)
 }
 
 /// A tiny deterministic PRNG (xorshift64*) for test payloads.
@@ -528,10 +652,26 @@ pub fn open_fds() -> usize {
         .unwrap_or(0)
 }
 
-/// A case count from the environment variable `var`, else `default`.
-pub fn env_cases(var: &str, default: u32) -> u32 {
+/// The environment variable that turns on the long runs (what CI runs):
+/// full fuzz counts, 10,000 connections on every backend, a long soak, a
+/// million timers. Without it `cargo test` takes about three minutes.
+pub const LONG_TESTS_ENV: &str = "MUXLOOP_LONG_TESTS";
+
+/// Whether `MUXLOOP_LONG_TESTS` asks for the long runs.
+pub fn long_tests() -> bool {
+    std::env::var(LONG_TESTS_ENV).is_ok_and(|v| !v.is_empty() && v != "0")
+}
+
+/// `quick` or, with `MUXLOOP_LONG_TESTS`, `long`.
+pub fn quick_or_long<T>(quick: T, long: T) -> T {
+    if long_tests() { long } else { quick }
+}
+
+/// A case count from the environment variable `var`, else `quick` (or
+/// `long` with `MUXLOOP_LONG_TESTS`).
+pub fn env_cases(var: &str, quick: u32, long: u32) -> u32 {
     std::env::var(var)
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
+        .unwrap_or_else(|| quick_or_long(quick, long))
 }
