@@ -1,0 +1,255 @@
+//! The reactor: owns sources, dispatches readiness to callbacks, runs
+//! timers, deferred calls, cross-thread work and signals.
+//!
+//! One file per concept: this one holds the loop's state and how it is
+//! made; [`source`] registering sources and dispatching their readiness;
+//! [`run`] one iteration and running until stopped; [`timers`] timers and
+//! deferred calls; [`handle`] the cross-thread handle; [`signals`] signals.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::io;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::signal::Signals;
+use crate::timer::{TimerId, Timers};
+use crate::waker::Waker;
+use crate::{BackendKind, Events, Interest, Selector, Token};
+
+mod handle;
+mod run;
+mod signals;
+mod source;
+mod timers;
+
+pub use handle::LoopHandle;
+use handle::Remote;
+use source::Dispatch;
+pub use source::{Paused, SourceEvent, SourceId};
+use timers::TimerCallback;
+
+/// What a callback wants done with its registration after it returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PostAction {
+    /// Keep it.
+    Continue,
+    /// Remove it: a source is unregistered and dropped (closing its fd); a
+    /// repeating timer is cancelled.
+    Remove,
+}
+
+/// Counters, readable with [`EventLoop::stats`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LoopStats {
+    /// Loop iterations (one `select` each).
+    pub iterations: u64,
+    /// Source callbacks run.
+    pub events_dispatched: u64,
+    /// Timer callbacks run.
+    pub timers_fired: u64,
+    /// Deferred calls run ([`EventLoop::call_soon`] and
+    /// [`LoopHandle::call_soon`]).
+    pub calls_run: u64,
+    /// Signal callbacks run.
+    pub signals_dispatched: u64,
+    /// Time spent waiting in `select`.
+    pub wait_time: Duration,
+    /// Time spent running callbacks of every kind.
+    pub callback_time: Duration,
+}
+
+type Call<S> = Box<dyn FnOnce(&mut EventLoop<S>, &mut S)>;
+type RemoteCall<S> = Box<dyn FnOnce(&mut EventLoop<S>, &mut S) + Send>;
+type Repeat<S> = Box<dyn FnMut(&mut EventLoop<S>, &mut S) -> PostAction>;
+type SignalCallback<S> = Box<dyn FnMut(&mut EventLoop<S>, &mut S)>;
+type Hook<S> = Box<dyn FnMut(&mut S)>;
+
+/// What the loop's selector keys hold.
+enum Slot<S> {
+    /// A user source.
+    Source(Box<dyn Dispatch<S>>),
+    /// A user source whose callback is running: the callback has it.
+    Running,
+    /// A source handed out by `pause`, whose registration is kept until the
+    /// next wait (or `add`) in case it is resumed before then.
+    Parked,
+    Waker,
+    Signals,
+}
+
+/// A single-threaded reactor: the `for key, mask in sel.select():
+/// key.data(key.fileobj, mask)` loop of Python's `selectors` example, as a
+/// type, plus timers, deferred calls, a thread-safe handle and signals.
+///
+/// `S` is the state every callback gets `&mut` access to, so callbacks need
+/// no `Rc<RefCell<…>>`: pass it to [`run`](EventLoop::run).
+///
+/// # Examples
+///
+/// ```
+/// use muxloop::{EventLoop, Interest, PostAction};
+/// use std::io::{Read, Write};
+/// use std::os::unix::net::UnixStream;
+/// use std::time::Duration;
+///
+/// let (a, mut b) = UnixStream::pair()?;
+/// a.set_nonblocking(true)?;
+/// let mut lp = EventLoop::<Vec<u8>>::new()?;
+/// lp.add(a, Interest::READABLE, |lp, sock, _ev, got| {
+///     let mut buf = [0; 64];
+///     let n = sock.read(&mut buf).unwrap_or(0);
+///     got.extend_from_slice(&buf[..n]);
+///     lp.stop();
+///     PostAction::Continue
+/// })?;
+/// lp.call_later(Duration::from_secs(5), |lp, _| lp.stop()); // a safety net
+/// b.write_all(b"hi")?;
+/// let mut received = Vec::new();
+/// lp.run(&mut received)?;
+/// assert_eq!(received, b"hi");
+/// # Ok::<(), std::io::Error>(())
+/// ```
+pub struct EventLoop<S = ()> {
+    /// Tells this loop's `Paused` values from other loops'.
+    id: u64,
+    selector: Selector<Slot<S>>,
+    /// Tokens of `Slot::Parked` keys (some perhaps resumed or gone since).
+    parked: Vec<Token>,
+    events: Events,
+    timers: Timers<TimerCallback<S>>,
+    /// The repeating timer whose callback runs, and whether it was
+    /// cancelled meanwhile.
+    running_timer: Option<(TimerId, bool)>,
+    soon: VecDeque<Call<S>>,
+    remote: Arc<Remote<S>>,
+    signals: Option<Signals<SignalCallback<S>>>,
+    stopped: bool,
+    /// An iteration is under way (its callbacks may not start another).
+    iterating: bool,
+    /// A callback panicked: the iteration it was in never finished, and
+    /// the source or timer it ran is gone. The loop refuses to run again.
+    poisoned: bool,
+    before_sleep: Option<Hook<S>>,
+    after_wake: Option<Hook<S>>,
+    stats: LoopStats,
+}
+
+impl<S> EventLoop<S> {
+    /// A loop on the default backend (`MUXLOOP_BACKEND`, else the
+    /// platform's best).
+    ///
+    /// # Errors
+    ///
+    /// As [`Selector::new`]; the kernel refusing the wake-up fd.
+    pub fn new() -> io::Result<EventLoop<S>> {
+        Self::with_backend(BackendKind::from_env()?)
+    }
+
+    /// A loop on the given backend.
+    ///
+    /// # Errors
+    ///
+    /// As [`Selector::with_backend`]; the kernel refusing the wake-up fd.
+    pub fn with_backend(kind: BackendKind) -> io::Result<EventLoop<S>> {
+        Self::with_selector(Selector::with_backend(kind)?)
+    }
+
+    /// A loop on a backend of your own, or a wrapper around a built-in one
+    /// (to count or inject calls), as [`Selector::from_backend`] allows.
+    ///
+    /// # Errors
+    ///
+    /// The kernel refusing the wake-up fd; the backend refusing to watch it.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use muxloop::{BackendKind, EventLoop};
+    ///
+    /// let backend = BackendKind::Poll.create()?;
+    /// let lp = EventLoop::<()>::from_backend(backend)?;
+    /// assert_eq!(lp.backend_name(), "poll");
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn from_backend(backend: Box<dyn crate::Backend>) -> io::Result<EventLoop<S>> {
+        Self::with_selector(Selector::from_backend(backend))
+    }
+
+    fn with_selector(mut selector: Selector<Slot<S>>) -> io::Result<EventLoop<S>> {
+        let waker = Waker::new()?;
+        selector.register(waker.fd(), Interest::READABLE, Slot::Waker)?;
+        log::debug!("loop=new backend={}", selector.backend_name());
+        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        Ok(EventLoop {
+            id,
+            selector,
+            parked: Vec::new(),
+            events: Events::with_capacity(256),
+            timers: Timers::new(id),
+            running_timer: None,
+            soon: VecDeque::new(),
+            remote: Arc::new(Remote {
+                queue: Mutex::new(Vec::new()),
+                stop: AtomicBool::new(false),
+                alive: AtomicBool::new(true),
+                waker,
+            }),
+            signals: None,
+            stopped: false,
+            iterating: false,
+            poisoned: false,
+            before_sleep: None,
+            after_wake: None,
+            stats: LoopStats::default(),
+        })
+    }
+
+    /// The backend's name.
+    pub fn backend_name(&self) -> &'static str {
+        self.selector.backend_name()
+    }
+}
+
+impl<S> Drop for EventLoop<S> {
+    fn drop(&mut self) {
+        self.remote.alive.store(false, Ordering::Release);
+        log::debug!("loop=drop");
+    }
+}
+
+impl<S> fmt::Debug for EventLoop<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EventLoop")
+            .field("backend", &self.backend_name())
+            .field("sources", &self.source_count())
+            .field("timers", &self.timers.len())
+            .field("stats", &self.stats)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::net::UnixStream;
+
+    #[test]
+    fn parked_tokens_do_not_pile_up_without_a_wait() {
+        let mut lp = EventLoop::<u32>::with_backend(BackendKind::platform_default()).unwrap();
+        let (a, _b) = UnixStream::pair().unwrap();
+        let mut id = lp
+            .add(a, Interest::READABLE, |_, _, _, _| PostAction::Continue)
+            .unwrap();
+        for _ in 0..10_000 {
+            let paused = lp.pause(id).unwrap();
+            id = lp.resume(paused, Interest::READABLE).unwrap();
+        }
+        assert!(lp.parked.len() <= 64, "{} parked tokens", lp.parked.len());
+    }
+}
+

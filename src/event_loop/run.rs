@@ -1,0 +1,201 @@
+//! Running the loop: one iteration step by step, `run` until stopped.
+
+use std::io;
+use std::time::{Duration, Instant};
+
+use super::{EventLoop, LoopStats};
+
+impl<S> EventLoop<S> {
+    // --- running -------------------------------------------------------------
+
+    /// Sets a hook run just before the loop waits in `select`.
+    pub fn set_before_sleep<F: FnMut(&mut S) + 'static>(&mut self, hook: F) {
+        self.before_sleep = Some(Box::new(hook));
+    }
+
+    /// Sets a hook run just after `select` returns.
+    pub fn set_after_wake<F: FnMut(&mut S) + 'static>(&mut self, hook: F) {
+        self.after_wake = Some(Box::new(hook));
+    }
+
+    /// Counters since the loop was created.
+    pub fn stats(&self) -> LoopStats {
+        self.stats
+    }
+
+    /// Makes [`run`](EventLoop::run) return after the current iteration.
+    /// Called before `run`, it makes the next `run` poll once without
+    /// waiting, run what is ready and due, and return (asyncio's rule).
+    pub fn stop(&mut self) {
+        self.stopped = true;
+    }
+
+    /// Whether [`stop`](EventLoop::stop) was called and `run` has not yet
+    /// returned for it.
+    pub fn is_stopped(&self) -> bool {
+        self.stopped
+    }
+
+    /// Runs iterations until [`stop`](EventLoop::stop) (or
+    /// [`LoopHandle::stop`]). A stop requested before the call makes it run
+    /// one iteration, without waiting, and return.
+    ///
+    /// # Errors
+    ///
+    /// The selector's error; the loop can be run again afterwards.
+    /// `ResourceBusy` if called from one of this loop's callbacks, or after
+    /// a callback panicked, as [`run_once`](EventLoop::run_once).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use muxloop::EventLoop;
+    ///
+    /// let mut lp = EventLoop::<u32>::new()?;
+    /// lp.call_soon(|_, n| *n += 1);
+    /// lp.stop(); // before run: one iteration, then return
+    /// let mut n = 0;
+    /// lp.run(&mut n)?;
+    /// assert_eq!(n, 1);
+    /// assert!(!lp.is_stopped());
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn run(&mut self, state: &mut S) -> io::Result<()> {
+        self.check_runnable()?;
+        log::debug!("loop=run backend={}", self.backend_name());
+        let res = loop {
+            if let Err(e) = self.iterate(None, state) {
+                break Err(e);
+            }
+            if self.stopped {
+                break Ok(());
+            }
+        };
+        self.stopped = false;
+        log::debug!("loop=stopped");
+        res
+    }
+
+    /// Runs one iteration: waits at most `timeout` (less if a timer is due
+    /// or a call is queued; `None` = as long as it takes), then runs what
+    /// became ready, due timers and queued calls.
+    ///
+    /// # Errors
+    ///
+    /// The selector's error; `ResourceBusy` if called from one of this
+    /// loop's callbacks (a nested iteration would dispatch readiness the
+    /// outer one has already collected), or after a callback panicked.
+    ///
+    /// # Panics
+    ///
+    /// A panic in a callback propagates out of the iteration. The loop
+    /// stays memory-safe but not usable: the iteration was left half-done
+    /// and the source or timer whose callback panicked is gone, so later
+    /// calls to `run` and `run_once` return `ResourceBusy` saying so. Drop
+    /// the loop (its sources are closed).
+    pub fn run_once(&mut self, timeout: Option<Duration>, state: &mut S) -> io::Result<()> {
+        self.iterate(timeout, state)
+    }
+
+    fn check_runnable(&self) -> io::Result<()> {
+        if self.poisoned {
+            return Err(io::Error::new(
+                io::ErrorKind::ResourceBusy,
+                "the event loop is unusable: a callback panicked during an earlier iteration, \
+                 which was left half-done; drop the loop",
+            ));
+        }
+        if self.iterating {
+            return Err(io::Error::new(
+                io::ErrorKind::ResourceBusy,
+                "run/run_once called from a callback of the same loop: the loop is already running",
+            ));
+        }
+        Ok(())
+    }
+
+    fn iterate(&mut self, cap: Option<Duration>, state: &mut S) -> io::Result<()> {
+        self.check_runnable()?;
+        self.iterating = true;
+        // The closure only borrows what the loop is poisoned for if it
+        // unwinds: nothing half-updated is used afterwards.
+        let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.iterate_once(cap, state)
+        }));
+        self.iterating = false;
+        match res {
+            Ok(res) => res,
+            Err(panic) => {
+                self.poisoned = true;
+                self.timers.end_pass();
+                std::panic::resume_unwind(panic)
+            }
+        }
+    }
+
+    fn iterate_once(&mut self, cap: Option<Duration>, state: &mut S) -> io::Result<()> {
+        if let Some(hook) = self.before_sleep.as_mut() {
+            hook(state);
+        }
+        // After the hook, which may pause sources too.
+        self.unpark_all();
+        let now = Instant::now();
+        let timeout = if !self.soon.is_empty() || self.stopped {
+            Some(Duration::ZERO)
+        } else {
+            match self.timers.next_deadline() {
+                Some(deadline) => {
+                    let until = deadline.saturating_duration_since(now);
+                    Some(cap.map_or(until, |c| c.min(until)))
+                }
+                None => cap,
+            }
+        };
+        if self.selector.reports_each_fd_once() {
+            // One pass: the records go straight to dispatch, which resolves
+            // and masks them (no merging needed, no `Events` to build).
+            let res = self.selector.select_raw(timeout);
+            let woke = self.woke(now, state);
+            let raw = res?;
+            log::trace!("loop=iterate events={} timeout={timeout:?}", raw.len());
+            for &(token, ready) in &raw {
+                self.dispatch(token, ready, state);
+            }
+            self.selector.restore_raw(raw);
+            self.finish_iteration(woke, state);
+            return Ok(());
+        }
+        let mut events = std::mem::take(&mut self.events);
+        let res = self.selector.select(&mut events, timeout);
+        let woke = self.woke(now, state);
+        if let Err(e) = res {
+            self.events = events;
+            return Err(e);
+        }
+        log::trace!("loop=iterate events={} timeout={timeout:?}", events.len());
+        for ev in events.iter() {
+            self.dispatch(ev.token(), ev.ready(), state);
+        }
+        self.events = events;
+        self.finish_iteration(woke, state);
+        Ok(())
+    }
+
+    /// Accounts the wait that began at `slept` and runs the wake hook.
+    fn woke(&mut self, slept: Instant, state: &mut S) -> Instant {
+        let woke = Instant::now();
+        self.stats.wait_time += woke - slept;
+        if let Some(hook) = self.after_wake.as_mut() {
+            hook(state);
+        }
+        woke
+    }
+
+    /// Timers and queued calls, then the counters.
+    fn finish_iteration(&mut self, woke: Instant, state: &mut S) {
+        self.run_timers(state);
+        self.run_soon(state);
+        self.stats.iterations += 1;
+        self.stats.callback_time += woke.elapsed();
+    }
+}

@@ -1,0 +1,537 @@
+//! Sources: registering, pausing, resuming and removing them, and
+//! dispatching their readiness to their callbacks.
+
+use std::any::Any;
+use std::fmt;
+use std::io;
+use std::marker::PhantomData;
+use std::os::fd::{AsFd, AsRawFd, RawFd};
+
+use super::{EventLoop, PostAction, Slot};
+use crate::{Interest, Ready, Token};
+
+/// Identifies a source registered with [`EventLoop::add`]. The type
+/// parameter is the source's type, so [`EventLoop::remove`] hands back
+/// exactly what was added.
+///
+/// An id belongs to the loop that made it: another loop answers
+/// `NotFound` (or `None`) for it, whatever it holds.
+pub struct SourceId<Src> {
+    token: Token,
+    loop_id: u64,
+    _source: PhantomData<fn() -> Src>,
+}
+
+impl<Src> SourceId<Src> {
+    fn new(token: Token, loop_id: u64) -> SourceId<Src> {
+        SourceId {
+            token,
+            loop_id,
+            _source: PhantomData,
+        }
+    }
+
+    /// The selector token of the registration (unique while it lives).
+    pub fn token(&self) -> Token {
+        self.token
+    }
+}
+
+impl<Src> Clone for SourceId<Src> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<Src> Copy for SourceId<Src> {}
+
+impl<Src> PartialEq for SourceId<Src> {
+    fn eq(&self, other: &Self) -> bool {
+        self.token == other.token && self.loop_id == other.loop_id
+    }
+}
+
+impl<Src> Eq for SourceId<Src> {}
+
+impl<Src> std::hash::Hash for SourceId<Src> {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.token.hash(state);
+        self.loop_id.hash(state);
+    }
+}
+
+impl<Src> fmt::Debug for SourceId<Src> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SourceId({:?})", self.token)
+    }
+}
+
+/// What a source callback is told: which source fired and how.
+pub struct SourceEvent<Src> {
+    id: SourceId<Src>,
+    ready: Ready,
+}
+
+impl<Src> SourceEvent<Src> {
+    /// The source that fired (to modify or remove it).
+    pub fn id(&self) -> SourceId<Src> {
+        self.id
+    }
+
+    /// What is ready, masked by the source's interest.
+    pub fn ready(&self) -> Ready {
+        self.ready
+    }
+
+    /// Shorthand for `ready().is_readable()`.
+    pub fn is_readable(&self) -> bool {
+        self.ready.is_readable()
+    }
+
+    /// Shorthand for `ready().is_writable()`.
+    pub fn is_writable(&self) -> bool {
+        self.ready.is_writable()
+    }
+}
+
+/// A source taken out of its loop by [`EventLoop::pause`], with its
+/// callback: give it to [`EventLoop::resume`] to watch it again, or take
+/// the source back with [`into_source`](Paused::into_source). Dropping it
+/// drops (closes) the source.
+#[must_use = "dropping a Paused drops (closes) its source: resume it, or take it back with into_source"]
+pub struct Paused<S, Src> {
+    fd: RawFd,
+    /// The registration it was paused from, and that registration's loop.
+    token: Token,
+    loop_id: u64,
+    entry: Box<dyn Dispatch<S>>,
+    _source: PhantomData<fn() -> Src>,
+}
+
+impl<S, Src: 'static> Paused<S, Src> {
+    /// The source, without its callback.
+    pub fn into_source(self) -> Src {
+        let mut out: Option<Src> = None;
+        self.entry.take_source(&mut out);
+        out.expect("a Paused<S, Src> holds a source of type Src")
+    }
+}
+
+impl<S, Src> fmt::Debug for Paused<S, Src> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Paused").field("fd", &self.fd).finish()
+    }
+}
+
+/// A registered source with its callback, type-erased.
+pub(super) trait Dispatch<S> {
+    fn dispatch(
+        &mut self,
+        lp: &mut EventLoop<S>,
+        token: Token,
+        ready: Ready,
+        state: &mut S,
+    ) -> PostAction;
+    fn source(&self) -> &dyn Any;
+    fn source_mut(&mut self) -> &mut dyn Any;
+    /// Moves the source into `out`, an `Option<Src>` (left alone if the
+    /// type differs): no allocation, unlike boxing it as `dyn Any`.
+    fn take_source(self: Box<Self>, out: &mut dyn Any);
+}
+
+struct Entry<Src, F> {
+    source: Src,
+    callback: F,
+}
+
+impl<S, Src, F> Dispatch<S> for Entry<Src, F>
+where
+    Src: 'static,
+    F: FnMut(&mut EventLoop<S>, &mut Src, SourceEvent<Src>, &mut S) -> PostAction,
+{
+    fn dispatch(
+        &mut self,
+        lp: &mut EventLoop<S>,
+        token: Token,
+        ready: Ready,
+        state: &mut S,
+    ) -> PostAction {
+        let ev = SourceEvent {
+            id: SourceId::new(token, lp.id),
+            ready,
+        };
+        (self.callback)(lp, &mut self.source, ev, state)
+    }
+
+    fn source(&self) -> &dyn Any {
+        &self.source
+    }
+
+    fn source_mut(&mut self) -> &mut dyn Any {
+        &mut self.source
+    }
+
+    fn take_source(self: Box<Self>, out: &mut dyn Any) {
+        if let Some(slot) = out.downcast_mut::<Option<Src>>() {
+            *slot = Some(self.source);
+        }
+    }
+}
+
+/// `pause` or `remove` of the source whose callback is running.
+fn busy(verb: &str) -> io::Error {
+    let advice = if verb == "pause" {
+        "to stop watching it, pause it once the callback has returned \
+         (EventLoop::call_soon), or change its interest with EventLoop::modify"
+    } else {
+        "return PostAction::Remove, or use EventLoop::discard"
+    };
+    io::Error::new(
+        io::ErrorKind::ResourceBusy,
+        format!(
+            "cannot {verb} the source whose callback is running (the callback holds it): {advice}"
+        ),
+    )
+}
+
+fn unknown_source(token: Token) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::NotFound,
+        format!("source {token:?} is not registered (already removed?)"),
+    )
+}
+
+fn foreign_source(token: Token) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::NotFound,
+        format!("source {token:?} belongs to another event loop"),
+    )
+}
+
+impl<S> EventLoop<S> {
+    // --- sources -------------------------------------------------------------
+
+    /// Registers a non-blocking source (a socket, pipe, mio or std type,
+    /// `OwnedFd` — anything [`AsFd`], which owns its fd) and the callback to
+    /// run when it is ready. The loop owns the source from now on, so it
+    /// cannot be closed while registered; [`remove`](EventLoop::remove)
+    /// hands it back.
+    ///
+    /// The loop relies on the source keeping the same open file while it
+    /// or a [`Paused`] holds it, as every std and mio type does (a raw fd
+    /// number is not a source: wrap it in an `OwnedFd`).
+    ///
+    /// The callback gets the loop (to add, modify or remove sources,
+    /// schedule timers, stop), the source, the [`SourceEvent`] and the
+    /// state, and says with its return value whether to keep the source.
+    ///
+    /// # Errors
+    ///
+    /// As [`Selector::register`] (e.g. `InvalidInput` for an fd the select
+    /// backend cannot watch). On error the source is dropped, which closes
+    /// it.
+    pub fn add<Src, F>(
+        &mut self,
+        source: Src,
+        interest: Interest,
+        callback: F,
+    ) -> io::Result<SourceId<Src>>
+    where
+        Src: AsFd + 'static,
+        F: FnMut(&mut EventLoop<S>, &mut Src, SourceEvent<Src>, &mut S) -> PostAction + 'static,
+    {
+        let fd = source.as_fd().as_raw_fd();
+        let entry: Box<dyn Dispatch<S>> = Box::new(Entry { source, callback });
+        let token = self.register(fd, interest, Slot::Source(entry))?;
+        log::trace!("loop=add fd={fd} interest={interest:?}");
+        Ok(SourceId::new(token, self.id))
+    }
+
+    /// The token of one of this loop's ids.
+    fn own<Src>(&self, id: SourceId<Src>) -> io::Result<Token> {
+        if id.loop_id == self.id {
+            Ok(id.token)
+        } else {
+            Err(foreign_source(id.token))
+        }
+    }
+
+    /// Registers with the selector, after dropping the registrations of
+    /// paused sources: one of them may have been closed since, and `fd`
+    /// be its number reused.
+    pub(super) fn register(&mut self, fd: RawFd, interest: Interest, slot: Slot<S>) -> io::Result<Token> {
+        self.unpark_all();
+        Ok(self.selector.register(fd, interest, slot)?.token())
+    }
+
+    /// Unregisters the keys of sources paused and not resumed since.
+    pub(super) fn unpark_all(&mut self) {
+        for i in 0..self.parked.len() {
+            self.unpark(self.parked[i]);
+        }
+        self.parked.clear();
+    }
+
+    /// Unregisters the key of a paused source, if it is still parked.
+    fn unpark(&mut self, token: Token) {
+        if let Some(key) = self.selector.key_by_token(token) {
+            if matches!(key.data(), Slot::Parked) {
+                let fd = key.fd();
+                log::trace!("loop=unpark fd={fd}");
+                let _ = self.selector.unregister(fd);
+            }
+        }
+    }
+
+    fn source_fd(&self, token: Token) -> io::Result<RawFd> {
+        match self.selector.key_by_token(token) {
+            Some(key) if matches!(key.data(), Slot::Source(_) | Slot::Running) => Ok(key.fd()),
+            _ => Err(unknown_source(token)),
+        }
+    }
+
+    /// Changes what a source waits for. Allowed inside any callback,
+    /// including the source's own.
+    ///
+    /// # Errors
+    ///
+    /// `NotFound` if the source was removed; as [`Selector::modify`].
+    pub fn modify<Src>(&mut self, id: SourceId<Src>, interest: Interest) -> io::Result<()> {
+        let fd = self.source_fd(self.own(id)?)?;
+        self.selector.set_interest(fd, interest)?;
+        Ok(())
+    }
+
+    /// The interest a source is registered with.
+    pub fn interest<Src>(&self, id: SourceId<Src>) -> Option<Interest> {
+        let token = self.own(id).ok()?;
+        self.source_fd(token).ok()?;
+        self.selector.key_by_token(token).map(|k| k.interest())
+    }
+
+    /// Unregisters a source and hands it back. Takes effect at once: no
+    /// event collected earlier in this iteration reaches it, nor a new
+    /// source that reuses its fd number.
+    ///
+    /// # Errors
+    ///
+    /// `NotFound` if already removed; `ResourceBusy` for the source whose
+    /// callback is running (it holds the source: return
+    /// [`PostAction::Remove`] or call [`discard`](EventLoop::discard)).
+    pub fn remove<Src: 'static>(&mut self, id: SourceId<Src>) -> io::Result<Src> {
+        let paused = self.take(id, "remove")?;
+        self.unpark(paused.token);
+        Ok(paused.into_source())
+    }
+
+    /// Unregisters a source and drops it (closing its fd). Works for any
+    /// source, including the one whose callback is running: it is
+    /// unregistered at once and dropped when its callback returns.
+    ///
+    /// # Errors
+    ///
+    /// `NotFound` if already removed.
+    pub fn discard<Src>(&mut self, id: SourceId<Src>) -> io::Result<()> {
+        let fd = self.source_fd(self.own(id)?)?;
+        drop(self.selector.unregister(fd)?);
+        log::trace!("loop=discard fd={fd}");
+        Ok(())
+    }
+
+    /// Stops watching a source but keeps it and its callback, ready to
+    /// [`resume`](EventLoop::resume): libev's stopped watcher. Use it to
+    /// stop reading a connection for a while (backpressure) or to re-arm a
+    /// watcher without dropping and re-creating its callback. Takes effect
+    /// at once, like [`remove`](EventLoop::remove): no event collected
+    /// earlier reaches it, and the old id is dead.
+    ///
+    /// The kernel registration itself is dropped only before the loop next
+    /// waits (or adds a source). A source resumed before then needs no
+    /// system call: it owns its fd, so the fd cannot have been closed or
+    /// reused in between, and the registration is simply handed a new token.
+    /// A stop-and-start of a watcher within one iteration is therefore
+    /// free, where libev's `ev_io_stop` + `ev_io_start` costs one
+    /// `epoll_ctl`.
+    ///
+    /// # Errors
+    ///
+    /// As [`remove`](EventLoop::remove).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use muxloop::{EventLoop, Interest, PostAction};
+    /// use std::os::unix::net::UnixStream;
+    ///
+    /// let (a, _b) = UnixStream::pair()?;
+    /// let mut lp = EventLoop::<u32>::new()?;
+    /// let id = lp.add(a, Interest::READABLE, |_, _, _, n| {
+    ///     *n += 1;
+    ///     PostAction::Continue
+    /// })?;
+    /// let paused = lp.pause(id)?;
+    /// assert_eq!(lp.source_count(), 0);
+    /// let id = lp.resume(paused, Interest::WRITABLE)?; // same callback
+    /// let mut n = 0;
+    /// lp.run_once(Some(std::time::Duration::from_secs(1)), &mut n)?;
+    /// assert_eq!(n, 1);
+    /// assert!(lp.remove(id).is_ok());
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn pause<Src: 'static>(&mut self, id: SourceId<Src>) -> io::Result<Paused<S, Src>> {
+        self.take(id, "pause")
+    }
+
+    /// Parks a source's key and hands out the source: `pause`, and the
+    /// first half of `remove` (`verb` names which, for the error).
+    fn take<Src: 'static>(&mut self, id: SourceId<Src>, verb: &str) -> io::Result<Paused<S, Src>> {
+        let token = self.own(id)?;
+        let Some(key) = self.selector.key_by_token_mut(token) else {
+            return Err(unknown_source(token));
+        };
+        let fd = key.fd();
+        let entry = match key.data_mut() {
+            Slot::Source(_) => match std::mem::replace(key.data_mut(), Slot::Parked) {
+                Slot::Source(entry) => entry,
+                _ => unreachable!("matched above"),
+            },
+            Slot::Running => return Err(busy(verb)),
+            _ => return Err(unknown_source(token)),
+        };
+        // Tokens of keys resumed or unregistered since stay in the list
+        // until the next wait; keep it from growing without bound when the
+        // loop is not run.
+        if self.parked.len() >= 64 && self.parked.len() >= 2 * self.selector.len() {
+            let selector = &self.selector;
+            self.parked.retain(|&t| {
+                selector
+                    .key_by_token(t)
+                    .is_some_and(|k| matches!(k.data(), Slot::Parked))
+            });
+        }
+        self.parked.push(token);
+        log::trace!("loop={verb} fd={fd}");
+        Ok(Paused {
+            fd,
+            token,
+            loop_id: self.id,
+            entry,
+            _source: PhantomData,
+        })
+    }
+
+    /// Watches a paused source again, with its callback, for `interest`.
+    /// Returns its new id. It may be resumed in another loop with the same
+    /// state type.
+    ///
+    /// # Errors
+    ///
+    /// As [`add`](EventLoop::add); on error the source is dropped.
+    pub fn resume<Src>(
+        &mut self,
+        paused: Paused<S, Src>,
+        interest: Interest,
+    ) -> io::Result<SourceId<Src>> {
+        let Paused {
+            fd,
+            token,
+            loop_id,
+            entry,
+            ..
+        } = paused;
+        let parked = loop_id == self.id
+            && self
+                .selector
+                .key_by_token(token)
+                .is_some_and(|k| k.fd() == fd && matches!(k.data(), Slot::Parked));
+        if !parked {
+            let token = self.register(fd, interest, Slot::Source(entry))?;
+            log::trace!("loop=resume fd={fd} interest={interest:?}");
+            return Ok(SourceId::new(token, self.id));
+        }
+        // Still registered: retire the old token (events collected under it
+        // must not reach the resumed source), keep the kernel registration.
+        let key = self.selector.renew(token, interest)?;
+        let token = key.token();
+        *key.data_mut() = Slot::Source(entry);
+        log::trace!("loop=resume fd={fd} interest={interest:?} kept");
+        Ok(SourceId::new(token, self.id))
+    }
+
+    /// The source, unless removed or running its callback (which has it).
+    pub fn source<Src: 'static>(&self, id: SourceId<Src>) -> Option<&Src> {
+        match self.selector.key_by_token(self.own(id).ok()?)?.data() {
+            Slot::Source(entry) => entry.source().downcast_ref(),
+            _ => None,
+        }
+    }
+
+    /// The source, mutably; as [`source`](EventLoop::source).
+    pub fn source_mut<Src: 'static>(&mut self, id: SourceId<Src>) -> Option<&mut Src> {
+        let token = self.own(id).ok()?;
+        match self.selector.key_by_token_mut(token)?.data_mut() {
+            Slot::Source(entry) => entry.source_mut().downcast_mut(),
+            _ => None,
+        }
+    }
+
+    /// How many sources are registered (the loop's own wake-up and signal
+    /// fds not counted).
+    pub fn source_count(&self) -> usize {
+        self.selector
+            .keys()
+            .filter(|k| matches!(k.data(), Slot::Source(_) | Slot::Running))
+            .count()
+    }
+
+
+    // Inlined into both dispatch loops: called once per event, it is the
+    // hottest path of the loop.
+    #[inline(always)]
+    pub(super) fn dispatch(&mut self, token: Token, ready: Ready, state: &mut S) {
+        // Gone already: removed by an earlier callback of this iteration.
+        let Some(key) = self.selector.key_by_token_mut(token) else {
+            return;
+        };
+        // Raw records are not masked yet (masking twice is harmless).
+        let ready = ready.masked(key.interest());
+        if ready.is_empty() {
+            return;
+        }
+        let slot = key.data_mut();
+        if !matches!(slot, Slot::Source(_)) {
+            // The loop's own fds, or a source paused earlier in this pass.
+            // (`Running` cannot occur: a pass has one record per source,
+            // and passes do not nest.)
+            return self.dispatch_own(token, state);
+        }
+        let Slot::Source(mut entry) = std::mem::replace(slot, Slot::Running) else {
+            unreachable!("matched above");
+        };
+        self.stats.events_dispatched += 1;
+        let action = entry.dispatch(self, token, ready, state);
+        if let Some(key) = self.selector.key_by_token_mut(token) {
+            if action == PostAction::Continue {
+                if let slot @ Slot::Running = key.data_mut() {
+                    *slot = Slot::Source(entry);
+                }
+                return;
+            }
+            let fd = key.fd();
+            log::trace!("loop=remove fd={fd} by=callback");
+            let _ = self.selector.unregister(fd);
+        }
+        // Otherwise discarded by its own callback: dropped here.
+    }
+
+    /// The loop's own keys: the wake-up fd and the signal pipe.
+    #[cold]
+    fn dispatch_own(&mut self, token: Token, state: &mut S) {
+        match self.selector.key_by_token(token).map(|k| k.data()) {
+            Some(Slot::Waker) => self.run_remote(state),
+            Some(Slot::Signals) => self.run_signals(state),
+            _ => {}
+        }
+    }
+
+}
