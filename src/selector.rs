@@ -35,6 +35,9 @@ pub struct SelectorKey<T> {
     interest: Interest,
     token: Token,
     data: T,
+    /// Kept with its token and interest, but not given to the backend
+    /// (the event loop's disabled sources).
+    suspended: bool,
 }
 
 impl<T> SelectorKey<T> {
@@ -61,6 +64,11 @@ impl<T> SelectorKey<T> {
     /// The user data, mutably.
     pub fn data_mut(&mut self) -> &mut T {
         &mut self.data
+    }
+
+    /// Whether the registration is suspended: kept, but not watched.
+    pub(crate) fn is_suspended(&self) -> bool {
+        self.suspended
     }
 
     /// Consumes the key, returning the user data.
@@ -321,6 +329,7 @@ impl<T> Selector<T> {
                 interest,
                 token,
                 data,
+                suspended: false,
             },
             round: 0,
             pos: 0,
@@ -366,6 +375,10 @@ impl<T> Selector<T> {
             (key.token, key.interest)
         };
         let name = self.name;
+        if self.slots[index].key.suspended {
+            log::trace!("selector=unregister backend={name} fd={fd} suspended");
+            return Ok(self.forget(index));
+        }
         match self.backend()?.delete(fd, token, interest) {
             Ok(()) => log::trace!("selector=unregister backend={name} fd={fd}"),
             Err(e) if matches!(e.raw_os_error(), Some(libc::EBADF | libc::ENOENT)) => {
@@ -402,8 +415,17 @@ impl<T> Selector<T> {
         let new = Token::new(index, generation);
         let name = self.name;
         let backend = self.backend.as_mut().ok_or_else(closed_error)?;
-        let mut res = backend.retoken(fd, token, new, old);
-        if res.is_ok() {
+        let suspended = self.slots[index].key.suspended;
+        let mut res = if suspended {
+            // Not in the backend: watched anew, under the new token.
+            backend.add(fd, new, interest).map(|()| {
+                self.slots[index].key.suspended = false;
+                self.slots[index].key.token = new;
+            })
+        } else {
+            backend.retoken(fd, token, new, old)
+        };
+        if res.is_ok() && !suspended {
             // From here on the backend knows the fd by the new token.
             self.slots[index].key.token = new;
             if interest != old {
@@ -422,6 +444,51 @@ impl<T> Selector<T> {
                 Err(e)
             }
         }
+    }
+
+    /// Stops giving a registration to the backend while keeping its key,
+    /// token and interest: the fd is no longer watched, and nothing about
+    /// it changes for the selector's users. For an fd whose open file is
+    /// known not to change meanwhile (the event loop's sources own theirs).
+    pub(crate) fn suspend(&mut self, token: Token) -> io::Result<()> {
+        let index = token.index();
+        let (fd, interest) = match self.slots.get(index) {
+            Some(slot) if slot.key.token == token => (slot.key.fd, slot.key.interest),
+            _ => return Err(not_found_token(token)),
+        };
+        if self.slots[index].key.suspended {
+            return Ok(());
+        }
+        let name = self.name;
+        match self.backend()?.delete(fd, token, interest) {
+            Ok(()) => {}
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EBADF | libc::ENOENT)) => {}
+            Err(e) => log::warn!("selector=suspend backend={name} fd={fd} kernel error ignored: {e}"),
+        }
+        log::trace!("selector=suspend backend={name} fd={fd}");
+        self.slots[index].key.suspended = true;
+        Ok(())
+    }
+
+    /// Watches a registration again, for `interest` (modifies it if it was
+    /// not suspended). On error it stays suspended, with its old interest.
+    pub(crate) fn unsuspend(&mut self, token: Token, interest: Interest) -> io::Result<()> {
+        let index = token.index();
+        let fd = match self.slots.get(index) {
+            Some(slot) if slot.key.token == token => slot.key.fd,
+            _ => return Err(not_found_token(token)),
+        };
+        if !self.slots[index].key.suspended {
+            self.modify_interest(fd, interest)?;
+            return Ok(());
+        }
+        let name = self.name;
+        self.backend()?.add(fd, token, interest)?;
+        log::trace!("selector=unsuspend backend={name} fd={fd} interest={interest:?}");
+        let slot = &mut self.slots[index];
+        slot.key.suspended = false;
+        slot.key.interest = interest;
+        Ok(())
     }
 
     /// Removes slot `index` from the maps and retires its token.
@@ -508,7 +575,9 @@ impl<T> Selector<T> {
             let key = &self.slots[index].key;
             (key.token, key.interest)
         };
-        if old != interest {
+        if old != interest && self.slots[index].key.suspended {
+            self.slots[index].key.interest = interest;
+        } else if old != interest {
             let name = self.name;
             self.backend()?.modify(fd, token, old, interest)?;
             log::trace!("selector=modify backend={name} fd={fd} interest={interest:?}");
@@ -734,6 +803,7 @@ impl<T> Selector<T> {
                 let mut live = self
                     .slots
                     .iter()
+                    .filter(|(_, s)| !s.key.suspended)
                     .map(|(_, s)| (s.key.fd, s.key.token, s.key.interest));
                 if let Err(e) = backend.purge(&mut live) {
                     log::warn!("selector=select backend={} purge failed: {e}", self.name);

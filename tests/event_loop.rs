@@ -646,6 +646,94 @@ mod cases {
         assert!(lp.cancel(fallback));
     }
 
+    pub fn disable_keeps_the_id_and_stops_events_until_enable(kind: BackendKind) {
+        let (a, _ab) = pair();
+        let mut lp = new_loop::<u32>(kind);
+        // Always writable: it would fire every iteration.
+        let id = lp
+            .add(a, Interest::WRITABLE, |lp, _, ev, n| {
+                *n += 1;
+                lp.disable(ev.id()).unwrap();
+                lp.disable(ev.id()).unwrap(); // twice is fine
+                PostAction::Continue
+            })
+            .unwrap();
+        let mut n = 0;
+        for _ in 0..3 {
+            lp.run_once(Some(Duration::from_millis(5)), &mut n).unwrap();
+        }
+        assert_eq!(n, 1);
+        assert!(lp.is_disabled(id));
+        assert_eq!(lp.source_count(), 1, "still registered");
+        // Interest changes while disabled are kept for enable.
+        lp.modify(id, Interest::BOTH).unwrap();
+        assert_eq!(lp.interest(id), Some(Interest::BOTH));
+        lp.run_once(Some(Duration::from_millis(5)), &mut n).unwrap();
+        assert_eq!(n, 1);
+        lp.enable(id, Interest::WRITABLE).unwrap();
+        assert!(!lp.is_disabled(id));
+        lp.run_once(Some(Duration::from_secs(1)), &mut n).unwrap();
+        assert_eq!(n, 2);
+        // A disabled source can be paused and resumed (watched again), and
+        // removed.
+        lp.disable(id).unwrap();
+        let paused = lp.pause(id).unwrap();
+        lp.run_once(Some(Duration::ZERO), &mut n).unwrap();
+        let id = lp.resume(paused, Interest::WRITABLE).unwrap();
+        lp.run_once(Some(Duration::from_secs(1)), &mut n).unwrap();
+        assert_eq!(n, 3);
+        lp.disable(id).unwrap();
+        let _a: UnixStream = lp.remove(id).unwrap();
+        assert_eq!(lp.source_count(), 0);
+    }
+
+    pub fn disabling_another_source_drops_its_collected_event(kind: BackendKind) {
+        let (mut lp, log, _peers) = two_ready_sources(kind, |lp, other| {
+            lp.disable(*other).unwrap();
+        });
+        assert_eq!(log.len(), 1, "{log:?}");
+        assert_eq!(lp.source_count(), 2);
+        // Both stay registered; the disabled one is silent.
+        let mut log = log;
+        lp.run_once(Some(Duration::from_millis(20)), &mut log)
+            .unwrap();
+        assert_eq!(log.len(), 1, "{log:?}");
+    }
+
+    pub fn with_source_lends_a_source_and_the_loop(kind: BackendKind) {
+        let (a, mut peer) = pair();
+        let (c, _cd) = pair();
+        let mut lp = new_loop::<()>(kind);
+        let id = lp
+            .add(a, Interest::READABLE, |_, _, _, _| PostAction::Continue)
+            .unwrap();
+        let other = lp
+            .add(c, Interest::READABLE, |_, _, _, _| PostAction::Continue)
+            .unwrap();
+        let res = lp.with_source(id, |lp, sock| {
+            sock.write_all(b"hi").unwrap();
+            // Lent already: not again; the other one is available.
+            assert!(lp.with_source(id, |_, _| ()).is_none());
+            assert!(lp.source(id).is_none());
+            assert!(lp.with_source(other, |_, _| ()).is_some());
+            assert_eq!(
+                lp.remove(id).map(drop).unwrap_err().kind(),
+                std::io::ErrorKind::ResourceBusy
+            );
+            lp.modify(id, Interest::BOTH).unwrap();
+            7
+        });
+        assert_eq!(res, Some(7));
+        assert_eq!(lp.interest(id), Some(Interest::BOTH));
+        assert!(lp.source(id).is_some(), "put back");
+        let mut got = [0; 2];
+        peer.read_exact(&mut got).unwrap();
+        // Discarded while lent: dropped when `f` returns.
+        lp.with_source(other, |lp, _| lp.discard(other).unwrap());
+        assert_eq!(lp.source_count(), 1);
+        assert!(lp.with_source(other, |_, _| ()).is_none());
+    }
+
     pub fn ids_of_another_loop_are_refused(kind: BackendKind) {
         let (a, _ab) = pair();
         let (c, _cd) = pair();
@@ -974,6 +1062,9 @@ per_backend!(
     a_late_drift_free_ticker_does_not_starve_io,
     stop_before_run_runs_one_iteration,
     ids_of_another_loop_are_refused,
+    disable_keeps_the_id_and_stops_events_until_enable,
+    disabling_another_source_drops_its_collected_event,
+    with_source_lends_a_source_and_the_loop,
     running_the_loop_from_its_own_callback_is_refused,
     reset_timer_postpones_without_firing_early,
     timer_never_fires_early,

@@ -475,6 +475,138 @@ impl<S> EventLoop<S> {
         }
     }
 
+    /// Stops watching a source but keeps it registered, with its callback
+    /// and its id: the source is not polled, no event reaches it (not even
+    /// one collected earlier in this iteration), and every method taking
+    /// its id keeps working. [`enable`](EventLoop::enable) watches it
+    /// again. Unlike [`pause`](EventLoop::pause) it works from the
+    /// source's own callback and the id stays valid, which is what a
+    /// connection needs that has nothing to read or write for a while
+    /// (reading paused, output flushed), since an [`Interest`] is never
+    /// empty. Disabling a disabled source does nothing; [`modify`]
+    /// records the interest for `enable` without watching it.
+    ///
+    /// [`modify`]: EventLoop::modify
+    ///
+    /// # Errors
+    ///
+    /// `NotFound` if the source was removed or belongs to another loop.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use muxloop::{EventLoop, Interest, PostAction};
+    /// use std::os::unix::net::UnixStream;
+    /// use std::time::Duration;
+    ///
+    /// let (a, _b) = UnixStream::pair()?;
+    /// let mut lp = EventLoop::<u32>::new()?;
+    /// // Always writable: disabled by its own first callback.
+    /// let id = lp.add(a, Interest::WRITABLE, |lp, _, ev, n| {
+    ///     *n += 1;
+    ///     lp.disable(ev.id()).unwrap();
+    ///     PostAction::Continue
+    /// })?;
+    /// let mut n = 0;
+    /// for _ in 0..3 {
+    ///     lp.run_once(Some(Duration::from_millis(10)), &mut n)?;
+    /// }
+    /// assert_eq!(n, 1);
+    /// assert!(lp.is_disabled(id));
+    /// lp.enable(id, Interest::WRITABLE)?; // the same id
+    /// lp.run_once(Some(Duration::from_secs(1)), &mut n)?;
+    /// assert_eq!(n, 2);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn disable<Src>(&mut self, id: SourceId<Src>) -> io::Result<()> {
+        let token = self.own(id)?;
+        self.source_fd(token)?;
+        self.selector.suspend(token)
+    }
+
+    /// Watches a source again after [`disable`](EventLoop::disable), for
+    /// `interest`; on a source that is not disabled, the same as
+    /// [`modify`](EventLoop::modify).
+    ///
+    /// # Errors
+    ///
+    /// `NotFound` if the source was removed or belongs to another loop; the
+    /// kernel's error (the source then stays disabled).
+    pub fn enable<Src>(&mut self, id: SourceId<Src>, interest: Interest) -> io::Result<()> {
+        let token = self.own(id)?;
+        self.source_fd(token)?;
+        self.selector.unsuspend(token, interest)
+    }
+
+    /// Whether a source is disabled (false if it is not registered).
+    pub fn is_disabled<Src>(&self, id: SourceId<Src>) -> bool {
+        let Ok(token) = self.own(id) else {
+            return false;
+        };
+        self.source_fd(token).is_ok()
+            && self
+                .selector
+                .key_by_token(token)
+                .is_some_and(|k| k.is_suspended())
+    }
+
+    /// Lends a source to `f` together with the loop, so that `f` can act
+    /// on both: write to another connection and change what it waits for,
+    /// schedule timers for it, look at a third. (`source_mut` lends the
+    /// source alone, borrowing the loop.) Returns `f`'s result, or `None`
+    /// if the source is not registered here, or is already lent: to its
+    /// own running callback, or by an enclosing `with_source`.
+    ///
+    /// While lent the source is registered as usual; `f` may
+    /// [`discard`](EventLoop::discard) it (it is dropped when `f` returns),
+    /// but not `remove` or `pause` it (`ResourceBusy`).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use muxloop::{EventLoop, Interest, PostAction};
+    /// use std::io::{Read, Write};
+    /// use std::os::unix::net::UnixStream;
+    ///
+    /// let (a, mut peer) = UnixStream::pair()?;
+    /// let mut lp = EventLoop::<()>::new()?;
+    /// let id = lp.add(a, Interest::READABLE, |_, _, _, _| PostAction::Continue)?;
+    /// let wrote = lp.with_source(id, |lp, sock| {
+    ///     sock.write_all(b"hello")?;
+    ///     lp.modify(id, Interest::BOTH) // the loop, too
+    /// });
+    /// assert!(matches!(wrote, Some(Ok(()))));
+    /// let mut got = [0; 5];
+    /// peer.read_exact(&mut got)?;
+    /// assert_eq!(&got, b"hello");
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn with_source<Src: 'static, R>(
+        &mut self,
+        id: SourceId<Src>,
+        f: impl FnOnce(&mut EventLoop<S>, &mut Src) -> R,
+    ) -> Option<R> {
+        let token = self.own(id).ok()?;
+        let slot = self.selector.key_by_token_mut(token)?.data_mut();
+        if !matches!(slot, Slot::Source(_)) {
+            return None;
+        }
+        let Slot::Source(mut entry) = std::mem::replace(slot, Slot::Running) else {
+            unreachable!("matched above");
+        };
+        let res = match entry.source_mut().downcast_mut::<Src>() {
+            Some(src) => Some(f(self, src)),
+            None => None,
+        };
+        if let Some(key) = self.selector.key_by_token_mut(token) {
+            if let slot @ Slot::Running = key.data_mut() {
+                *slot = Slot::Source(entry);
+            }
+        }
+        // Otherwise discarded by `f`: dropped here.
+        res
+    }
+
     /// How many sources are registered (the loop's own wake-up and signal
     /// fds not counted).
     pub fn source_count(&self) -> usize {
@@ -495,7 +627,8 @@ impl<S> EventLoop<S> {
         };
         // Raw records are not masked yet (masking twice is harmless).
         let ready = ready.masked(key.interest());
-        if ready.is_empty() {
+        // Disabled by an earlier callback of this pass: its event is stale.
+        if ready.is_empty() || key.is_suspended() {
             return;
         }
         let slot = key.data_mut();
