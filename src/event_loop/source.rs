@@ -594,10 +594,7 @@ impl<S> EventLoop<S> {
         let Slot::Source(mut entry) = std::mem::replace(slot, Slot::Running) else {
             unreachable!("matched above");
         };
-        let res = match entry.source_mut().downcast_mut::<Src>() {
-            Some(src) => Some(f(self, src)),
-            None => None,
-        };
+        let res = entry.source_mut().downcast_mut::<Src>().map(|src| f(self, src));
         if let Some(key) = self.selector.key_by_token_mut(token) {
             if let slot @ Slot::Running = key.data_mut() {
                 *slot = Slot::Source(entry);
