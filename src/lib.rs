@@ -29,6 +29,7 @@ unix_only! {
     mod ready;
     mod selector;
     mod signal;
+    pub mod stream;
     mod sys;
     mod timer;
     mod token;

@@ -237,6 +237,11 @@ impl<C> Timers<C> {
             .map(|_| index)
     }
 
+    /// Whether a timer is scheduled (not fired, cancelled or running).
+    pub(crate) fn is_pending(&self, id: TimerId) -> bool {
+        self.scheduled(id).is_some()
+    }
+
     /// Unschedules a pending timer and frees its slot. False if it already
     /// fired or was cancelled.
     pub(crate) fn cancel(&mut self, id: TimerId) -> bool {

@@ -85,6 +85,12 @@ impl<S> EventLoop<S> {
         self.timers.reset(id, at)
     }
 
+    /// Whether a timer is pending: scheduled, and neither fired, cancelled
+    /// nor running its callback.
+    pub fn is_pending(&self, id: TimerId) -> bool {
+        self.timers.is_pending(id)
+    }
+
     /// How many timers are pending.
     pub fn timer_count(&self) -> usize {
         self.timers.len()

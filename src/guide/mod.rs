@@ -7,6 +7,7 @@
 //! | [`architecture`] | the layers, one `select` step by step, who owns what |
 //! | [`backends`] | each backend's system calls, cost, limits and quirks |
 //! | [`event_loop`] | one loop iteration, ownership, what callbacks may do |
+//! | [`streams`] | protocols and transports: callback order, flow control, servers |
 //! | [`writing_a_backend`] | the [`Backend`](crate::Backend) contract |
 //! | [`reliability`] | model-based fuzzing, fault injection, scale, soak |
 //! | [`benchmarks`] | select vs poll vs epoll vs mio, muxloop vs libev and others |
@@ -26,6 +27,10 @@ pub mod backends {}
 #[doc = include_str!("links.md")]
 #[doc = include_str!("../../docs/event-loop.md")]
 pub mod event_loop {}
+
+#[doc = include_str!("links.md")]
+#[doc = include_str!("../../docs/streams.md")]
+pub mod streams {}
 
 #[doc = include_str!("links.md")]
 #[doc = include_str!("../../docs/writing-a-backend.md")]

@@ -1,0 +1,119 @@
+//! What a transport reads and writes: a connected stream socket.
+
+use std::any::Any;
+use std::fmt;
+use std::io::{self, IoSlice, Read};
+use std::net::{Shutdown, TcpStream};
+use std::os::fd::{AsFd, AsRawFd};
+use std::os::unix::net::UnixStream;
+
+use crate::sys;
+
+/// A socket address: IPv4/IPv6 or Unix-domain.
+#[derive(Clone, Debug)]
+pub enum Addr {
+    /// A TCP peer or local address.
+    Inet(std::net::SocketAddr),
+    /// A Unix-domain address (often unnamed for a client).
+    Unix(std::os::unix::net::SocketAddr),
+}
+
+impl Addr {
+    /// The IP address and port, for TCP.
+    pub fn as_inet(&self) -> Option<std::net::SocketAddr> {
+        match self {
+            Addr::Inet(a) => Some(*a),
+            Addr::Unix(_) => None,
+        }
+    }
+}
+
+impl fmt::Display for Addr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Addr::Inet(a) => write!(f, "{a}"),
+            Addr::Unix(a) => match a.as_pathname() {
+                Some(p) => write!(f, "{}", p.display()),
+                None => f.write_str("(unnamed)"),
+            },
+        }
+    }
+}
+
+/// A connected, non-blocking stream socket a [`Transport`] drives:
+/// implemented for [`TcpStream`] and [`UnixStream`]. Implement it to wrap
+/// one (to count or inject faults, say) and give it to
+/// [`attach`](super::attach).
+///
+/// Writes must not raise `SIGPIPE` (the implementations here send with
+/// `MSG_NOSIGNAL`, or set `SO_NOSIGPIPE` where that flag does not exist).
+///
+/// [`Transport`]: super::Transport
+pub trait StreamSocket: AsFd + 'static {
+    /// Reads what is there, as `read(2)`.
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize>;
+    /// Writes what fits, as `writev(2)`.
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize>;
+    /// Shuts the writing side down (the peer reads EOF).
+    fn shutdown_write(&mut self) -> io::Result<()>;
+    /// The peer's address.
+    fn peer_addr(&self) -> io::Result<Addr>;
+    /// The local address.
+    fn local_addr(&self) -> io::Result<Addr>;
+    /// The socket itself, to downcast (see [`Transport::socket`]).
+    ///
+    /// [`Transport::socket`]: super::Transport::socket
+    fn as_any(&self) -> &dyn Any;
+}
+
+impl StreamSocket for TcpStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        Read::read(self, buf)
+    }
+
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        sys::send_vectored(self.as_raw_fd(), bufs)
+    }
+
+    fn shutdown_write(&mut self) -> io::Result<()> {
+        self.shutdown(Shutdown::Write)
+    }
+
+    fn peer_addr(&self) -> io::Result<Addr> {
+        TcpStream::peer_addr(self).map(Addr::Inet)
+    }
+
+    fn local_addr(&self) -> io::Result<Addr> {
+        TcpStream::local_addr(self).map(Addr::Inet)
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
+impl StreamSocket for UnixStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        Read::read(self, buf)
+    }
+
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        sys::send_vectored(self.as_raw_fd(), bufs)
+    }
+
+    fn shutdown_write(&mut self) -> io::Result<()> {
+        self.shutdown(Shutdown::Write)
+    }
+
+    fn peer_addr(&self) -> io::Result<Addr> {
+        UnixStream::peer_addr(self).map(Addr::Unix)
+    }
+
+    fn local_addr(&self) -> io::Result<Addr> {
+        UnixStream::local_addr(self).map(Addr::Unix)
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
