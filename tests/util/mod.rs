@@ -199,6 +199,18 @@ pub fn own_rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
+/// Another process's resident set size, in KiB (0 where /proc is missing).
+pub fn proc_rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
 /// A duplicate of `fd` numbered at least `min`.
 pub fn dup_at_least(fd: RawFd, min: RawFd) -> OwnedFd {
     // SAFETY: F_DUPFD_CLOEXEC creates a new descriptor and touches no memory.
