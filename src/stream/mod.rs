@@ -96,7 +96,7 @@ pub use client::{Endpoint, connect};
 pub use protocol::Protocol;
 pub use server::{Listener, ServeOptions, Server, serve};
 pub use socket::{Addr, StreamSocket};
-pub use transport::{ConnId, Transport, abort, attach, close, send};
+pub use transport::{ConnId, Transport, abort, attach, close, send, with_transport};
 
 /// asyncio's defaults: writing pauses above 64 KiB buffered and resumes at
 /// 16 KiB.

@@ -25,6 +25,11 @@ use crate::{EventLoop, Interest, PostAction, SourceEvent, SourceId, TimerId};
 /// At most this much is read per readiness event.
 const READ_SIZE: usize = 64 * 1024;
 
+/// How long a closed connection waits for the peer's EOF (reading and
+/// discarding meanwhile) before the socket is closed; see
+/// [`Transport::close`].
+const LINGER: Duration = Duration::from_secs(2);
+
 thread_local! {
     /// The read buffer every connection of the thread shares: reads land
     /// here and are handed to `data_received`, so 10,000 idle connections
@@ -97,8 +102,11 @@ pub(crate) struct Io<S> {
     /// `write_eof` was called; `eof_sent` once the socket is shut down.
     eof_wanted: bool,
     eof_sent: bool,
-    /// `close` was called: flush, then finish.
+    /// `close` was called: flush, half-close, wait for the peer's EOF
+    /// (discarding what it sends), then finish.
     closing: bool,
+    /// The wait for the peer's EOF after a close is over.
+    linger_over: bool,
     /// `abort` was called: finish now, dropping the buffer.
     aborted: bool,
     /// The socket failed: finish now, reporting this.
@@ -142,6 +150,7 @@ impl<S> Io<S> {
             eof_wanted: false,
             eof_sent: false,
             closing: false,
+            linger_over: false,
             aborted: false,
             error: None,
             lost: false,
@@ -246,13 +255,46 @@ impl<S> Io<S> {
         }
     }
 
+    /// After a close, reads and drops what the peer still sends, until its
+    /// EOF: closing a socket with unread input makes the kernel send a
+    /// reset, which can destroy data the peer has not read yet.
+    fn discard_input(&mut self) {
+        let mut buf = SCRATCH.take();
+        if buf.len() < READ_SIZE {
+            buf.resize(READ_SIZE, 0);
+        }
+        for _ in 0..4 {
+            match self.sock.read(&mut buf) {
+                Ok(0) => {
+                    self.eof_received = true;
+                    break;
+                }
+                Ok(n) => log::trace!("stream=linger discarded={n}"),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    // The peer is gone: nothing of ours is left to lose.
+                    log::debug!("stream=linger error={e}");
+                    self.linger_over = true;
+                    break;
+                }
+            }
+        }
+        SCRATCH.set(buf);
+    }
+
     /// What the loop should watch: reading while the protocol reads and
     /// the peer may still send, writing while something is pending.
     fn wanted(&self) -> Option<Interest> {
         if self.connecting {
             return Some(Interest::WRITABLE);
         }
-        let read = self.reading && !self.eof_received && !self.closing;
+        let read = if self.closing {
+            // Lingering: discard until the peer's EOF.
+            self.pending() == 0 && !self.eof_received
+        } else {
+            self.reading && !self.eof_received
+        };
         match (read, self.pending() > 0) {
             (true, true) => Some(Interest::BOTH),
             (true, false) => Some(Interest::READABLE),
@@ -372,8 +414,14 @@ impl<S> Transport<'_, S> {
         self.io.eof_wanted = true;
     }
 
-    /// Closes: stops reading, sends everything written, then closes the
-    /// socket and calls `connection_lost(None)`. Idempotent.
+    /// Closes: stops reading, sends everything written, half-closes, then
+    /// closes the socket and calls `connection_lost(None)`. Idempotent.
+    ///
+    /// Between the half-close and the close it waits for the peer's EOF,
+    /// at most 2 s, reading and discarding what the peer still sends:
+    /// closing a socket with unread input makes the kernel send a reset,
+    /// which can destroy data the peer has not read yet — exactly the
+    /// bytes `close` promises to deliver.
     pub fn close(&mut self) {
         self.io.closing = true;
     }
@@ -545,14 +593,18 @@ impl<S: 'static> Connection<S> {
             });
         }
         let io = &mut self.io;
-        if io.eof_wanted && !io.eof_sent && io.pending() == 0 && !io.finishing() {
+        let flushed = io.pending() == 0 && !io.finishing();
+        if (io.eof_wanted || io.closing) && !io.eof_sent && flushed {
             io.eof_sent = true;
             if let Err(e) = io.sock.shutdown_write() {
                 io.fail(e);
             }
+            if io.closing && !io.eof_received && !io.finishing() {
+                io.timers.push(linger(lp, id));
+            }
         }
         let done = io.finishing()
-            || (io.closing && io.pending() == 0)
+            || (io.closing && io.pending() == 0 && (io.eof_received || io.linger_over))
             || (io.eof_received && io.eof_sent);
         if !done {
             let want = io.wanted();
@@ -642,7 +694,9 @@ impl<S: 'static> Connection<S> {
                 if writable {
                     t.io.flush();
                 }
-                if readable && t.is_reading() && !t.io.finishing() {
+                if readable && t.io.closing && t.io.eof_sent {
+                    t.io.discard_input();
+                } else if readable && t.is_reading() && !t.io.finishing() {
                     read_once(p, t, state);
                 }
             })
@@ -839,6 +893,63 @@ fn outside_or_later<S: 'static>(
     }
 }
 
+/// Runs `f` with a connection's transport from outside its callbacks (a
+/// timer of the loop, a signal handler, a call from another thread through
+/// [`LoopHandle::call_soon`](crate::LoopHandle::call_soon)): anything a
+/// callback could do with it. The connection's own callbacks that `f`
+/// causes (`pause_writing`, `connection_lost`, …) run later in the same
+/// loop iteration, in its own context. Returns `f`'s result, or `None` if
+/// the connection is gone (or lost), or is the one whose callback is
+/// running.
+///
+/// # Examples
+///
+/// ```
+/// use muxloop::stream::{self, Protocol, Transport};
+/// use muxloop::EventLoop;
+/// use std::io::Read;
+/// use std::os::unix::net::UnixStream;
+/// use std::time::Duration;
+///
+/// struct Quiet;
+/// impl Protocol<()> for Quiet {
+///     fn data_received(&mut self, _: &mut Transport<'_, ()>, _: &[u8], _: &mut ()) {}
+/// }
+///
+/// let (a, mut b) = UnixStream::pair()?;
+/// a.set_nonblocking(true)?;
+/// let mut lp = EventLoop::<()>::new()?;
+/// let id = stream::attach(&mut lp, a, Quiet)?;
+/// // Later, from a timer: say goodbye and half-close.
+/// lp.call_later(Duration::from_millis(1), move |lp, _| {
+///     stream::with_transport(lp, id, |t| {
+///         t.write(b"bye");
+///         t.write_eof();
+///     });
+/// });
+/// lp.run_once(Some(Duration::from_secs(1)), &mut ())?; // connection_made
+/// lp.run_once(Some(Duration::from_secs(1)), &mut ())?; // the timer
+/// let mut got = String::new();
+/// b.read_to_string(&mut got)?;
+/// assert_eq!(got, "bye");
+/// # Ok::<(), std::io::Error>(())
+/// ```
+pub fn with_transport<S: 'static, R>(
+    lp: &mut EventLoop<S>,
+    id: ConnId<S>,
+    f: impl FnOnce(&mut Transport<'_, S>) -> R,
+) -> Option<R> {
+    lp.with_source(id.0, |lp, conn| {
+        if conn.io.lost {
+            return None;
+        }
+        let res = conn.call(lp, id, |_, t| f(t));
+        conn.queue_settle(lp, id);
+        Some(res)
+    })
+    .flatten()
+}
+
 /// Writes `data` to a connection from outside its callbacks (a timer,
 /// another source, a call from another thread through
 /// [`LoopHandle::call_soon`](crate::LoopHandle::call_soon)), with its
@@ -878,6 +989,18 @@ pub fn abort<S: 'static>(lp: &mut EventLoop<S>, id: ConnId<S>) {
             io.aborted = true;
         }
     });
+}
+
+/// Ends the wait for the peer's EOF after a close, `LINGER` from now.
+fn linger<S: 'static>(lp: &mut EventLoop<S>, id: ConnId<S>) -> TimerId {
+    lp.call_later(LINGER, move |lp, state| {
+        lp.with_source(id.0, |lp, conn| {
+            conn.io.linger_over = true;
+            if !conn.settle(lp, id, state) {
+                let _ = lp.discard(id.0);
+            }
+        });
+    })
 }
 
 /// Fails a client connect still in progress after `timeout`.
