@@ -50,10 +50,11 @@ impl fmt::Display for Addr {
 ///
 /// [`Transport`]: super::Transport
 pub trait StreamSocket: AsFd + 'static {
-    /// Reads what is there, as `read(2)`.
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize>;
+    /// Reads what is there, as `read(2)`. (Named apart from
+    /// [`Read::read`], which the socket types also have.)
+    fn recv(&mut self, buf: &mut [u8]) -> io::Result<usize>;
     /// Writes what fits, as `writev(2)`.
-    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize>;
+    fn send_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize>;
     /// Shuts the writing side down (the peer reads EOF).
     fn shutdown_write(&mut self) -> io::Result<()>;
     /// The peer's address.
@@ -67,11 +68,11 @@ pub trait StreamSocket: AsFd + 'static {
 }
 
 impl StreamSocket for TcpStream {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+    fn recv(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         Read::read(self, buf)
     }
 
-    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+    fn send_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
         sys::send_vectored(self.as_raw_fd(), bufs)
     }
 
@@ -93,11 +94,11 @@ impl StreamSocket for TcpStream {
 }
 
 impl StreamSocket for UnixStream {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+    fn recv(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         Read::read(self, buf)
     }
 
-    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+    fn send_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
         sys::send_vectored(self.as_raw_fd(), bufs)
     }
 

@@ -206,7 +206,7 @@ impl<S> Io<S> {
         if self.pending() == 0 && !self.connecting {
             let slices: Vec<IoSlice<'_>> = bufs.iter().map(|b| IoSlice::new(b)).collect();
             loop {
-                match self.sock.write_vectored(&slices) {
+                match self.sock.send_vectored(&slices) {
                     Ok(n) => skip = n,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
@@ -231,7 +231,7 @@ impl<S> Io<S> {
     /// Sends what is pending, as far as the socket takes it.
     fn flush(&mut self) {
         while self.pending() > 0 && self.error.is_none() {
-            match self.sock.write_vectored(&[IoSlice::new(&self.out[self.sent..])]) {
+            match self.sock.send_vectored(&[IoSlice::new(&self.out[self.sent..])]) {
                 Ok(0) => self.fail(io::ErrorKind::WriteZero.into()),
                 Ok(n) => self.sent += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -264,7 +264,7 @@ impl<S> Io<S> {
             buf.resize(READ_SIZE, 0);
         }
         for _ in 0..4 {
-            match self.sock.read(&mut buf) {
+            match self.sock.recv(&mut buf) {
                 Ok(0) => {
                     self.eof_received = true;
                     break;
@@ -743,7 +743,7 @@ fn read_once<S: 'static>(p: &mut dyn Protocol<S>, t: &mut Transport<'_, S>, stat
     if buf.len() < READ_SIZE {
         buf.resize(READ_SIZE, 0);
     }
-    match t.io.sock.read(&mut buf) {
+    match t.io.sock.recv(&mut buf) {
         Ok(0) => {
             t.io.eof_received = true;
             log::trace!("stream=eof");
