@@ -171,7 +171,8 @@ fn out_of_fds_sheds_connections_without_spinning_and_recovers() {
     // Keep connecting while out of fds and check the server is not spinning.
     let extra: Vec<TcpStream> = (0..20).map(|_| connect(&server)).collect();
     let cpu = cpu_percent_over(pid, Duration::from_secs(1));
-    assert!(cpu < 30, "server burned {cpu} % CPU out of fds");
+    eprintln!("out of fds: server CPU {cpu} %");
+    assert!(cpu < 5, "server burned {cpu} % CPU out of fds");
     drop(extra);
     // Connected clients keep echoing.
     for c in clients.iter_mut().take(10) {
