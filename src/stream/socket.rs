@@ -67,54 +67,36 @@ pub trait StreamSocket: AsFd + 'static {
     fn as_any(&self) -> &dyn Any;
 }
 
-impl StreamSocket for TcpStream {
-    fn recv(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        Read::read(self, buf)
-    }
+/// The same for both std socket types, but for the address type.
+macro_rules! std_stream_socket {
+    ($ty:ty, $addr:path) => {
+        impl StreamSocket for $ty {
+            fn recv(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+                Read::read(self, buf)
+            }
 
-    fn send_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-        sys::send_vectored(self.as_raw_fd(), bufs)
-    }
+            fn send_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+                sys::send_vectored(self.as_raw_fd(), bufs)
+            }
 
-    fn shutdown_write(&mut self) -> io::Result<()> {
-        self.shutdown(Shutdown::Write)
-    }
+            fn shutdown_write(&mut self) -> io::Result<()> {
+                self.shutdown(Shutdown::Write)
+            }
 
-    fn peer_addr(&self) -> io::Result<Addr> {
-        TcpStream::peer_addr(self).map(Addr::Inet)
-    }
+            fn peer_addr(&self) -> io::Result<Addr> {
+                <$ty>::peer_addr(self).map($addr)
+            }
 
-    fn local_addr(&self) -> io::Result<Addr> {
-        TcpStream::local_addr(self).map(Addr::Inet)
-    }
+            fn local_addr(&self) -> io::Result<Addr> {
+                <$ty>::local_addr(self).map($addr)
+            }
 
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
+            fn as_any(&self) -> &dyn Any {
+                self
+            }
+        }
+    };
 }
 
-impl StreamSocket for UnixStream {
-    fn recv(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        Read::read(self, buf)
-    }
-
-    fn send_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-        sys::send_vectored(self.as_raw_fd(), bufs)
-    }
-
-    fn shutdown_write(&mut self) -> io::Result<()> {
-        self.shutdown(Shutdown::Write)
-    }
-
-    fn peer_addr(&self) -> io::Result<Addr> {
-        UnixStream::peer_addr(self).map(Addr::Unix)
-    }
-
-    fn local_addr(&self) -> io::Result<Addr> {
-        UnixStream::local_addr(self).map(Addr::Unix)
-    }
-
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-}
+std_stream_socket!(TcpStream, Addr::Inet);
+std_stream_socket!(UnixStream, Addr::Unix);

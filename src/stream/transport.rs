@@ -196,6 +196,28 @@ impl<S> Io<S> {
     }
 
     /// Writes `bufs` at once if nothing is pending, buffering the rest.
+    /// One buffer, the common case: straight to the socket when nothing
+    /// is pending, no slices to build.
+    #[inline]
+    fn write_one(&mut self, data: &[u8]) {
+        if self.pending() != 0 || self.connecting || self.refuses_writes().is_some() {
+            return self.write(&[data]);
+        }
+        let rest = loop {
+            match self.sock.send_vectored(&[IoSlice::new(data)]) {
+                Ok(n) if n == data.len() => return,
+                Ok(n) => break &data[n..],
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break data,
+                Err(e) => return self.fail(e),
+            }
+        };
+        self.out.extend_from_slice(rest);
+        if !self.writing_paused && self.pending() > self.high {
+            self.writing_paused = true;
+        }
+    }
+
     fn write(&mut self, bufs: &[&[u8]]) {
         if let Some(why) = self.refuses_writes() {
             let n: usize = bufs.iter().map(|b| b.len()).sum();
@@ -204,9 +226,20 @@ impl<S> Io<S> {
         }
         let mut skip = 0;
         if self.pending() == 0 && !self.connecting {
-            let slices: Vec<IoSlice<'_>> = bufs.iter().map(|b| IoSlice::new(b)).collect();
+            // On the stack for the usual few buffers: no allocation per write.
+            let mut few = [IoSlice::new(&[]); 8];
+            let many: Vec<IoSlice<'_>>;
+            let slices: &[IoSlice<'_>] = if bufs.len() <= few.len() {
+                for (slot, b) in few.iter_mut().zip(bufs) {
+                    *slot = IoSlice::new(b);
+                }
+                &few[..bufs.len()]
+            } else {
+                many = bufs.iter().map(|b| IoSlice::new(b)).collect();
+                &many
+            };
             loop {
-                match self.sock.send_vectored(&slices) {
+                match self.sock.send_vectored(slices) {
                     Ok(n) => skip = n,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
@@ -253,6 +286,23 @@ impl<S> Io<S> {
         if self.writing_paused && self.pending() <= self.low {
             self.writing_paused = false;
         }
+    }
+
+    /// Reading, nothing pending, nothing asked for: what `settle` would
+    /// conclude for the usual connection, in a few comparisons.
+    #[inline]
+    fn is_steady(&self) -> bool {
+        self.out.is_empty()
+            && self.reading
+            && !(self.closing
+                || self.eof_wanted
+                || self.eof_received
+                || self.aborted
+                || self.connecting
+                || self.writing_paused
+                || self.told_paused)
+            && self.error.is_none()
+            && self.interest == Some(Interest::READABLE)
     }
 
     /// After a close, reads and drops what the peer still sends, until its
@@ -342,7 +392,7 @@ impl<S> Transport<'_, S> {
     /// [`write_eof`](Transport::write_eof); see
     /// [`is_closing`](Transport::is_closing).
     pub fn write(&mut self, data: &[u8]) {
-        self.io.write(&[data]);
+        self.io.write_one(data);
     }
 
     /// Writes several buffers as one (one `writev` when nothing is
@@ -581,6 +631,9 @@ impl<S: 'static> Connection<S> {
     /// buffer is empty, the end of the connection, or the interest the loop
     /// should watch. Returns whether the connection lives on.
     fn settle(&mut self, lp: &mut EventLoop<S>, id: ConnId<S>, state: &mut S) -> bool {
+        if self.io.is_steady() {
+            return true;
+        }
         while !self.io.finishing() && self.io.writing_paused != self.io.told_paused {
             let pause = self.io.writing_paused;
             self.io.told_paused = pause;

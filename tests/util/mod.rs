@@ -189,7 +189,12 @@ pub fn fds_fit(need: u64, what: &str) -> bool {
 
 /// This process's resident set size, in KiB (0 where /proc is missing).
 pub fn own_rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
+    rss_kib("/proc/self/status")
+}
+
+/// The `VmRSS` line of a /proc status file, in KiB (0 if missing).
+fn rss_kib(path: &str) -> u64 {
+    std::fs::read_to_string(path)
         .ok()
         .and_then(|s| {
             s.lines()
@@ -201,14 +206,7 @@ pub fn own_rss_kib() -> u64 {
 
 /// Another process's resident set size, in KiB (0 where /proc is missing).
 pub fn proc_rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        })
-        .unwrap_or(0)
+    rss_kib(&format!("/proc/{pid}/status"))
 }
 
 /// A duplicate of `fd` numbered at least `min`.
