@@ -44,8 +44,30 @@ impl<V: Copy + PartialEq> FdTable<V> {
         match self.dense.get(fd as usize) {
             Some(v) if *v != self.vacant => Some(v),
             Some(_) => None,
-            None if self.sparse.is_empty() => None,
-            None => self.sparse.get(&fd),
+            None => self.sparse_get(fd),
+        }
+    }
+
+    /// The hash-map half, out of line: the dense half is the hot path.
+    #[cold]
+    #[inline(never)]
+    fn sparse_get(&self, fd: RawFd) -> Option<&V> {
+        if self.sparse.is_empty() {
+            None
+        } else {
+            self.sparse.get(&fd)
+        }
+    }
+
+    /// The entry of `fd`, or the vacant value where the dense part covers
+    /// `fd` but holds nothing: one bounds check and no comparison, for a
+    /// caller whose own check rejects the vacant value anyway (epoll's
+    /// per-event lookup).
+    #[inline]
+    pub(crate) fn get_or_vacant(&self, fd: RawFd) -> Option<&V> {
+        match self.dense.get(fd as usize) {
+            Some(v) => Some(v),
+            None => self.sparse_get(fd),
         }
     }
 

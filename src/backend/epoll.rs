@@ -370,17 +370,17 @@ impl Backend for EpollBackend {
             self.events.reserve(want);
         }
         sys::epoll_wait(&self.ep, &mut self.events, timeout)?;
-        let fds = &self.fds;
-        let before = events.len();
-        events.extend(self.events.iter().filter_map(|ev| {
-            let st = fds.get((ev.u64 & 0xffff_ffff) as RawFd)?;
-            // Not the live registration's data: an orphan (see above).
-            if st.live != ev.u64 {
-                return None;
+        let mut orphans = false;
+        events.reserve(self.events.len());
+        for ev in &self.events {
+            // A vacant entry's `live` is NOT_LIVE: the comparison rejects
+            // it, so no vacancy test is needed.
+            match self.fds.get_or_vacant((ev.u64 & 0xffff_ffff) as RawFd) {
+                Some(st) if st.live == ev.u64 => events.push((st.token, ready_of(ev.events))),
+                // Not the live registration's data: an orphan (see above).
+                _ => orphans = true,
             }
-            Some((st.token, ready_of(ev.events)))
-        }));
-        let orphans = events.len() - before != self.events.len();
+        }
         if orphans {
             self.rebuild()?;
         }

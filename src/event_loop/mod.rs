@@ -9,7 +9,7 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::io;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -115,7 +115,7 @@ enum Slot<S> {
 /// ```
 pub struct EventLoop<S = ()> {
     /// Tells this loop's `Paused` values from other loops'.
-    id: u64,
+    id: u32,
     selector: Selector<Slot<S>>,
     /// Tokens of `Slot::Parked` keys (some perhaps resumed or gone since).
     parked: Vec<Token>,
@@ -132,7 +132,7 @@ pub struct EventLoop<S = ()> {
     iterating: bool,
     /// A callback panicked: the iteration it was in never finished, and
     /// the source or timer it ran is gone. The loop refuses to run again.
-    poisoned: bool,
+    poisoned: std::rc::Rc<std::cell::Cell<bool>>,
     before_sleep: Option<Hook<S>>,
     after_wake: Option<Hook<S>>,
     stats: LoopStats,
@@ -183,14 +183,14 @@ impl<S> EventLoop<S> {
         let waker = Waker::new()?;
         selector.register(waker.fd(), Interest::READABLE, Slot::Waker)?;
         log::debug!("loop=new backend={}", selector.backend_name());
-        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+        static NEXT_ID: AtomicU32 = AtomicU32::new(1);
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
         Ok(EventLoop {
             id,
             selector,
             parked: Vec::new(),
             events: Events::with_capacity(256),
-            timers: Timers::new(id),
+            timers: Timers::new(u64::from(id)),
             running_timer: None,
             soon: VecDeque::new(),
             remote: Arc::new(Remote {
@@ -202,7 +202,7 @@ impl<S> EventLoop<S> {
             signals: None,
             stopped: false,
             iterating: false,
-            poisoned: false,
+            poisoned: Default::default(),
             before_sleep: None,
             after_wake: None,
             stats: LoopStats::default(),

@@ -3,7 +3,20 @@
 use std::io;
 use std::time::{Duration, Instant};
 
+use std::cell::Cell;
+use std::rc::Rc;
+
 use super::{EventLoop, LoopStats};
+
+/// Dropped only while unwinding (it is forgotten otherwise): the loop's
+/// iteration was left half-done.
+struct PanicGuard(Rc<Cell<bool>>);
+
+impl Drop for PanicGuard {
+    fn drop(&mut self) {
+        self.0.set(true);
+    }
+}
 
 impl<S> EventLoop<S> {
     // --- running -------------------------------------------------------------
@@ -98,7 +111,7 @@ impl<S> EventLoop<S> {
     }
 
     fn check_runnable(&self) -> io::Result<()> {
-        if self.poisoned {
+        if self.poisoned.get() {
             return Err(io::Error::new(
                 io::ErrorKind::ResourceBusy,
                 "the event loop is unusable: a callback panicked during an earlier iteration, \
@@ -117,20 +130,14 @@ impl<S> EventLoop<S> {
     fn iterate(&mut self, cap: Option<Duration>, state: &mut S) -> io::Result<()> {
         self.check_runnable()?;
         self.iterating = true;
-        // The closure only borrows what the loop is poisoned for if it
-        // unwinds: nothing half-updated is used afterwards.
-        let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            self.iterate_once(cap, state)
-        }));
+        // Marks the loop poisoned if a callback unwinds through here (a
+        // drop guard, not `catch_unwind`: that would move the whole
+        // iteration into a closure and cost the hot path).
+        let guard = PanicGuard(self.poisoned.clone());
+        let res = self.iterate_once(cap, state);
+        std::mem::forget(guard);
         self.iterating = false;
-        match res {
-            Ok(res) => res,
-            Err(panic) => {
-                self.poisoned = true;
-                self.timers.end_pass();
-                std::panic::resume_unwind(panic)
-            }
-        }
+        res
     }
 
     fn iterate_once(&mut self, cap: Option<Duration>, state: &mut S) -> io::Result<()> {
