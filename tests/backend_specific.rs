@@ -4,10 +4,9 @@
 mod util;
 
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
 use muxloop::{BackendKind, Interest, Ready, Selector};
 use util::*;
@@ -59,8 +58,8 @@ fn select_watches_fds_far_beyond_fd_setsize() {
         vec![(higher_write.as_raw_fd(), Ready::WRITABLE)]
     );
     b.write_all(b"x").unwrap();
-    let got = ready(&mut sel, Some(Duration::from_secs(5)));
-    let fds: Vec<RawFd> = got.iter().map(|e| e.0).collect();
+    let got = ready(&mut sel, Some(std::time::Duration::from_secs(5)));
+    let fds: Vec<std::os::fd::RawFd> = got.iter().map(|e| e.0).collect();
     assert_eq!(
         fds,
         vec![
