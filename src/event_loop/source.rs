@@ -187,8 +187,9 @@ where
 /// `pause` or `remove` of the source whose callback is running.
 fn busy(verb: &str) -> io::Error {
     let advice = if verb == "pause" {
-        "to stop watching it, pause it once the callback has returned \
-         (EventLoop::call_soon), or change its interest with EventLoop::modify"
+        "to stop watching it from its own callback use EventLoop::disable (it keeps \
+         the source and its id), or pause it once the callback has returned \
+         (EventLoop::call_soon)"
     } else {
         "return PostAction::Remove, or use EventLoop::discard"
     };
