@@ -14,7 +14,7 @@ use std::cell::{Cell, RefCell};
 use std::fmt;
 use std::hash::{Hash, Hasher};
 use std::io::{self, IoSlice};
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -519,8 +519,8 @@ impl<S> Transport<'_, S> {
 impl<S: 'static> Transport<'_, S> {
     /// Writes `data` to another connection of the loop, with that
     /// connection's buffering and flow control (its `pause_writing`, if the
-    /// write takes it over its high mark, is called once this callback has
-    /// returned). To this connection itself, the same as
+    /// write takes it over its high mark, is called later in this loop
+    /// iteration, in that connection's own context). To this connection itself, the same as
     /// [`write`](Transport::write). Returns the other connection's write
     /// buffer size afterwards, so a broadcaster can cut off a consumer
     /// that does not keep up.
@@ -788,7 +788,6 @@ impl<S: 'static> Connection<S> {
     }
 }
 
-use std::os::fd::AsRawFd;
 
 /// Reads once (fairness under level-triggering) into the shared buffer.
 fn read_once<S: 'static>(p: &mut dyn Protocol<S>, t: &mut Transport<'_, S>, state: &mut S) {
