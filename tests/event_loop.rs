@@ -574,13 +574,13 @@ mod cases {
         // no iteration runs more than the one tick that was due.
         #[derive(Default)]
         struct State {
-            ticks: u32,
+            ticks: std::sync::Arc<std::sync::atomic::AtomicU32>,
             in_this_iteration: u32,
             most_in_one_iteration: u32,
             reads: u32,
         }
         fn tick(lp: &mut EventLoop<State>, st: &mut State, at: Instant) {
-            st.ticks += 1;
+            st.ticks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             st.in_this_iteration += 1;
             st.most_in_one_iteration = st.most_in_one_iteration.max(st.in_this_iteration);
             std::thread::sleep(Duration::from_millis(2));
@@ -600,16 +600,25 @@ mod cases {
         let start = Instant::now();
         lp.call_at(start, move |lp, st| tick(lp, st, start));
         safety_net(&mut lp, 10);
+        let st = State::default();
+        let ticks = st.ticks.clone();
+        // Once the ticker is well behind (ten ticks in), some I/O arrives.
         let writer = std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(100));
+            let t = Instant::now();
+            while ticks.load(std::sync::atomic::Ordering::Relaxed) < 10
+                && t.elapsed() < Duration::from_secs(5)
+            {
+                std::thread::sleep(Duration::from_millis(5));
+            }
             b.write_all(b"x").unwrap();
             b
         });
-        let mut st = State::default();
+        let mut st = st;
         lp.run(&mut st).unwrap();
         let _b = writer.join().unwrap();
         assert_eq!(st.reads, 1);
-        assert!(st.ticks >= 10, "{} ticks", st.ticks);
+        let ticks = st.ticks.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(ticks >= 10, "{ticks} ticks");
         assert_eq!(
             st.most_in_one_iteration, 1,
             "a pass ran {} ticks while I/O waited",
