@@ -50,7 +50,7 @@ impl<S> EventLoop<S> {
     }
 
     /// Runs iterations until [`stop`](EventLoop::stop) (or
-    /// [`LoopHandle::stop`]). A stop requested before the call makes it run
+    /// [`LoopHandle::stop`](crate::LoopHandle::stop)). A stop requested before the call makes it run
     /// one iteration, without waiting, and return.
     ///
     /// # Errors

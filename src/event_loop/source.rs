@@ -234,7 +234,7 @@ impl<S> EventLoop<S> {
     ///
     /// # Errors
     ///
-    /// As [`Selector::register`] (e.g. `InvalidInput` for an fd the select
+    /// As [`Selector::register`](crate::Selector::register) (e.g. `InvalidInput` for an fd the select
     /// backend cannot watch). On error the source is dropped, which closes
     /// it.
     pub fn add<Src, F>(
@@ -302,7 +302,7 @@ impl<S> EventLoop<S> {
     ///
     /// # Errors
     ///
-    /// `NotFound` if the source was removed; as [`Selector::modify`].
+    /// `NotFound` if the source was removed; as [`Selector::modify`](crate::Selector::modify).
     pub fn modify<Src>(&mut self, id: SourceId<Src>, interest: Interest) -> io::Result<()> {
         let fd = self.source_fd(self.own(id)?)?;
         self.selector.set_interest(fd, interest)?;
