@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use muxloop::stream::{self, Addr, Protocol, StreamSocket, Transport};
 use muxloop::{BackendKind, EventLoop};
 use proptest::prelude::*;
-use proptest::test_runner::{Config, TestCaseError, TestRunner};
+use proptest::test_runner::TestCaseError;
 use util::*;
 
 fn pattern(i: usize) -> u8 {
@@ -283,17 +283,8 @@ fn run(
     Ok(())
 }
 
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
 fn fuzz(kind: BackendKind) {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    init_logging();
-    let cases = env_cases("MUXLOOP_FAULT_CASES", 100, 500);
-    let mut runner = TestRunner::new(Config {
-        cases,
-        failure_persistence: None,
-        ..Config::default()
-    });
+    let (_serial, mut runner) = fuzz_runner("MUXLOOP_FAULT_CASES", 100, 500);
     let strategy = (
         any::<u64>(),
         any::<bool>(),

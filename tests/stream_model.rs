@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use muxloop::stream::{self, ConnId, Protocol, Transport};
 use muxloop::{BackendKind, EventLoop};
 use proptest::prelude::*;
-use proptest::test_runner::{Config, TestCaseError, TestRunner};
+use proptest::test_runner::TestCaseError;
 use util::*;
 
 #[derive(Clone, Debug)]
@@ -413,19 +413,8 @@ fn run(
     Ok(())
 }
 
-/// The backends' runs share the process's fd table: one at a time, so the
-/// fd count check sees only its own.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
 fn fuzz(kind: BackendKind) {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    init_logging();
-    let cases = env_cases("MUXLOOP_FUZZ_CASES", 100, 500);
-    let mut runner = TestRunner::new(Config {
-        cases,
-        failure_persistence: None,
-        ..Config::default()
-    });
+    let (_serial, mut runner) = fuzz_runner("MUXLOOP_FUZZ_CASES", 100, 500);
     let strategy = (limits(), any::<bool>(), prop::collection::vec(op(), 1..40));
     runner
         .run(&strategy, |(limits, keep_open, ops)| {

@@ -685,3 +685,26 @@ pub fn env_cases(var: &str, quick: u32, long: u32) -> u32 {
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| quick_or_long(quick, long))
 }
+
+/// A proptest runner for `cases` sequences (see [`env_cases`]), with no
+/// failure files, and the lock that keeps one fuzz suite's backends from
+/// running at once: they share the process's fd table, and each checks
+/// the fd count after every sequence.
+pub fn fuzz_runner(
+    var: &str,
+    quick: u32,
+    long: u32,
+) -> (
+    std::sync::MutexGuard<'static, ()>,
+    proptest::test_runner::TestRunner,
+) {
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    init_logging();
+    let runner = proptest::test_runner::TestRunner::new(proptest::test_runner::Config {
+        cases: env_cases(var, quick, long),
+        failure_persistence: None,
+        ..proptest::test_runner::Config::default()
+    });
+    (serial, runner)
+}
