@@ -34,6 +34,8 @@ const L: usize = 2;
 enum Op {
     Add(usize, u8, usize),
     Modify(usize, u8),
+    Disable(usize),
+    Enable(usize, u8),
     Pause(usize),
     Resume(usize, u8, usize),
     Remove(usize),
@@ -51,6 +53,8 @@ fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         4 => (i.clone(), bits.clone(), l.clone()).prop_map(|(i, b, l)| Op::Add(i, b, l)),
         1 => (i.clone(), bits.clone()).prop_map(|(i, b)| Op::Modify(i, b)),
+        2 => i.clone().prop_map(Op::Disable),
+        2 => (i.clone(), bits.clone()).prop_map(|(i, b)| Op::Enable(i, b)),
         4 => i.clone().prop_map(Op::Pause),
         4 => (i.clone(), bits, l.clone()).prop_map(|(i, b, l)| Op::Resume(i, b, l)),
         2 => i.clone().prop_map(Op::Remove),
@@ -76,6 +80,8 @@ enum Place {
         lp: usize,
         id: SourceId<UnixStream>,
         interest: Interest,
+        /// Disabled: registered, not watched.
+        disabled: bool,
     },
     Paused(Paused<Log, UnixStream>),
     /// Transient, while an op moves the socket.
@@ -141,6 +147,7 @@ fn step(
                     lp: l,
                     id,
                     interest: interest(bits),
+                    disabled: false,
                 };
             }
         }
@@ -149,10 +156,39 @@ fn step(
                 lp,
                 id,
                 interest: ref mut cur,
+                ..
             } = socks[i].place
             {
                 loops[lp].modify(id, interest(bits)).map_err(fail)?;
                 *cur = interest(bits);
+            }
+        }
+        Op::Disable(i) => {
+            if let Place::Loop {
+                lp,
+                id,
+                ref mut disabled,
+                ..
+            } = socks[i].place
+            {
+                loops[lp].disable(id).map_err(fail)?;
+                prop_assert!(loops[lp].is_disabled(id));
+                prop_assert!(loops[lp].source(id).is_some(), "a disabled source is kept");
+                *disabled = true;
+            }
+        }
+        Op::Enable(i, bits) => {
+            if let Place::Loop {
+                lp,
+                id,
+                interest: ref mut cur,
+                ref mut disabled,
+            } = socks[i].place
+            {
+                loops[lp].enable(id, interest(bits)).map_err(fail)?;
+                prop_assert!(!loops[lp].is_disabled(id));
+                *cur = interest(bits);
+                *disabled = false;
             }
         }
         Op::Pause(i) => {
@@ -172,6 +208,7 @@ fn step(
                     lp: l,
                     id,
                     interest: interest(bits),
+                    disabled: false,
                 };
             }
         }
@@ -213,8 +250,14 @@ fn step(
             log.sort();
             let mut want = Log::new();
             for (i, s) in socks.iter_mut().enumerate() {
-                if let Place::Loop { lp, interest, .. } = s.place {
-                    if lp != l {
+                if let Place::Loop {
+                    lp,
+                    interest,
+                    disabled,
+                    ..
+                } = s.place
+                {
+                    if lp != l || disabled {
                         continue;
                     }
                     let readable = interest.is_readable() && s.pending > 0;
