@@ -743,6 +743,32 @@ mod cases {
         assert!(lp.with_source(other, |_, _| ()).is_none());
     }
 
+    pub fn run_once_says_how_many_callbacks_it_ran(kind: BackendKind) {
+        let (a, mut b) = pair();
+        let mut lp = new_loop::<()>(kind);
+        lp.add(a, Interest::READABLE, |_, sock, _, _| {
+            drain(sock);
+            PostAction::Continue
+        })
+        .unwrap();
+        lp.call_at(Instant::now(), |_, _| {});
+        lp.call_soon(|_, _| {});
+        lp.handle().call_soon(|_, _| {}).unwrap();
+        b.write_all(b"x").unwrap();
+        // The source, the due timer, the queued call and the remote one.
+        let mut ran = 0;
+        let t = Instant::now();
+        while ran < 4 {
+            ran += lp
+                .run_once(Some(Duration::from_millis(50)), &mut ())
+                .unwrap();
+            assert!(t.elapsed() < Duration::from_secs(5));
+        }
+        assert_eq!(ran, 4);
+        // Nothing left: 0, which is how a host loop knows to stop draining.
+        assert_eq!(lp.run_once(Some(Duration::ZERO), &mut ()).unwrap(), 0);
+    }
+
     pub fn ids_of_another_loop_are_refused(kind: BackendKind) {
         let (a, _ab) = pair();
         let (c, _cd) = pair();
@@ -1071,6 +1097,7 @@ per_backend!(
     a_late_drift_free_ticker_does_not_starve_io,
     stop_before_run_runs_one_iteration,
     ids_of_another_loop_are_refused,
+    run_once_says_how_many_callbacks_it_ran,
     disable_keeps_the_id_and_stops_events_until_enable,
     disabling_another_source_drops_its_collected_event,
     with_source_lends_a_source_and_the_loop,

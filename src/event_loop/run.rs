@@ -91,7 +91,25 @@ impl<S> EventLoop<S> {
 
     /// Runs one iteration: waits at most `timeout` (less if a timer is due
     /// or a call is queued; `None` = as long as it takes), then runs what
-    /// became ready, due timers and queued calls.
+    /// became ready, due timers and queued calls. Returns how many
+    /// callbacks it ran — sources, timers, queued calls (from this thread
+    /// or a [`LoopHandle`](crate::LoopHandle)) and signals —, so that a
+    /// program driving the loop from its own can run it until it returns 0.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use muxloop::EventLoop;
+    /// use std::time::Duration;
+    ///
+    /// let mut lp = EventLoop::<()>::new()?;
+    /// lp.call_soon(|_, _| {});
+    /// lp.call_soon(|lp, _| lp.call_soon(|_, _| {})); // queues one more
+    /// assert_eq!(lp.run_once(Some(Duration::ZERO), &mut ())?, 2);
+    /// assert_eq!(lp.run_once(Some(Duration::ZERO), &mut ())?, 1);
+    /// assert_eq!(lp.run_once(Some(Duration::ZERO), &mut ())?, 0);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     ///
     /// # Errors
     ///
@@ -106,8 +124,16 @@ impl<S> EventLoop<S> {
     /// and the source or timer whose callback panicked is gone, so later
     /// calls to `run` and `run_once` return `ResourceBusy` saying so. Drop
     /// the loop (its sources are closed).
-    pub fn run_once(&mut self, timeout: Option<Duration>, state: &mut S) -> io::Result<()> {
-        self.iterate(timeout, state)
+    pub fn run_once(&mut self, timeout: Option<Duration>, state: &mut S) -> io::Result<usize> {
+        let before = self.callbacks_run();
+        self.iterate(timeout, state)?;
+        Ok((self.callbacks_run() - before) as usize)
+    }
+
+    /// Callbacks of every kind run so far.
+    fn callbacks_run(&self) -> u64 {
+        let s = &self.stats;
+        s.events_dispatched + s.timers_fired + s.calls_run + s.signals_dispatched
     }
 
     fn check_runnable(&self) -> io::Result<()> {
