@@ -374,23 +374,43 @@ impl<T> Selector<T> {
             let key = &self.slots[index].key;
             (key.token, key.interest)
         };
-        let name = self.name;
         if self.slots[index].key.suspended {
-            log::trace!("selector=unregister backend={name} fd={fd} suspended");
-            return Ok(self.forget(index));
-        }
-        match self.backend()?.delete(fd, token, interest) {
-            Ok(()) => log::trace!("selector=unregister backend={name} fd={fd}"),
-            Err(e) if matches!(e.raw_os_error(), Some(libc::EBADF | libc::ENOENT)) => {
-                log::debug!(
-                    "selector=unregister backend={name} fd={fd} already gone in kernel: {e}"
-                );
-            }
-            Err(e) => {
-                log::warn!("selector=unregister backend={name} fd={fd} kernel error ignored: {e}")
-            }
+            log::trace!("selector=unregister backend={} fd={fd} suspended", self.name);
+        } else {
+            self.backend_delete("unregister", fd, token, interest)?;
         }
         Ok(self.forget(index))
+    }
+
+    /// Takes `fd` out of the backend. A kernel that already dropped it
+    /// (closed, or closed and reused) is fine; any other error is logged
+    /// and ignored: the selector forgets the fd either way.
+    fn backend_delete(
+        &mut self,
+        what: &str,
+        fd: RawFd,
+        token: Token,
+        interest: Interest,
+    ) -> io::Result<()> {
+        let name = self.name;
+        match self.backend()?.delete(fd, token, interest) {
+            Ok(()) => log::trace!("selector={what} backend={name} fd={fd}"),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EBADF | libc::ENOENT)) => {
+                log::debug!("selector={what} backend={name} fd={fd} already gone in kernel: {e}");
+            }
+            Err(e) => {
+                log::warn!("selector={what} backend={name} fd={fd} kernel error ignored: {e}")
+            }
+        }
+        Ok(())
+    }
+
+    /// The slot index of a live token.
+    fn index_of(&self, token: Token) -> io::Result<usize> {
+        match self.slots.get(token.index()) {
+            Some(slot) if slot.key.token == token => Ok(token.index()),
+            _ => Err(not_found_token(token)),
+        }
     }
 
     /// Retires the token of a registration and gives it a new one (and
@@ -405,11 +425,8 @@ impl<T> Selector<T> {
         token: Token,
         interest: Interest,
     ) -> io::Result<&mut SelectorKey<T>> {
-        let index = token.index();
-        let (fd, old) = match self.slots.get(index) {
-            Some(slot) if slot.key.token == token => (slot.key.fd, slot.key.interest),
-            _ => return Err(not_found_token(token)),
-        };
+        let index = self.index_of(token)?;
+        let (fd, old) = (self.slots[index].key.fd, self.slots[index].key.interest);
         let generation = self.generations[index].wrapping_add(1);
         self.generations[index] = generation;
         let new = Token::new(index, generation);
@@ -451,21 +468,13 @@ impl<T> Selector<T> {
     /// it changes for the selector's users. For an fd whose open file is
     /// known not to change meanwhile (the event loop's sources own theirs).
     pub(crate) fn suspend(&mut self, token: Token) -> io::Result<()> {
-        let index = token.index();
-        let (fd, interest) = match self.slots.get(index) {
-            Some(slot) if slot.key.token == token => (slot.key.fd, slot.key.interest),
-            _ => return Err(not_found_token(token)),
-        };
-        if self.slots[index].key.suspended {
+        let index = self.index_of(token)?;
+        let key = &self.slots[index].key;
+        if key.suspended {
             return Ok(());
         }
-        let name = self.name;
-        match self.backend()?.delete(fd, token, interest) {
-            Ok(()) => {}
-            Err(e) if matches!(e.raw_os_error(), Some(libc::EBADF | libc::ENOENT)) => {}
-            Err(e) => log::warn!("selector=suspend backend={name} fd={fd} kernel error ignored: {e}"),
-        }
-        log::trace!("selector=suspend backend={name} fd={fd}");
+        let (fd, interest) = (key.fd, key.interest);
+        self.backend_delete("suspend", fd, token, interest)?;
         self.slots[index].key.suspended = true;
         Ok(())
     }
@@ -473,11 +482,8 @@ impl<T> Selector<T> {
     /// Watches a registration again, for `interest` (modifies it if it was
     /// not suspended). On error it stays suspended, with its old interest.
     pub(crate) fn unsuspend(&mut self, token: Token, interest: Interest) -> io::Result<()> {
-        let index = token.index();
-        let fd = match self.slots.get(index) {
-            Some(slot) if slot.key.token == token => slot.key.fd,
-            _ => return Err(not_found_token(token)),
-        };
+        let index = self.index_of(token)?;
+        let fd = self.slots[index].key.fd;
         if !self.slots[index].key.suspended {
             self.modify_interest(fd, interest)?;
             return Ok(());

@@ -213,6 +213,13 @@ impl<S> Io<S> {
             }
         };
         self.out.extend_from_slice(rest);
+        self.note_high();
+    }
+
+    /// Pauses writing (for `settle` to tell) once the buffer is above the
+    /// high mark.
+    #[inline]
+    fn note_high(&mut self) {
         if !self.writing_paused && self.pending() > self.high {
             self.writing_paused = true;
         }
@@ -256,9 +263,7 @@ impl<S> Io<S> {
             self.out.extend_from_slice(&b[skip..]);
             skip = 0;
         }
-        if !self.writing_paused && self.pending() > self.high {
-            self.writing_paused = true;
-        }
+        self.note_high();
     }
 
     /// Sends what is pending, as far as the socket takes it.
@@ -770,18 +775,15 @@ impl<S: 'static> Connection<S> {
         }
         self.io.settle_queued = true;
         lp.call_soon(move |lp, state| {
-            lp.with_source(id.0, |lp, conn| {
+            run_conn(lp, id, |lp, conn| {
                 conn.io.settle_queued = false;
-                let alive = if conn.io.connecting {
+                if conn.io.connecting {
                     match conn.io.connect_failed.take() {
                         Some(e) => conn.connected(lp, id, Some(e), state),
                         None => true,
                     }
                 } else {
                     conn.drive(lp, id, state, |_, _, _| {})
-                };
-                if !alive {
-                    let _ = lp.discard(id.0);
                 }
             });
         });
@@ -823,11 +825,21 @@ fn in_own_context<S: 'static>(
     state: &mut S,
     f: impl FnOnce(&mut dyn Protocol<S>, &mut Transport<'_, S>, &mut S),
 ) {
+    run_conn(lp, id, |lp, conn| {
+        conn.io.connecting || conn.drive(lp, id, state, f)
+    });
+}
+
+/// Runs `f` on a connection in one of its own contexts (a timer, a
+/// deferred settle), and removes it from the loop if `f` says it ended.
+/// Nothing if the connection is gone.
+fn run_conn<S: 'static>(
+    lp: &mut EventLoop<S>,
+    id: ConnId<S>,
+    f: impl FnOnce(&mut EventLoop<S>, &mut Connection<S>) -> bool,
+) {
     lp.with_source(id.0, |lp, conn| {
-        if conn.io.connecting {
-            return;
-        }
-        if !conn.drive(lp, id, state, f) {
+        if !f(lp, conn) {
             let _ = lp.discard(id.0);
         }
     });
@@ -929,19 +941,14 @@ fn outside_or_later<S: 'static>(
     id: ConnId<S>,
     f: impl FnOnce(&mut Io<S>) + 'static,
 ) {
-    let f = Rc::new(Cell::new(Some(f)));
-    let now = f.clone();
-    let done = outside(lp, id, move |io| {
-        if let Some(f) = now.take() {
-            f(io)
-        }
-    });
-    if done.is_none() && lp.interest(id.0).is_some() {
+    // Registered, but not lendable: its own callback has it.
+    let busy = lp.source(id.0).is_none() && lp.interest(id.0).is_some();
+    if busy {
         lp.call_soon(move |lp, _| {
-            if let Some(f) = f.take() {
-                outside(lp, id, f);
-            }
+            outside(lp, id, f);
         });
+    } else {
+        outside(lp, id, f);
     }
 }
 
@@ -1046,11 +1053,9 @@ pub fn abort<S: 'static>(lp: &mut EventLoop<S>, id: ConnId<S>) {
 /// Ends the wait for the peer's EOF after a close, `LINGER` from now.
 fn linger<S: 'static>(lp: &mut EventLoop<S>, id: ConnId<S>) -> TimerId {
     lp.call_later(LINGER, move |lp, state| {
-        lp.with_source(id.0, |lp, conn| {
+        run_conn(lp, id, |lp, conn| {
             conn.io.linger_over = true;
-            if !conn.settle(lp, id, state) {
-                let _ = lp.discard(id.0);
-            }
+            conn.settle(lp, id, state)
         });
     })
 }
@@ -1058,15 +1063,15 @@ fn linger<S: 'static>(lp: &mut EventLoop<S>, id: ConnId<S>) -> TimerId {
 /// Fails a client connect still in progress after `timeout`.
 pub(super) fn connect_timeout<S: 'static>(lp: &mut EventLoop<S>, id: ConnId<S>, timeout: Duration) {
     let timer = lp.call_later(timeout, move |lp, state| {
-        lp.with_source(id.0, |lp, conn| {
-            if conn.io.connecting {
-                let e = io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!("connect timed out after {timeout:?}"),
-                );
-                conn.connected(lp, id, Some(e), state);
-                let _ = lp.discard(id.0);
+        run_conn(lp, id, |lp, conn| {
+            if !conn.io.connecting {
+                return true;
             }
+            let e = io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("connect timed out after {timeout:?}"),
+            );
+            conn.connected(lp, id, Some(e), state)
         });
     });
     lp.with_source(id.0, |_, conn| conn.io.timers.push(timer));
