@@ -3,7 +3,7 @@
 
 use std::fmt;
 use std::io;
-use std::os::fd::RawFd;
+use std::os::fd::{BorrowedFd, RawFd};
 use std::time::{Duration, Instant};
 
 use slab::Slab;
@@ -154,6 +154,9 @@ pub struct Selector<T> {
     /// Raw backend output, reused across calls.
     raw: Vec<(Token, Ready)>,
     round: u64,
+    /// The backend may hold deferred changes: a delete, or a wait that
+    /// reported something (which an edge-triggered backend re-arms).
+    dirty: bool,
 }
 
 fn closed_error() -> io::Error {
@@ -224,6 +227,7 @@ impl<T> Selector<T> {
             by_fd: FdTable::new(NO_SLOT),
             raw: Vec::new(),
             round: 0,
+            dirty: false,
         }
     }
 
@@ -393,6 +397,7 @@ impl<T> Selector<T> {
         interest: Interest,
     ) -> io::Result<()> {
         let name = self.name;
+        self.dirty = true;
         match self.backend()?.delete(fd, token, interest) {
             Ok(()) => log::trace!("selector={what} backend={name} fd={fd}"),
             Err(e) if matches!(e.raw_os_error(), Some(libc::EBADF | libc::ENOENT)) => {
@@ -660,6 +665,108 @@ impl<T> Selector<T> {
         }
     }
 
+    /// The fd a program that drives this selector from its own loop polls
+    /// for readability: readable whenever [`select`](Selector::select)
+    /// would report something (after [`flush`](Selector::flush)). The same
+    /// number, and the same open file, for the selector's whole life, also
+    /// when the backend replaces its kernel object and after
+    /// [`after_fork`](Selector::after_fork). `Some` on epoll, kqueue and
+    /// mio; `None` on select and poll, which have no kernel object (watch
+    /// the registered fds themselves), on a closed selector, and if the
+    /// kernel refused the fd (out of fds; logged).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use muxloop::{BackendKind, Selector};
+    ///
+    /// let sel = Selector::<()>::with_backend(BackendKind::Poll)?;
+    /// assert!(sel.backend_fd().is_none());
+    /// # #[cfg(target_os = "linux")] {
+    /// let sel = Selector::<()>::with_backend(BackendKind::Epoll)?;
+    /// assert!(sel.backend_fd().is_some());
+    /// # }
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn backend_fd(&self) -> Option<BorrowedFd<'_>> {
+        let fd = self.backend.as_ref()?.fd()?;
+        sys::borrow_fd(fd, self)
+    }
+
+    /// Applies the changes the backend deferred: deletes batched until the
+    /// next wait (epoll) and the re-arming of what the last wait reported
+    /// (mio). After it, the [backend fd](Selector::backend_fd) is readable
+    /// exactly when a registered fd is ready for its interest. `select`
+    /// does it by itself; call it before a host loop polls the backend fd.
+    ///
+    /// # Errors
+    ///
+    /// The backend's error; an error if the selector is closed.
+    pub fn flush(&mut self) -> io::Result<()> {
+        if !self.dirty {
+            return self.backend().map(|_| ());
+        }
+        self.backend()?.flush()?;
+        self.dirty = false;
+        Ok(())
+    }
+
+    /// Whether [`flush`](Selector::flush) has something to apply.
+    pub(crate) fn needs_flush(&self) -> bool {
+        self.dirty
+    }
+
+    /// In a child process after `fork`, before the selector is used there:
+    /// gives the child a kernel object of its own (under the same
+    /// [backend fd](Selector::backend_fd) number) holding every
+    /// registration. Until then the child shares the parent's epoll set
+    /// (kqueues are not inherited at all): a registration change, or a
+    /// `select` that consumes readiness, would reach the parent. Nothing
+    /// this does reaches the parent's selector.
+    ///
+    /// # Errors
+    ///
+    /// The kernel refusing the new object; an error if the selector is
+    /// closed.
+    pub fn after_fork(&mut self) -> io::Result<()> {
+        let backend = self.backend.as_mut().ok_or_else(closed_error)?;
+        let mut live = self
+            .slots
+            .iter()
+            .filter(|(_, s)| !s.key.suspended)
+            .map(|(_, s)| (s.key.fd, s.key.token, s.key.interest));
+        backend.after_fork(&mut live)?;
+        self.dirty = false;
+        log::debug!("selector=after-fork backend={}", self.name);
+        Ok(())
+    }
+
+    /// Every watched registration's fd and interest (suspended ones not).
+    pub(crate) fn watched(&self) -> impl Iterator<Item = (RawFd, Interest)> + '_ {
+        self.slots
+            .iter()
+            .filter(|(_, s)| !s.key.suspended)
+            .map(|(_, s)| (s.key.fd, s.key.interest))
+    }
+
+    /// What `select` makes of a wait, from readiness a host program
+    /// observed itself (e.g. with its own poll(2)) instead of a wait:
+    /// records of fds that are not registered are ignored, the rest masked
+    /// and merged.
+    pub(crate) fn select_observed(&mut self, events: &mut Events, observed: &[(RawFd, Ready)]) {
+        events.clear();
+        self.raw.clear();
+        for &(fd, ready) in observed {
+            if let Some(index) = self.slot_of(fd) {
+                let key = &self.slots[index].key;
+                if !key.suspended {
+                    self.raw.push((key.token, ready));
+                }
+            }
+        }
+        self.collect(events);
+    }
+
     /// Waits until at least one registered fd is ready or `timeout`
     /// passes, and fills `events` with one entry per ready fd.
     ///
@@ -720,7 +827,7 @@ impl<T> Selector<T> {
             self.raw.clear();
             let backend = self.backend.as_mut().ok_or_else(closed_error)?;
             match backend.wait(&mut self.raw, remaining) {
-                Ok(()) => {}
+                Ok(()) => self.dirty |= !self.raw.is_empty(),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {
                     log::trace!("selector=select backend={} eintr, retrying", self.name);
                 }

@@ -100,6 +100,17 @@ pub(crate) fn check_open(fd: RawFd) -> io::Result<()> {
     }
 }
 
+/// `fd` borrowed for as long as `owner`, whose kernel object it is.
+/// `None` for a negative number.
+pub(crate) fn borrow_fd<T: ?Sized>(fd: RawFd, owner: &T) -> Option<std::os::fd::BorrowedFd<'_>> {
+    let _ = owner;
+    // SAFETY: a backend's `fd` is open for the backend's whole life
+    // (`Backend::fd`'s contract), and the borrow cannot outlive `owner`,
+    // which holds the backend. `-1`, which `BorrowedFd` may not hold, is
+    // ruled out.
+    (fd >= 0).then(|| unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) })
+}
+
 /// Takes ownership of a freshly created descriptor.
 fn owned(fd: RawFd) -> OwnedFd {
     // SAFETY: callers pass a descriptor the kernel just returned to them and
@@ -651,16 +662,188 @@ pub(crate) fn take_socket_error(fd: RawFd) -> io::Result<Option<io::Error>> {
 }
 
 // ---------------------------------------------------------------------------
-// Signals: a process-wide handler that forwards the signal number as one
-// byte to the pipe of the loop that asked for it.
+// Descriptors that keep their number, fork detection, child processes.
+// ---------------------------------------------------------------------------
+
+/// Makes `target`'s number refer to `fresh`'s open file (closing the file
+/// it referred to, atomically), then closes `fresh`: the kernel object is
+/// replaced while the number a host watches stays the same.
+pub(crate) fn replace_fd(target: RawFd, fresh: OwnedFd) -> io::Result<()> {
+    #[cfg(any(target_os = "linux", target_os = "android", target_os = "freebsd", target_os = "netbsd", target_os = "openbsd", target_os = "dragonfly"))]
+    {
+        // SAFETY: dup3 only manipulates the descriptor table; `fresh` is
+        // live and `target` is a number the caller owns.
+        syscall!(dup3(fresh.as_raw_fd(), target, libc::O_CLOEXEC))?;
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android", target_os = "freebsd", target_os = "netbsd", target_os = "openbsd", target_os = "dragonfly")))]
+    {
+        // SAFETY: as above, for dup2.
+        syscall!(dup2(fresh.as_raw_fd(), target))?;
+        // SAFETY: fcntl on the number just made; no memory involved.
+        syscall!(fcntl(target, libc::F_SETFD, libc::FD_CLOEXEC))?;
+    }
+    drop(fresh);
+    Ok(())
+}
+
+/// Whether kernel readiness objects (epoll, kqueue) are inherited across
+/// `fork`: epoll instances are (the child shares the parent's), kqueues
+/// are not (the child's copy of the number names nothing, or a file the
+/// child opened since).
+pub(crate) const KERNEL_OBJECTS_INHERITED: bool = cfg!(muxloop_epoll);
+
+/// In a forked child: puts `fresh` in `slot`, which holds a kernel object
+/// inherited from the parent (or, where those are not inherited, a number
+/// that is no longer the loop's), under `slot`'s number if possible. An
+/// inherited object is replaced under its number, which closes only the
+/// child's reference: the parent's object is untouched. A number that is
+/// not inherited is reused only if still free; otherwise `fresh` keeps its
+/// own (and the number, someone else's now, is left alone).
+pub(crate) fn take_over_after_fork(slot: &mut OwnedFd, fresh: OwnedFd) -> io::Result<()> {
+    let number = slot.as_raw_fd();
+    if KERNEL_OBJECTS_INHERITED || !fd_is_open(number) {
+        return replace_fd(number, fresh);
+    }
+    log::warn!("fork=take-over fd={number} reused in the child: the loop's fd number changes");
+    std::mem::forget(std::mem::replace(slot, fresh));
+    Ok(())
+}
+
+/// A readiness object (epoll or kqueue) that watches `inner` for
+/// readability: readable whenever `inner` is.
+#[cfg(muxloop_epoll)]
+pub(crate) fn watcher_of(inner: RawFd) -> io::Result<OwnedFd> {
+    let ep = epoll_create()?;
+    epoll_ctl(&ep, libc::EPOLL_CTL_ADD, inner, libc::EPOLLIN as u32, 0)?;
+    Ok(ep)
+}
+
+/// Makes `watcher` (from [`watcher_of`]) watch `inner` too.
+#[cfg(muxloop_epoll)]
+pub(crate) fn watch_also(watcher: &OwnedFd, inner: RawFd) -> io::Result<()> {
+    epoll_ctl(watcher, libc::EPOLL_CTL_ADD, inner, libc::EPOLLIN as u32, 0)
+}
+
+/// A readiness object (epoll or kqueue) that watches `inner` for
+/// readability: readable whenever `inner` is.
+#[cfg(muxloop_kqueue)]
+pub(crate) fn watcher_of(inner: RawFd) -> io::Result<OwnedFd> {
+    let kq = kqueue()?;
+    watch_also(&kq, inner)?;
+    Ok(kq)
+}
+
+/// Makes `watcher` (from [`watcher_of`]) watch `inner` too.
+#[cfg(muxloop_kqueue)]
+pub(crate) fn watch_also(watcher: &OwnedFd, inner: RawFd) -> io::Result<()> {
+    let change = kevent_change(inner, libc::EVFILT_READ as i16, libc::EV_ADD as u16, 0);
+    let mut none = Vec::new();
+    kevent(watcher, &[change], &mut none, Some(Duration::ZERO))
+}
+
+/// Forks this process has been through: 0 in the process that started
+/// the program, one more in each child. A loop compares it with the value
+/// it was made with to know that it was inherited across `fork`.
+pub(crate) fn forks() -> u64 {
+    static REGISTER: std::sync::Once = std::sync::Once::new();
+    REGISTER.call_once(|| {
+        // SAFETY: registers a handler that only increments an atomic,
+        // which is async-signal-safe and so allowed in a forked child of
+        // a multi-threaded process.
+        let res = unsafe { libc::pthread_atfork(None, None, Some(count_fork)) };
+        if res != 0 {
+            log::warn!(
+                "fork=register error={}: forks will not be detected",
+                io::Error::from_raw_os_error(res)
+            );
+        }
+    });
+    FORKS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+static FORKS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+extern "C" fn count_fork() {
+    FORKS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// The calling process's id.
+pub(crate) fn getpid() -> libc::pid_t {
+    // SAFETY: getpid cannot fail and touches no memory.
+    unsafe { libc::getpid() }
+}
+
+/// A pidfd for `pid` (Linux 5.3+): readable once the process exits, and
+/// even if it already has (a zombie keeps its pid). `ENOSYS` on older
+/// kernels, `ESRCH` if there is no such process (or it was reaped).
+#[cfg(any(target_os = "linux", target_os = "android"))]
+pub(crate) fn pidfd_open(pid: libc::pid_t) -> io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags, no pointers.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let fd = owned(fd as RawFd);
+    // SAFETY: fcntl on a descriptor we own; no memory involved.
+    syscall!(fcntl(fd.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC))?;
+    // SAFETY: as above.
+    syscall!(fcntl(fd.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK))?;
+    Ok(fd)
+}
+
+/// Reaps `pid` if it has exited: its wait status, or `None` while it
+/// runs. `ECHILD` if it is not a child of this process (or was reaped).
+pub(crate) fn try_reap(pid: libc::pid_t) -> io::Result<Option<libc::c_int>> {
+    let mut status: libc::c_int = 0;
+    loop {
+        // SAFETY: `status` is a live c_int for waitpid to fill.
+        match syscall!(waitpid(pid, &mut status, libc::WNOHANG)) {
+            Ok(0) => return Ok(None),
+            Ok(_) => return Ok(Some(status)),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Signals: a process-wide handler that marks the signal pending and wakes
+// the loop that asked for it through its pipe.
 // ---------------------------------------------------------------------------
 
 /// One more than the highest signal number muxloop accepts.
 pub(crate) const NSIG: usize = 65;
 
-/// Per signal: the write end of the pipe to forward it to, or -1.
+/// Per signal: the write end of the pipe of the loop handling it, or -1.
 static SIGNAL_PIPES: [std::sync::atomic::AtomicI32; NSIG] =
     [const { std::sync::atomic::AtomicI32::new(-1) }; NSIG];
+
+/// Per signal: set by the handler, cleared by the loop when it runs the
+/// callback. A flag per signal, not the pipe's bytes, says what arrived:
+/// a burst that fills the pipe cannot make another signal be lost.
+static SIGNAL_PENDING: [std::sync::atomic::AtomicBool; NSIG] =
+    [const { std::sync::atomic::AtomicBool::new(false) }; NSIG];
+
+/// Per signal: the process whose loop handles it. A forked child that
+/// never took the loop over has another pid: there the handler gives the
+/// signal its earlier disposition back and raises it again, so the child
+/// behaves as if muxloop had never handled it.
+static SIGNAL_OWNERS: [std::sync::atomic::AtomicI32; NSIG] =
+    [const { std::sync::atomic::AtomicI32::new(0) }; NSIG];
+
+/// Per signal: the disposition before muxloop took it over, readable from
+/// the handler.
+struct SavedActions([std::cell::UnsafeCell<std::mem::MaybeUninit<libc::sigaction>>; NSIG]);
+
+// SAFETY: slot `n` is written only by the thread that owns signal `n`'s
+// `SIGNAL_PIPES` entry (won with a compare-exchange) before it installs
+// the handler, and read only after the handler is installed (the
+// sigaction(2) call orders the write before any delivery) or by that
+// owner when it restores the disposition.
+unsafe impl Sync for SavedActions {}
+
+static SAVED_ACTIONS: SavedActions =
+    SavedActions([const { std::cell::UnsafeCell::new(std::mem::MaybeUninit::uninit()) }; NSIG]);
 
 #[cfg(any(target_os = "linux", target_os = "android"))]
 fn errno_location() -> *mut libc::c_int {
@@ -675,44 +858,57 @@ fn errno_location() -> *mut libc::c_int {
 }
 
 extern "C" fn forward_signal(signum: libc::c_int) {
+    use std::sync::atomic::Ordering;
     let Some(slot) = SIGNAL_PIPES.get(signum as usize) else {
         return;
     };
-    let fd = slot.load(std::sync::atomic::Ordering::Relaxed);
-    if fd < 0 {
-        return;
-    }
-    let byte = signum as u8;
     let errno = errno_location();
-    // SAFETY: only async-signal-safe calls: reading and restoring errno
-    // (write may change it behind the interrupted code's back) and write(2)
-    // of one byte from the stack to a non-blocking pipe. A full pipe drops
-    // the byte, which is fine: one pending byte is enough to wake the loop.
-    unsafe {
-        let saved = *errno;
-        libc::write(fd, (&byte as *const u8).cast(), 1);
-        *errno = saved;
+    // SAFETY: errno is the calling thread's; it is restored below, as
+    // write(2) and getpid(2) may change it behind the interrupted code.
+    let saved_errno = unsafe { *errno };
+    let fd = slot.load(Ordering::Acquire);
+    if fd >= 0 {
+        if SIGNAL_OWNERS[signum as usize].load(Ordering::Relaxed) == getpid() {
+            SIGNAL_PENDING[signum as usize].store(true, Ordering::Release);
+            let byte = signum as u8;
+            // SAFETY: write(2) of one byte from the stack to a non-blocking
+            // pipe, async-signal-safe. A full pipe drops the byte, which is
+            // fine: the pipe is readable, and the flag says which signal.
+            unsafe { libc::write(fd, (&byte as *const u8).cast(), 1) };
+        } else {
+            // SAFETY: the slot was filled before the handler was installed
+            // (see `SavedActions`); sigaction(2) and raise(3) are
+            // async-signal-safe. The signal is blocked while its handler
+            // runs, so the raised one is delivered, under the restored
+            // disposition, when this returns.
+            unsafe {
+                let old = (*SAVED_ACTIONS.0[signum as usize].get()).as_ptr();
+                libc::sigaction(signum, old, std::ptr::null_mut());
+                libc::raise(signum);
+            }
+        }
     }
+    // SAFETY: as above.
+    unsafe { *errno = saved_errno };
 }
 
-/// The disposition a signal had before muxloop took it over.
-pub(crate) struct SavedAction(libc::sigaction);
+/// Marks muxloop's handling of a signal: while it lives, the signal is
+/// forwarded to a loop's pipe. Restore it with [`restore_signal`].
+pub(crate) struct SignalRoute(i32);
 
-// SAFETY: a sigaction is plain data (a handler address, flags and a mask);
-// it is only passed back to sigaction(2).
-unsafe impl Send for SavedAction {}
-
-/// Routes `signum` to `pipe_write` and returns the previous disposition.
-/// Fails with `AlreadyExists` if another loop already handles it.
-pub(crate) fn install_signal(signum: i32, pipe_write: RawFd) -> io::Result<SavedAction> {
-    let slot = &SIGNAL_PIPES[signum as usize];
+/// Routes `signum` to `pipe_write`, the pipe of a loop in this process.
+/// Fails with `AlreadyExists` if another loop of this process handles it;
+/// a route inherited from the parent across `fork` is taken over.
+pub(crate) fn install_signal(signum: i32, pipe_write: RawFd) -> io::Result<SignalRoute> {
+    use std::sync::atomic::Ordering;
+    let i = signum as usize;
+    let me = getpid();
+    let slot = &SIGNAL_PIPES[i];
+    let current = slot.load(Ordering::SeqCst);
+    let inherited = current >= 0 && SIGNAL_OWNERS[i].load(Ordering::SeqCst) != me;
+    let expected = if inherited { current } else { -1 };
     if slot
-        .compare_exchange(
-            -1,
-            pipe_write,
-            std::sync::atomic::Ordering::SeqCst,
-            std::sync::atomic::Ordering::SeqCst,
-        )
+        .compare_exchange(expected, pipe_write, Ordering::SeqCst, Ordering::SeqCst)
         .is_err()
     {
         return Err(io::Error::new(
@@ -720,27 +916,55 @@ pub(crate) fn install_signal(signum: i32, pipe_write: RawFd) -> io::Result<Saved
             format!("signal {signum} is already handled by another event loop"),
         ));
     }
+    SIGNAL_OWNERS[i].store(me, Ordering::SeqCst);
+    SIGNAL_PENDING[i].store(false, Ordering::SeqCst);
+    if inherited {
+        // The handler and the saved disposition are the parent's, still in
+        // place: keep them.
+        return Ok(SignalRoute(signum));
+    }
     // SAFETY: a zeroed sigaction is a valid value to fill in.
     let mut new: libc::sigaction = unsafe { std::mem::zeroed() };
     new.sa_sigaction = forward_signal as *const () as usize;
     new.sa_flags = libc::SA_RESTART;
     // SAFETY: `new.sa_mask` is a valid sigset_t to initialise.
     unsafe { libc::sigemptyset(&mut new.sa_mask) };
-    // SAFETY: as above, for the slot sigaction(2) fills with the old action.
-    let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
-    // SAFETY: both pointers refer to live sigaction values.
-    if let Err(e) = syscall!(sigaction(signum, &new, &mut old)) {
-        slot.store(-1, std::sync::atomic::Ordering::SeqCst);
+    // SAFETY: this thread owns slot `i` (the compare-exchange above), and
+    // the handler, not installed yet, cannot read it.
+    let old = unsafe { (*SAVED_ACTIONS.0[i].get()).as_mut_ptr() };
+    // SAFETY: `new` is a live sigaction; `old` points to the saved slot,
+    // which sigaction(2) fills with the disposition it replaces.
+    if let Err(e) = syscall!(sigaction(signum, &new, old)) {
+        slot.store(-1, Ordering::SeqCst);
         return Err(e);
     }
-    Ok(SavedAction(old))
+    Ok(SignalRoute(signum))
 }
 
-/// Restores the disposition saved by [`install_signal`] and stops
-/// forwarding `signum`.
-pub(crate) fn restore_signal(signum: i32, saved: &SavedAction) -> io::Result<()> {
-    // SAFETY: `saved.0` is the sigaction the kernel returned earlier.
-    let res = syscall!(sigaction(signum, &saved.0, std::ptr::null_mut()));
-    SIGNAL_PIPES[signum as usize].store(-1, std::sync::atomic::Ordering::SeqCst);
+/// Points an installed route at another pipe (the loop's new one after
+/// `fork`), owned by this process.
+pub(crate) fn reroute_signal(route: &SignalRoute, pipe_write: RawFd) {
+    use std::sync::atomic::Ordering;
+    let i = route.0 as usize;
+    SIGNAL_OWNERS[i].store(getpid(), Ordering::SeqCst);
+    SIGNAL_PIPES[i].store(pipe_write, Ordering::SeqCst);
+}
+
+/// Whether `signum` arrived since the last call, clearing the mark.
+pub(crate) fn take_pending_signal(route: &SignalRoute) -> bool {
+    SIGNAL_PENDING[route.0 as usize].swap(false, std::sync::atomic::Ordering::AcqRel)
+}
+
+/// Restores the disposition `signum` had before [`install_signal`] and
+/// stops forwarding it.
+pub(crate) fn restore_signal(route: SignalRoute) -> io::Result<()> {
+    let i = route.0 as usize;
+    // SAFETY: the slot was filled by `install_signal` for this route,
+    // which this thread owns.
+    let old = unsafe { (*SAVED_ACTIONS.0[i].get()).as_ptr() };
+    // SAFETY: `old` points to the sigaction the kernel returned earlier.
+    let res = syscall!(sigaction(route.0, old, std::ptr::null_mut()));
+    SIGNAL_PIPES[i].store(-1, std::sync::atomic::Ordering::SeqCst);
+    SIGNAL_PENDING[i].store(false, std::sync::atomic::Ordering::SeqCst);
     res.map(|_| ())
 }

@@ -36,9 +36,10 @@
 //!   fresh one holding only the live registrations.
 
 use std::io;
-use std::os::fd::{OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
+use super::host_fd::HostFd;
 use super::{Backend, not_pollable};
 use crate::fd_table::FdTable;
 use crate::sys;
@@ -84,6 +85,8 @@ pub(crate) struct EpollBackend {
     /// new registration gets a fresh one, so an orphan's data never
     /// matches a live registration's.
     generation: u32,
+    /// What a host program polls (see `HostFd`).
+    host: HostFd,
 }
 
 fn events_for(interest: Interest) -> u32 {
@@ -139,8 +142,10 @@ fn data(fd: RawFd, generation: u32) -> u64 {
 
 impl EpollBackend {
     pub(crate) fn new() -> io::Result<EpollBackend> {
+        let ep = sys::epoll_create()?;
         Ok(EpollBackend {
-            ep: sys::epoll_create()?,
+            host: HostFd::new(ep.as_raw_fd()),
+            ep,
             events: Vec::with_capacity(MIN_EVENTS),
             fds: FdTable::new(FdState::EMPTY),
             deferred: Vec::new(),
@@ -240,8 +245,52 @@ impl EpollBackend {
              (closed while registered, or after unregister while a dup kept the file open); \
              kept={kept}"
         );
-        self.ep = ep;
-        Ok(())
+        self.switch_to(ep)
+    }
+
+    /// Makes `ep` the instance (the old one closes) and tells the host fd.
+    fn switch_to(&mut self, ep: OwnedFd) -> io::Result<()> {
+        let _old = std::mem::replace(&mut self.ep, ep);
+        self.host.replaced(self.ep.as_raw_fd())
+    }
+
+    /// A new instance holding exactly `live`; the table describes it.
+    /// Deferred deletes are dropped unapplied: after `fork` they would
+    /// reach the instance the child shares with its parent.
+    fn fresh_set(
+        &mut self,
+        live: &mut dyn Iterator<Item = (RawFd, Token, Interest)>,
+    ) -> io::Result<OwnedFd> {
+        let ep = sys::epoll_create()?;
+        self.fds.clear();
+        self.deferred.clear();
+        self.active = 0;
+        for (fd, token, interest) in live {
+            let generation = self.next_generation();
+            let res = sys::epoll_ctl(
+                &ep,
+                libc::EPOLL_CTL_ADD,
+                fd,
+                events_for(interest),
+                data(fd, generation),
+            );
+            if let Err(e) = res {
+                log::warn!("backend=epoll fd={fd} not re-added: {e}");
+                continue;
+            }
+            self.fds.insert(
+                fd,
+                FdState {
+                    token,
+                    interest,
+                    generation,
+                    live: data(fd, generation),
+                    deferred: false,
+                },
+            );
+            self.active += 1;
+        }
+        Ok(ep)
     }
 }
 
@@ -319,42 +368,32 @@ impl Backend for EpollBackend {
     }
 
     /// Re-synchronises with the selector's registrations: a fresh epoll
-    /// instance holding exactly `live`. Needed only if the kernel and the
+    /// instance holding exactly `live`. Needed if the kernel and the
     /// backend's table disagree, e.g. after a wrapper dropped a delete.
     fn purge(
         &mut self,
         live: &mut dyn Iterator<Item = (RawFd, Token, Interest)>,
     ) -> io::Result<()> {
-        let ep = sys::epoll_create()?;
-        self.fds.clear();
-        self.deferred.clear();
-        self.active = 0;
-        for (fd, token, interest) in live {
-            let generation = self.next_generation();
-            let res = sys::epoll_ctl(
-                &ep,
-                libc::EPOLL_CTL_ADD,
-                fd,
-                events_for(interest),
-                data(fd, generation),
-            );
-            if let Err(e) = res {
-                log::warn!("backend=epoll fd={fd} not re-added on purge: {e}");
-                continue;
-            }
-            self.fds.insert(
-                fd,
-                FdState {
-                    token,
-                    interest,
-                    generation,
-                    live: data(fd, generation),
-                    deferred: false,
-                },
-            );
-            self.active += 1;
-        }
-        self.ep = ep;
+        let ep = self.fresh_set(live)?;
+        self.switch_to(ep)
+    }
+
+    /// The inherited instance is the parent's too: the child makes its
+    /// own, and only the child's reference to the old one closes.
+    fn after_fork(
+        &mut self,
+        live: &mut dyn Iterator<Item = (RawFd, Token, Interest)>,
+    ) -> io::Result<()> {
+        self.ep = self.fresh_set(live)?;
+        self.host.after_fork(self.ep.as_raw_fd())
+    }
+
+    fn fd(&self) -> Option<RawFd> {
+        self.host.fd()
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.flush_deletes();
         Ok(())
     }
 

@@ -18,7 +18,7 @@
 #![allow(clippy::unnecessary_cast)]
 
 use std::io;
-use std::os::fd::{OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
 use super::Backend;
@@ -156,6 +156,31 @@ impl Backend for KqueueBackend {
             [Some(e), _] | [None, Some(e)] => Err(e),
             _ => Ok(()),
         }
+    }
+
+    /// The kqueue itself: it is never replaced (closing an fd removes its
+    /// filters, so there is nothing to purge), and it is readable while
+    /// events are pending.
+    fn fd(&self) -> Option<RawFd> {
+        Some(self.kq.as_raw_fd())
+    }
+
+    /// A kqueue is not inherited by a child: a new one, under the old
+    /// number if the child has not reused it, with the `live` filters.
+    fn after_fork(
+        &mut self,
+        live: &mut dyn Iterator<Item = (RawFd, Token, Interest)>,
+    ) -> io::Result<()> {
+        sys::take_over_after_fork(&mut self.kq, sys::kqueue()?)?;
+        self.added = 0;
+        for (fd, token, interest) in live {
+            let add: Vec<i16> = filters(interest).collect();
+            match self.change(fd, token, &add, &[]) {
+                Ok(()) => self.added += 1,
+                Err(e) => log::warn!("backend=kqueue fd={fd} not re-added after fork: {e}"),
+            }
+        }
+        Ok(())
     }
 
     fn wait(

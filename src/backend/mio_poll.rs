@@ -9,11 +9,13 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::time::Duration;
 
 use mio::unix::SourceFd;
 
+#[cfg(any(muxloop_epoll, muxloop_kqueue))]
+use super::host_fd::HostFd;
 use super::{Backend, not_pollable};
 use crate::{Interest, Ready, Token};
 
@@ -26,6 +28,9 @@ pub(crate) struct MioBackend {
     added: HashMap<Token, (RawFd, Interest)>,
     /// Tokens reported by the last wait, re-armed before the next one.
     rearm: Vec<Token>,
+    /// What a host program polls (see `HostFd`).
+    #[cfg(any(muxloop_epoll, muxloop_kqueue))]
+    host: HostFd,
 }
 
 fn mio_interest(interest: Interest) -> mio::Interest {
@@ -38,12 +43,39 @@ fn mio_interest(interest: Interest) -> mio::Interest {
 
 impl MioBackend {
     pub(crate) fn new() -> io::Result<MioBackend> {
+        let poll = mio::Poll::new()?;
         Ok(MioBackend {
-            poll: mio::Poll::new()?,
+            #[cfg(any(muxloop_epoll, muxloop_kqueue))]
+            host: HostFd::new(poll.as_raw_fd()),
+            poll,
             events: mio::Events::with_capacity(MIN_EVENTS),
             added: HashMap::new(),
             rearm: Vec::new(),
         })
+    }
+
+    /// A new Poll holding exactly `live`; `added` describes it.
+    fn fresh_poll(
+        &mut self,
+        live: &mut dyn Iterator<Item = (RawFd, Token, Interest)>,
+    ) -> io::Result<mio::Poll> {
+        let poll = mio::Poll::new()?;
+        self.added.clear();
+        self.rearm.clear();
+        for (fd, token, interest) in live {
+            let res = poll.registry().register(
+                &mut SourceFd(&fd),
+                mio::Token(token.0),
+                mio_interest(interest),
+            );
+            match res {
+                Ok(()) => {
+                    self.added.insert(token, (fd, interest));
+                }
+                Err(e) => log::warn!("backend=mio fd={fd} not re-added: {e}"),
+            }
+        }
+        Ok(poll)
     }
 
     fn rearm_reported(&mut self) {
@@ -114,23 +146,40 @@ impl Backend for MioBackend {
     ) -> io::Result<()> {
         // Same reason as the epoll backend: mio cannot deregister a
         // registration whose fd number is gone, so start a new Poll.
-        let poll = mio::Poll::new()?;
-        self.added.clear();
-        self.rearm.clear();
-        for (fd, token, interest) in live {
-            let res = poll.registry().register(
-                &mut SourceFd(&fd),
-                mio::Token(token.0),
-                mio_interest(interest),
-            );
-            match res {
-                Ok(()) => {
-                    self.added.insert(token, (fd, interest));
-                }
-                Err(e) => log::warn!("backend=mio fd={fd} not re-added on purge: {e}"),
-            }
+        let poll = self.fresh_poll(live)?;
+        let _old = std::mem::replace(&mut self.poll, poll);
+        #[cfg(any(muxloop_epoll, muxloop_kqueue))]
+        self.host.replaced(self.poll.as_raw_fd())?;
+        Ok(())
+    }
+
+    #[cfg(any(muxloop_epoll, muxloop_kqueue))]
+    fn fd(&self) -> Option<RawFd> {
+        self.host.fd()
+    }
+
+    /// Re-arms what the last wait reported, so that a host polling the
+    /// kernel object sees a still-ready fd again (mio is edge-triggered).
+    fn flush(&mut self) -> io::Result<()> {
+        self.rearm_reported();
+        Ok(())
+    }
+
+    fn after_fork(
+        &mut self,
+        live: &mut dyn Iterator<Item = (RawFd, Token, Interest)>,
+    ) -> io::Result<()> {
+        let poll = self.fresh_poll(live)?;
+        let inherited = std::mem::replace(&mut self.poll, poll);
+        if crate::sys::KERNEL_OBJECTS_INHERITED {
+            // Closes only the child's reference to the parent's instance.
+            drop(inherited);
+        } else {
+            // Not inherited: the number is not this process's to close.
+            std::mem::forget(inherited);
         }
-        self.poll = poll;
+        #[cfg(any(muxloop_epoll, muxloop_kqueue))]
+        self.host.after_fork(self.poll.as_raw_fd())?;
         Ok(())
     }
 

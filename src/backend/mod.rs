@@ -15,6 +15,8 @@ use crate::{Interest, Ready, Token};
 
 #[cfg(muxloop_epoll)]
 mod epoll;
+#[cfg(any(muxloop_epoll, muxloop_kqueue))]
+mod host_fd;
 #[cfg(muxloop_kqueue)]
 mod kqueue;
 #[cfg(feature = "mio")]
@@ -106,12 +108,44 @@ pub trait Backend: Send {
     /// Q6). Being level-triggered, it would wake every wait from now on.
     /// Backends where this can happen re-create their kernel object and add
     /// the `live` registrations again; the default does nothing.
+    ///
+    /// A backend with a [kernel fd](Backend::fd) keeps its number.
     fn purge(
         &mut self,
         live: &mut dyn Iterator<Item = (RawFd, Token, Interest)>,
     ) -> io::Result<()> {
         let _ = live;
         Ok(())
+    }
+
+    /// The fd of the kernel object, for a program that drives the selector
+    /// from its own loop: it must become readable whenever a `wait` would
+    /// report something, and keep its number for the backend's whole life
+    /// (through [`purge`](Backend::purge) and
+    /// [`after_fork`](Backend::after_fork)). `None`, the default, for
+    /// backends without one (select, poll).
+    fn fd(&self) -> Option<RawFd> {
+        None
+    }
+
+    /// Applies changes the backend deferred (deletes batched until the
+    /// next wait, re-arming of edge-triggered registrations), so that the
+    /// [kernel fd](Backend::fd) reflects exactly the added fds and their
+    /// readiness when no `wait` follows at once. The default does nothing.
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+
+    /// In a child process after `fork`: stops sharing the kernel object
+    /// with the parent (a new one, under the same fd number) and adds the
+    /// `live` registrations to it. Nothing may reach the parent's object.
+    /// The default calls [`purge`](Backend::purge), right for backends
+    /// without a kernel object and for those whose `purge` re-creates it.
+    fn after_fork(
+        &mut self,
+        live: &mut dyn Iterator<Item = (RawFd, Token, Interest)>,
+    ) -> io::Result<()> {
+        self.purge(live)
     }
 }
 

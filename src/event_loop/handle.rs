@@ -17,6 +17,17 @@ pub(super) struct Remote<S> {
     pub(super) waker: Waker,
 }
 
+impl<S> Remote<S> {
+    pub(super) fn new(waker: Waker) -> Remote<S> {
+        Remote {
+            queue: Mutex::new(Vec::new()),
+            stop: AtomicBool::new(false),
+            alive: AtomicBool::new(true),
+            waker,
+        }
+    }
+}
+
 impl<S> EventLoop<S> {
     /// A handle other threads can use to queue work and stop the loop.
     pub fn handle(&self) -> LoopHandle<S> {

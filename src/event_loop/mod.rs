@@ -9,8 +9,8 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::io;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use crate::signal::Signals;
@@ -18,6 +18,8 @@ use crate::timer::{TimerId, Timers};
 use crate::waker::Waker;
 use crate::{BackendKind, Events, Interest, Selector, Token};
 
+mod children;
+mod embed;
 mod handle;
 mod run;
 mod signals;
@@ -116,6 +118,9 @@ enum Slot<S> {
 pub struct EventLoop<S = ()> {
     /// Tells this loop's `Paused` values from other loops'.
     id: u32,
+    /// `sys::forks()` when the loop was made (or taken over by
+    /// `after_fork`): a different value means this is an inherited copy.
+    forks: u64,
     selector: Selector<Slot<S>>,
     /// Tokens of `Slot::Parked` keys (some perhaps resumed or gone since).
     parked: Vec<Token>,
@@ -127,6 +132,10 @@ pub struct EventLoop<S = ()> {
     soon: VecDeque<Call<S>>,
     remote: Arc<Remote<S>>,
     signals: Option<Signals<SignalCallback<S>>>,
+    /// Children waiting for SIGCHLD.
+    children: Vec<children::Waiting<S>>,
+    /// Children watched by a pidfd source.
+    child_sources: usize,
     stopped: bool,
     /// An iteration is under way (its callbacks may not start another).
     iterating: bool,
@@ -193,13 +202,11 @@ impl<S> EventLoop<S> {
             timers: Timers::new(u64::from(id)),
             running_timer: None,
             soon: VecDeque::new(),
-            remote: Arc::new(Remote {
-                queue: Mutex::new(Vec::new()),
-                stop: AtomicBool::new(false),
-                alive: AtomicBool::new(true),
-                waker,
-            }),
+            forks: crate::sys::forks(),
+            remote: Arc::new(Remote::new(waker)),
             signals: None,
+            children: Vec::new(),
+            child_sources: 0,
             stopped: false,
             iterating: false,
             poisoned: Default::default(),

@@ -1,12 +1,23 @@
 //! Running the loop: one iteration step by step, `run` until stopped.
 
 use std::io;
+use std::os::fd::RawFd;
 use std::time::{Duration, Instant};
 
 use std::cell::Cell;
 use std::rc::Rc;
 
 use super::{EventLoop, LoopStats};
+use crate::Ready;
+
+/// Where an iteration's readiness comes from.
+#[derive(Clone, Copy)]
+enum Wait<'a> {
+    /// A wait in the backend, at most this long (`None`: no cap).
+    Kernel(Option<Duration>),
+    /// A host program's own observation, for the watched fds.
+    Observed(&'a [(RawFd, Ready)]),
+}
 
 /// Dropped only while unwinding (it is forgotten otherwise): the loop's
 /// iteration was left half-done.
@@ -77,7 +88,7 @@ impl<S> EventLoop<S> {
         self.check_runnable()?;
         log::debug!("loop=run backend={}", self.backend_name());
         let res = loop {
-            if let Err(e) = self.iterate(None, state) {
+            if let Err(e) = self.iterate(Wait::Kernel(None), state) {
                 break Err(e);
             }
             if self.stopped {
@@ -126,7 +137,57 @@ impl<S> EventLoop<S> {
     /// the loop (its sources are closed).
     pub fn run_once(&mut self, timeout: Option<Duration>, state: &mut S) -> io::Result<usize> {
         let before = self.callbacks_run();
-        self.iterate(timeout, state)?;
+        self.iterate(Wait::Kernel(timeout), state)?;
+        self.flush_changes()?;
+        Ok((self.callbacks_run() - before) as usize)
+    }
+
+    /// One iteration without a wait, on readiness that a program driving
+    /// the loop from its own observed itself, for the fds
+    /// [`watched_fds`](EventLoop::watched_fds) listed: GLib's way, for
+    /// backends without a [backend fd](EventLoop::backend_fd) (select,
+    /// poll) or for a host that prefers to watch each fd. Records of fds
+    /// the loop does not watch are ignored; readiness is masked by each
+    /// source's interest. Runs due timers and queued calls too, and
+    /// returns how many callbacks ran, as
+    /// [`run_once`](EventLoop::run_once).
+    ///
+    /// # Errors
+    ///
+    /// As [`run_once`](EventLoop::run_once).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use muxloop::{BackendKind, EventLoop, Interest, PostAction, Ready};
+    /// use std::io::{Read, Write};
+    /// use std::os::fd::AsRawFd;
+    /// use std::os::unix::net::UnixStream;
+    ///
+    /// let (a, mut b) = UnixStream::pair()?;
+    /// a.set_nonblocking(true)?;
+    /// let fd = a.as_raw_fd();
+    /// let mut lp = EventLoop::<Vec<u8>>::with_backend(BackendKind::Poll)?;
+    /// lp.add(a, Interest::READABLE, |_, sock, _, got| {
+    ///     let mut buf = [0; 16];
+    ///     let n = sock.read(&mut buf).unwrap_or(0);
+    ///     got.extend_from_slice(&buf[..n]);
+    ///     PostAction::Continue
+    /// })?;
+    /// let mut fds = Vec::new();
+    /// lp.watched_fds(&mut fds)?; // the host polls these (and its own)
+    /// assert!(fds.iter().any(|&(f, interest)| f == fd && interest.is_readable()));
+    ///
+    /// b.write_all(b"hi")?; // the host's poll(2) would see `fd` readable:
+    /// let mut got = Vec::new();
+    /// assert_eq!(lp.run_ready(&[(fd, Ready::READABLE)], &mut got)?, 1);
+    /// assert_eq!(got, b"hi");
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn run_ready(&mut self, observed: &[(RawFd, Ready)], state: &mut S) -> io::Result<usize> {
+        let before = self.callbacks_run();
+        self.iterate(Wait::Observed(observed), state)?;
+        self.flush_changes()?;
         Ok((self.callbacks_run() - before) as usize)
     }
 
@@ -137,6 +198,7 @@ impl<S> EventLoop<S> {
     }
 
     fn check_runnable(&self) -> io::Result<()> {
+        self.check_process()?;
         if self.poisoned.get() {
             return Err(io::Error::new(
                 io::ErrorKind::ResourceBusy,
@@ -153,26 +215,38 @@ impl<S> EventLoop<S> {
         Ok(())
     }
 
-    fn iterate(&mut self, cap: Option<Duration>, state: &mut S) -> io::Result<()> {
+    fn iterate(&mut self, wait: Wait<'_>, state: &mut S) -> io::Result<()> {
         self.check_runnable()?;
         self.iterating = true;
         // Marks the loop poisoned if a callback unwinds through here (a
         // drop guard, not `catch_unwind`: that would move the whole
         // iteration into a closure and cost the hot path).
         let guard = PanicGuard(self.poisoned.clone());
-        let res = self.iterate_once(cap, state);
+        let res = self.iterate_once(wait, state);
         std::mem::forget(guard);
         self.iterating = false;
         res
     }
 
-    fn iterate_once(&mut self, cap: Option<Duration>, state: &mut S) -> io::Result<()> {
+    fn iterate_once(&mut self, wait: Wait<'_>, state: &mut S) -> io::Result<()> {
         if let Some(hook) = self.before_sleep.as_mut() {
             hook(state);
         }
         // After the hook, which may pause sources too.
         self.unpark_all();
         let now = Instant::now();
+        let cap = match wait {
+            Wait::Kernel(cap) => cap,
+            Wait::Observed(observed) => {
+                let mut events = std::mem::take(&mut self.events);
+                self.selector.select_observed(&mut events, observed);
+                let woke = self.woke(now, state);
+                self.dispatch_events(&events, state);
+                self.events = events;
+                self.finish_iteration(woke, state);
+                return Ok(());
+            }
+        };
         let timeout = if !self.soon.is_empty() || self.stopped {
             Some(Duration::ZERO)
         } else {
@@ -206,12 +280,16 @@ impl<S> EventLoop<S> {
             return Err(e);
         }
         log::trace!("loop=iterate events={} timeout={timeout:?}", events.len());
-        for ev in events.iter() {
-            self.dispatch(ev.token(), ev.ready(), state);
-        }
+        self.dispatch_events(&events, state);
         self.events = events;
         self.finish_iteration(woke, state);
         Ok(())
+    }
+
+    fn dispatch_events(&mut self, events: &crate::Events, state: &mut S) {
+        for ev in events.iter() {
+            self.dispatch(ev.token(), ev.ready(), state);
+        }
     }
 
     /// Accounts the wait that began at `slept` and runs the wake hook.

@@ -24,13 +24,19 @@ impl<S> EventLoop<S> {
         F: FnMut(&mut EventLoop<S>, &mut S) + 'static,
     {
         crate::signal::validate(signum)?;
+        self.ensure_signals()?;
+        let signals = self.signals.as_mut().expect("created above");
+        signals.add(signum, Box::new(callback))
+    }
+
+    /// Makes the signal pipe and watches it, if not done yet.
+    pub(super) fn ensure_signals(&mut self) -> io::Result<()> {
         if self.signals.is_none() {
             let signals = Signals::new()?;
             self.register(signals.fd(), Interest::READABLE, Slot::Signals)?;
             self.signals = Some(signals);
         }
-        let signals = self.signals.as_mut().expect("created above");
-        signals.add(signum, Box::new(callback))
+        Ok(())
     }
 
     /// Stops handling `signum` and restores the disposition it had before
@@ -55,6 +61,11 @@ impl<S> EventLoop<S> {
             signals.drain(&mut pending);
         }
         for signum in pending {
+            if signum == libc::SIGCHLD
+                && self.signals.as_ref().is_some_and(|s| s.is_internal(signum))
+            {
+                self.reap_children(state);
+            }
             let Some(mut cb) = self.signals.as_mut().and_then(|s| s.take(signum)) else {
                 continue;
             };

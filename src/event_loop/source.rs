@@ -267,6 +267,7 @@ impl<S> EventLoop<S> {
     /// paused sources: one of them may have been closed since, and `fd`
     /// be its number reused.
     pub(super) fn register(&mut self, fd: RawFd, interest: Interest, slot: Slot<S>) -> io::Result<Token> {
+        self.check_process()?;
         self.unpark_all();
         Ok(self.selector.register(fd, interest, slot)?.token())
     }
