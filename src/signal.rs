@@ -86,6 +86,21 @@ impl<C> Signals<C> {
         Ok(())
     }
 
+    /// The loop no longer needs `signum`: its previous disposition comes
+    /// back unless a user callback still wants it.
+    pub(crate) fn remove_internal(&mut self, signum: i32) -> io::Result<()> {
+        let Some(entry) = self.handlers.get_mut(&signum) else {
+            return Ok(());
+        };
+        entry.internal = false;
+        if entry.user {
+            return Ok(());
+        }
+        let entry = self.handlers.remove(&signum).expect("looked up above");
+        log::debug!("signal=remove signum={signum}");
+        sys::restore_signal(entry.route)
+    }
+
     /// Whether the loop itself needs `signum`.
     pub(crate) fn is_internal(&self, signum: i32) -> bool {
         self.handlers.get(&signum).is_some_and(|h| h.internal)

@@ -124,3 +124,38 @@ fn one_signal_belongs_to_one_loop() {
     a.remove_signal(libc::SIGWINCH).unwrap();
     b.add_signal(libc::SIGWINCH, |_, _| {}).unwrap();
 }
+
+#[test]
+fn a_burst_that_fills_the_pipe_does_not_lose_another_signal() {
+    init_logging();
+    // Real-time signals, used by no other test here.
+    let (burst, single) = (libc::SIGRTMIN() + 2, libc::SIGRTMIN() + 3);
+    for &kind in BackendKind::available() {
+        let mut lp = EventLoop::<Vec<i32>>::with_backend(kind).unwrap();
+        lp.add_signal(burst, move |_, got| got.push(burst)).unwrap();
+        lp.add_signal(single, move |_, got| got.push(single))
+            .unwrap();
+        // More than a pipe holds (64 KiB on Linux) before the loop looks.
+        for _ in 0..70_000 {
+            raise(burst);
+        }
+        raise(single);
+        let mut got = Vec::new();
+        lp.run_once(Some(Duration::from_secs(1)), &mut got).unwrap();
+        lp.run_once(Some(Duration::ZERO), &mut got).unwrap();
+        got.sort_unstable();
+        assert_eq!(got, vec![burst, single], "{kind}");
+        lp.remove_signal(burst).unwrap();
+        lp.remove_signal(single).unwrap();
+    }
+}
+
+#[test]
+fn fault_signals_are_refused() {
+    let mut lp = EventLoop::<()>::new().unwrap();
+    for signum in [libc::SIGSEGV, libc::SIGBUS, libc::SIGFPE, libc::SIGILL] {
+        let err = lp.add_signal(signum, |_, _| {}).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput, "{signum}");
+        assert!(err.to_string().contains("fault"), "{err}");
+    }
+}

@@ -8,7 +8,10 @@
 //! kernel lacks pidfds, SIGCHLD through the loop's signal pipe, on which
 //! every waiting child is polled with `waitpid(WNOHANG)`; the first poll
 //! runs on the next iteration after the child is added, which covers a
-//! child that exited before the handler was installed. Setting
+//! child that exited before the handler was installed. SIGCHLD, like any
+//! signal, belongs to one loop at a time: the loop holds it while it has
+//! children waiting, and other loops are refused meanwhile
+//! (`AlreadyExists`); pidfds have no such limit. Setting
 //! `MUXLOOP_CHILD_WATCH=sigchld` picks the second on Linux too (to test
 //! it).
 
@@ -64,7 +67,10 @@ impl<S: 'static> EventLoop<S> {
     /// # Errors
     ///
     /// `NotFound` if the process was already reaped; the kernel refusing
-    /// a pidfd (e.g. out of fds), or the SIGCHLD handler.
+    /// a pidfd (e.g. out of fds), or the SIGCHLD handler. Where children
+    /// are watched through SIGCHLD (no pidfds: not Linux, or a kernel
+    /// before 5.3), `AlreadyExists` while another loop of the process
+    /// watches children, or handles SIGCHLD itself.
     ///
     /// # Examples
     ///
@@ -206,6 +212,14 @@ impl<S> EventLoop<S> {
                 res => {
                     let child = self.children.swap_remove(i);
                     done.push((child, res.map(|s| s.expect("matched Some"))));
+                }
+            }
+        }
+        if self.children.is_empty() {
+            // Let SIGCHLD go: another loop of the process may want it.
+            if let Some(signals) = self.signals.as_mut() {
+                if let Err(e) = signals.remove_internal(libc::SIGCHLD) {
+                    log::warn!("loop=child SIGCHLD not restored: {e}");
                 }
             }
         }
