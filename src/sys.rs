@@ -735,6 +735,8 @@ pub(crate) fn watcher_of(inner: RawFd) -> io::Result<OwnedFd> {
 
 /// Makes `watcher` (from [`watcher_of`]) watch `inner` too.
 #[cfg(muxloop_kqueue)]
+// The kevent constant types differ between the BSDs (see the kqueue backend).
+#[allow(clippy::unnecessary_cast)]
 pub(crate) fn watch_also(watcher: &OwnedFd, inner: RawFd) -> io::Result<()> {
     let change = kevent_change(inner, libc::EVFILT_READ as i16, libc::EV_ADD as u16, 0);
     let mut none = Vec::new();

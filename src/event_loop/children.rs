@@ -20,7 +20,9 @@ use std::os::unix::process::ExitStatusExt;
 use std::process::{Child, ExitStatus};
 
 use super::EventLoop;
-use crate::{Interest, PostAction, sys};
+use crate::sys;
+#[cfg(any(target_os = "linux", target_os = "android"))]
+use crate::{Interest, PostAction};
 
 /// The callback of a watched child.
 pub(super) type ChildCallback<S> = Box<dyn FnOnce(&mut EventLoop<S>, &mut S, io::Result<ExitStatus>)>;
