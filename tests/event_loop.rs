@@ -1276,3 +1276,26 @@ fn remove_unregisters_at_once() {
     let _a: UnixStream = lp.remove(id).unwrap();
     assert_eq!(*calls.lock().unwrap(), ["add", "delete"]);
 }
+
+#[test]
+fn a_repeating_timer_that_fired_earlier_in_the_pass_can_be_cancelled_in_it() {
+    let mut lp = EventLoop::<Vec<&'static str>>::new().unwrap();
+    // Both due in the same pass; the ticker fires first (earlier deadline).
+    let tick = lp.call_every(Duration::from_millis(20), |_, log| {
+        log.push("tick");
+        PostAction::Continue
+    });
+    lp.call_later(Duration::from_millis(21), move |lp, log| {
+        assert!(lp.is_pending(tick), "a fired repeating timer is pending again");
+        assert!(lp.cancel(tick), "cancel of a ticker that fired in this pass");
+        log.push("cancelled");
+    });
+    std::thread::sleep(Duration::from_millis(30));
+    let mut log = Vec::new();
+    lp.run_once(Some(Duration::ZERO), &mut log).unwrap();
+    assert_eq!(log, ["tick", "cancelled"]);
+    std::thread::sleep(Duration::from_millis(50));
+    lp.run_once(Some(Duration::ZERO), &mut log).unwrap();
+    assert_eq!(log, ["tick", "cancelled"], "the cancelled ticker fired again");
+    assert_eq!(lp.timer_count(), 0);
+}

@@ -109,7 +109,6 @@ impl<S> EventLoop<S> {
             return;
         }
         let now = Instant::now();
-        let mut rearm = Vec::new();
         // Timers scheduled by the callbacks below at a deadline already
         // past wait for the next iteration: the loop polls I/O in between.
         self.timers.begin_pass(now);
@@ -138,20 +137,18 @@ impl<S> EventLoop<S> {
                         if next <= now {
                             next = now + interval;
                         }
-                        rearm.push((id, next, interval, cb));
+                        // Scheduled at once, so that a later callback of
+                        // this pass can cancel or reset it; the pass's floor
+                        // keeps it from firing again before the next one.
+                        self.timers.schedule(
+                            id,
+                            Timer::new(next, Some(interval), TimerCallback::Every(cb)),
+                        );
                     }
                 }
             }
         }
         self.timers.end_pass();
-        // Re-armed after the pass, so a short interval cannot starve the
-        // loop by firing again within the same pass.
-        for (id, next, interval, cb) in rearm {
-            self.timers.schedule(
-                id,
-                Timer::new(next, Some(interval), TimerCallback::Every(cb)),
-            );
-        }
     }
 
     pub(super) fn run_soon(&mut self, state: &mut S) {
