@@ -1286,8 +1286,14 @@ fn a_repeating_timer_that_fired_earlier_in_the_pass_can_be_cancelled_in_it() {
         PostAction::Continue
     });
     lp.call_later(Duration::from_millis(21), move |lp, log| {
-        assert!(lp.is_pending(tick), "a fired repeating timer is pending again");
-        assert!(lp.cancel(tick), "cancel of a ticker that fired in this pass");
+        assert!(
+            lp.is_pending(tick),
+            "a fired repeating timer is pending again"
+        );
+        assert!(
+            lp.cancel(tick),
+            "cancel of a ticker that fired in this pass"
+        );
         log.push("cancelled");
     });
     std::thread::sleep(Duration::from_millis(30));
@@ -1296,6 +1302,10 @@ fn a_repeating_timer_that_fired_earlier_in_the_pass_can_be_cancelled_in_it() {
     assert_eq!(log, ["tick", "cancelled"]);
     std::thread::sleep(Duration::from_millis(50));
     lp.run_once(Some(Duration::ZERO), &mut log).unwrap();
-    assert_eq!(log, ["tick", "cancelled"], "the cancelled ticker fired again");
+    assert_eq!(
+        log,
+        ["tick", "cancelled"],
+        "the cancelled ticker fired again"
+    );
     assert_eq!(lp.timer_count(), 0);
 }

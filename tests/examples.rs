@@ -312,3 +312,112 @@ fn selectors_echo_does_not_delay_messages_longer_than_its_reads() {
         "50 round trips took {took:?}"
     );
 }
+
+/// Runs an example to its end; returns (success, stdout).
+fn run_example(name: &str, args: &[&str]) -> (bool, String) {
+    let out = Command::new(example_path(name))
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run example");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+#[test]
+fn embed_poll_serves_from_inside_a_poll_host_on_every_backend() {
+    use std::io::BufRead;
+    for &kind in BackendKind::available() {
+        let mut child = Command::new(example_path("embed_poll"))
+            .args(["--backend", kind.name(), "--seconds", "2"])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut first = String::new();
+        lines.read_line(&mut first).unwrap();
+        assert!(
+            first.ends_with(&format!("(backend {})\n", kind.name())),
+            "{first:?}"
+        );
+        let addr = first.split_whitespace().nth(2).unwrap().parse().unwrap();
+        let bytes = echo_clients(addr, 5, 10, 500);
+        let mut last = String::new();
+        lines.read_line(&mut last).unwrap();
+        assert!(child.wait().unwrap().success(), "{kind}");
+        assert!(
+            last.contains(&format!(" {bytes} bytes echoed")),
+            "{kind}: {last:?} ({bytes} sent)"
+        );
+        // The host's own fd was served too, and the loop's timer ticked.
+        let fields: Vec<&str> = last.split_whitespace().collect();
+        let readings: u32 = fields[3].parse().unwrap();
+        assert!(readings >= 1, "{kind}: {last:?}");
+        assert!(
+            last.contains(" 2 ticks") || last.contains(" 1 ticks"),
+            "{kind}: {last:?}"
+        );
+    }
+}
+
+#[test]
+fn embed_tokio_echoes_everything_from_inside_tokio() {
+    for &kind in BackendKind::available() {
+        let (ok, out) = run_example(
+            "embed_tokio",
+            &[
+                "--backend",
+                kind.name(),
+                "--clients",
+                "10",
+                "--messages",
+                "100",
+            ],
+        );
+        if matches!(kind, BackendKind::Select | BackendKind::Poll) {
+            assert!(!ok, "{kind} has no backend fd: {out}");
+            continue;
+        }
+        assert!(ok, "{kind}: {out}");
+        assert!(
+            out.contains("10 tokio clients: 33000 bytes echoed"),
+            "{kind}: {out}"
+        );
+    }
+}
+
+#[test]
+fn subprocess_streams_output_and_reports_the_status() {
+    for &kind in BackendKind::available() {
+        let (ok, out) = run_example("subprocess", &["--backend", kind.name()]);
+        assert!(ok, "{kind}: {out}");
+        for i in 1..=4 {
+            assert!(out.contains(&format!("child: line {i}\n")), "{kind}: {out}");
+        }
+        assert!(
+            out.contains("child: no newline (no newline)"),
+            "{kind}: {out}"
+        );
+        assert!(out.contains("exited with status 3 after"), "{kind}: {out}");
+        assert!(out.contains(", 5 lines"), "{kind}: {out}");
+    }
+    let (ok, out) = run_example(
+        "subprocess",
+        &[
+            "--timeout",
+            "0.3",
+            "--",
+            "sh",
+            "-c",
+            "echo start; exec sleep 5",
+        ],
+    );
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("child: start") && out.contains("killed by signal 9"),
+        "{out}"
+    );
+}
