@@ -8,6 +8,7 @@
 //! | [`backends`] | each backend's system calls, cost, limits and quirks |
 //! | [`event_loop`] | one loop iteration, ownership, what callbacks may do |
 //! | [`streams`] | protocols and transports: callback order, flow control, servers |
+//! | [`embedding`] | the loop inside another program's loop, fork, signals, child processes |
 //! | [`writing_a_backend`] | the [`Backend`](crate::Backend) contract |
 //! | [`reliability`] | model-based fuzzing, fault injection, scale, soak |
 //! | [`benchmarks`] | select vs poll vs epoll vs mio, muxloop vs libev and others |
@@ -31,6 +32,10 @@ pub mod event_loop {}
 #[doc = include_str!("links.md")]
 #[doc = include_str!("../../docs/streams.md")]
 pub mod streams {}
+
+#[doc = include_str!("links.md")]
+#[doc = include_str!("../../docs/embedding.md")]
+pub mod embedding {}
 
 #[doc = include_str!("links.md")]
 #[doc = include_str!("../../docs/writing-a-backend.md")]
