@@ -190,3 +190,102 @@ fn echo_load_fails_on_a_corrupted_echo() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("differs"), "{err}");
 }
+
+#[test]
+fn io_models_servers_echo_byte_for_byte() {
+    let mut models = vec!["threads".to_string(), "nonblocking".to_string()];
+    models.extend(
+        BackendKind::available()
+            .iter()
+            .map(|k| k.name().to_string()),
+    );
+    for model in &models {
+        let mut cmd = Command::new(example_path("io_models"));
+        cmd.args(["--serve", model]);
+        let server = start_server(cmd);
+        assert!(
+            server.first_line.ends_with(&format!("(model {model})\n")),
+            "{:?}",
+            server.first_line
+        );
+        // Random payloads up to 20 KB from 20 clients, every byte checked.
+        let bytes = echo_clients(server.addr, 20, 5, 20_000);
+        assert!(bytes > 20 * 5, "{model}: {bytes} bytes");
+    }
+}
+
+#[test]
+fn io_models_runs_every_model_and_writes_the_csv() {
+    let dir = std::env::temp_dir().join(format!("muxloop-models-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let csv = dir.join("models.csv");
+    let svg = dir.join("models.svg");
+    let out = Command::new(example_path("io_models"))
+        .args([
+            "--connections",
+            "1,4",
+            "--seconds",
+            "0.3",
+            "--idle-seconds",
+            "0.2",
+        ])
+        .arg("--csv")
+        .arg(&csv)
+        .arg("--svg")
+        .arg(&svg)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let csv = std::fs::read_to_string(&csv).unwrap();
+    let mut lines = csv.lines();
+    assert_eq!(
+        lines.next(),
+        Some(
+            "model,connections,round_trips_per_s,p50_us,p99_us,server_cpu_pct,idle_cpu_pct,server_rss_kib,server_threads"
+        )
+    );
+    let rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
+    assert!(rows.iter().all(|r| r.len() == 9), "{csv}");
+    let mut models = vec!["threads", "nonblocking"];
+    models.extend(
+        BackendKind::available()
+            .iter()
+            .filter(|&&k| k != BackendKind::Mio)
+            .map(|k| k.name()),
+    );
+    for model in models {
+        for n in ["1", "4"] {
+            let row = rows
+                .iter()
+                .find(|r| r[0] == model && r[1] == n)
+                .unwrap_or_else(|| panic!("no row for {model} n={n}: {csv}"));
+            let rt: f64 = row[2].parse().unwrap_or_else(|_| panic!("{model}: {csv}"));
+            assert!(rt > 0.0, "{model} n={n}: {csv}");
+            let threads: u64 = row[8].parse().unwrap();
+            if model == "threads" {
+                assert!(
+                    threads > n.parse().unwrap(),
+                    "a thread per connection: {csv}"
+                );
+            } else {
+                assert_eq!(threads, 1, "{model}: {csv}");
+            }
+        }
+    }
+    // A model that cannot run keeps its rows, without numbers.
+    if !BackendKind::available().iter().any(|k| k.name() == "uring") {
+        assert!(csv.contains("uring,1,,,,,,,"), "{csv}");
+        let table = String::from_utf8_lossy(&out.stdout);
+        assert!(table.contains("no io_uring backend"), "{table}");
+    }
+    let svg = std::fs::read_to_string(&svg).unwrap();
+    assert!(
+        svg.starts_with("<svg") && svg.contains("connections"),
+        "not an SVG chart"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
