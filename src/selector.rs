@@ -154,9 +154,6 @@ pub struct Selector<T> {
     /// Raw backend output, reused across calls.
     raw: Vec<(Token, Ready)>,
     round: u64,
-    /// The backend may hold deferred changes: a delete, or a wait that
-    /// reported something (which an edge-triggered backend re-arms).
-    dirty: bool,
 }
 
 fn closed_error() -> io::Error {
@@ -227,7 +224,6 @@ impl<T> Selector<T> {
             by_fd: FdTable::new(NO_SLOT),
             raw: Vec::new(),
             round: 0,
-            dirty: false,
         }
     }
 
@@ -397,7 +393,6 @@ impl<T> Selector<T> {
         interest: Interest,
     ) -> io::Result<()> {
         let name = self.name;
-        self.dirty = true;
         match self.backend()?.delete(fd, token, interest) {
             Ok(()) => log::trace!("selector={what} backend={name} fd={fd}"),
             Err(e) if matches!(e.raw_os_error(), Some(libc::EBADF | libc::ENOENT)) => {
@@ -703,17 +698,12 @@ impl<T> Selector<T> {
     ///
     /// The backend's error; an error if the selector is closed.
     pub fn flush(&mut self) -> io::Result<()> {
-        if !self.dirty {
-            return self.backend().map(|_| ());
-        }
-        self.backend()?.flush()?;
-        self.dirty = false;
-        Ok(())
+        self.backend()?.flush()
     }
 
     /// Whether [`flush`](Selector::flush) has something to apply.
     pub(crate) fn needs_flush(&self) -> bool {
-        self.dirty
+        self.backend.as_ref().is_some_and(|b| b.has_deferred())
     }
 
     /// In a child process after `fork`, before the selector is used there:
@@ -736,7 +726,6 @@ impl<T> Selector<T> {
             .filter(|(_, s)| !s.key.suspended)
             .map(|(_, s)| (s.key.fd, s.key.token, s.key.interest));
         backend.after_fork(&mut live)?;
-        self.dirty = false;
         log::debug!("selector=after-fork backend={}", self.name);
         Ok(())
     }
@@ -827,7 +816,7 @@ impl<T> Selector<T> {
             self.raw.clear();
             let backend = self.backend.as_mut().ok_or_else(closed_error)?;
             match backend.wait(&mut self.raw, remaining) {
-                Ok(()) => self.dirty |= !self.raw.is_empty(),
+                Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {
                     log::trace!("selector=select backend={} eintr, retrying", self.name);
                 }

@@ -304,24 +304,13 @@ fn fuzz(kind: BackendKind) {
     );
 }
 
-#[test]
-fn select_survives_faults() {
-    fuzz(BackendKind::Select);
+/// The cases, instantiated once per backend below.
+mod cases {
+    use muxloop::BackendKind;
+
+    pub fn survives_faults(kind: BackendKind) {
+        super::fuzz(kind)
+    }
 }
 
-#[test]
-fn poll_survives_faults() {
-    fuzz(BackendKind::Poll);
-}
-
-#[cfg(any(target_os = "linux", target_os = "android"))]
-#[test]
-fn epoll_survives_faults() {
-    fuzz(BackendKind::Epoll);
-}
-
-#[cfg(feature = "mio")]
-#[test]
-fn mio_survives_faults() {
-    fuzz(BackendKind::Mio);
-}
+per_backend!(survives_faults);

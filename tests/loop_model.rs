@@ -326,30 +326,13 @@ fn fuzz(kind: BackendKind) {
     eprintln!("{kind}: {cases} sequences passed");
 }
 
-#[test]
-fn select_loop_matches_the_model() {
-    fuzz(BackendKind::Select);
+/// The cases, instantiated once per backend below.
+mod cases {
+    use muxloop::BackendKind;
+
+    pub fn matches_the_model(kind: BackendKind) {
+        super::fuzz(kind)
+    }
 }
 
-#[test]
-fn poll_loop_matches_the_model() {
-    fuzz(BackendKind::Poll);
-}
-
-#[cfg(any(target_os = "linux", target_os = "android"))]
-#[test]
-fn epoll_loop_matches_the_model() {
-    fuzz(BackendKind::Epoll);
-}
-
-#[cfg(any(target_os = "macos", target_os = "freebsd"))]
-#[test]
-fn kqueue_loop_matches_the_model() {
-    fuzz(BackendKind::Kqueue);
-}
-
-#[cfg(feature = "mio")]
-#[test]
-fn mio_loop_matches_the_model() {
-    fuzz(BackendKind::Mio);
-}
+per_backend!(matches_the_model);

@@ -65,31 +65,13 @@ fn thousands_registered_all_ready_in_one_call(kind: BackendKind) {
     assert!(sel.is_empty());
 }
 
-#[cfg(any(target_os = "linux", target_os = "android"))]
-#[test]
-fn select_five_thousand_fds() {
-    thousands_registered_all_ready_in_one_call(BackendKind::Select);
+/// The cases, instantiated once per backend below.
+mod cases {
+    use muxloop::BackendKind;
+
+    pub fn five_thousand_fds(kind: BackendKind) {
+        super::thousands_registered_all_ready_in_one_call(kind)
+    }
 }
 
-#[test]
-fn poll_five_thousand_fds() {
-    thousands_registered_all_ready_in_one_call(BackendKind::Poll);
-}
-
-#[cfg(target_os = "linux")]
-#[test]
-fn epoll_five_thousand_fds() {
-    thousands_registered_all_ready_in_one_call(BackendKind::Epoll);
-}
-
-#[cfg(any(target_os = "macos", target_os = "freebsd"))]
-#[test]
-fn kqueue_five_thousand_fds() {
-    thousands_registered_all_ready_in_one_call(BackendKind::Kqueue);
-}
-
-#[cfg(feature = "mio")]
-#[test]
-fn mio_five_thousand_fds() {
-    thousands_registered_all_ready_in_one_call(BackendKind::Mio);
-}
+per_backend!(five_thousand_fds);

@@ -397,6 +397,10 @@ impl Backend for EpollBackend {
         Ok(())
     }
 
+    fn has_deferred(&self) -> bool {
+        !self.deferred.is_empty()
+    }
+
     fn wait(
         &mut self,
         events: &mut Vec<(Token, Ready)>,

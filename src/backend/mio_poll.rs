@@ -165,6 +165,10 @@ impl Backend for MioBackend {
         Ok(())
     }
 
+    fn has_deferred(&self) -> bool {
+        !self.rearm.is_empty()
+    }
+
     fn after_fork(
         &mut self,
         live: &mut dyn Iterator<Item = (RawFd, Token, Interest)>,

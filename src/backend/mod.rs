@@ -23,6 +23,8 @@ mod kqueue;
 mod mio_poll;
 mod poll;
 mod select;
+#[cfg(muxloop_uring)]
+mod uring;
 
 /// The contract between a [`Selector`](crate::Selector) and a kernel
 /// readiness interface.
@@ -136,6 +138,14 @@ pub trait Backend: Send {
         Ok(())
     }
 
+    /// Whether [`flush`](Backend::flush) has anything to apply. A host
+    /// polling the [kernel fd](Backend::fd) must not sleep while it does.
+    /// The default, `false`, is right for backends that apply every change
+    /// at once.
+    fn has_deferred(&self) -> bool {
+        false
+    }
+
     /// In a child process after `fork`: stops sharing the kernel object
     /// with the parent (a new one, under the same fd number) and adds the
     /// `live` registrations to it. Nothing may reach the parent's object.
@@ -181,29 +191,63 @@ pub enum BackendKind {
     /// cargo feature (on by default); without it the backend is not
     /// available.
     Mio,
+    /// io_uring (Linux), for readiness: one-shot poll requests, every
+    /// change and re-arm submitted by the `io_uring_enter` that waits — one
+    /// system call per wait. Needs the `uring` cargo feature (on by
+    /// default) and a kernel that lets this process make a ring (5.11+, not
+    /// blocked by seccomp or `kernel.io_uring_disabled`): available only
+    /// where a probe ring works, never the default.
+    Uring,
 }
 
 /// The environment variable that overrides the default backend.
 pub const BACKEND_ENV: &str = "MUXLOOP_BACKEND";
 
-const ALL: [BackendKind; 5] = [
+const ALL: [BackendKind; 6] = [
     BackendKind::Select,
     BackendKind::Poll,
     BackendKind::Epoll,
+    BackendKind::Uring,
     BackendKind::Kqueue,
     BackendKind::Mio,
 ];
 
-const AVAILABLE: &[BackendKind] = &[
+/// The backends this build offers, before the run-time probes.
+const BUILT: &[BackendKind] = &[
     BackendKind::Select,
     BackendKind::Poll,
     #[cfg(muxloop_epoll)]
     BackendKind::Epoll,
+    #[cfg(muxloop_uring)]
+    BackendKind::Uring,
     #[cfg(muxloop_kqueue)]
     BackendKind::Kqueue,
     #[cfg(feature = "mio")]
     BackendKind::Mio,
 ];
+
+/// What this process can use: what is built, less io_uring if no ring can
+/// be made here. Probed once.
+fn available_here() -> &'static [BackendKind] {
+    static AVAILABLE: std::sync::OnceLock<Vec<BackendKind>> = std::sync::OnceLock::new();
+    AVAILABLE.get_or_init(|| {
+        BUILT
+            .iter()
+            .copied()
+            .filter(|&kind| match kind {
+                #[cfg(muxloop_uring)]
+                BackendKind::Uring => match uring::probe() {
+                    Ok(()) => true,
+                    Err(e) => {
+                        log::debug!("backend=uring not available: {e}");
+                        false
+                    }
+                },
+                _ => true,
+            })
+            .collect()
+    })
+}
 
 impl BackendKind {
     /// Every backend muxloop knows, available here or not.
@@ -212,14 +256,15 @@ impl BackendKind {
     }
 
     /// The backends this platform offers, in order of increasing
-    /// scalability (mio last).
+    /// scalability (mio last). `Uring` is listed only if this process can
+    /// make an io_uring ring (probed once).
     pub fn available() -> &'static [BackendKind] {
-        AVAILABLE
+        available_here()
     }
 
     /// Whether this platform offers the backend.
     pub fn is_available(self) -> bool {
-        AVAILABLE.contains(&self)
+        available_here().contains(&self)
     }
 
     /// epoll on Linux, kqueue on macOS and the BSDs, poll elsewhere.
@@ -270,12 +315,14 @@ impl BackendKind {
         }
     }
 
-    /// The name: `"select"`, `"poll"`, `"epoll"`, `"kqueue"` or `"mio"`.
+    /// The name: `"select"`, `"poll"`, `"epoll"`, `"uring"`, `"kqueue"` or
+    /// `"mio"`.
     pub fn name(self) -> &'static str {
         match self {
             BackendKind::Select => "select",
             BackendKind::Poll => "poll",
             BackendKind::Epoll => "epoll",
+            BackendKind::Uring => "uring",
             BackendKind::Kqueue => "kqueue",
             BackendKind::Mio => "mio",
         }
@@ -297,6 +344,9 @@ impl BackendKind {
             BackendKind::Kqueue => Box::new(kqueue::KqueueBackend::new()?),
             #[cfg(feature = "mio")]
             BackendKind::Mio => Box::new(mio_poll::MioBackend::new()?),
+            // Created even where the probe failed: the error names the cause.
+            #[cfg(muxloop_uring)]
+            BackendKind::Uring => Box::new(uring::UringBackend::new()?),
             #[allow(unreachable_patterns)]
             other => return Err(Self::checked(other.name()).unwrap_err()),
         };
@@ -324,7 +374,7 @@ pub(crate) fn not_pollable(backend: &str, fd: RawFd, e: io::Error) -> io::Error 
 }
 
 fn available_list() -> String {
-    let names: Vec<&str> = AVAILABLE.iter().map(|k| k.name()).collect();
+    let names: Vec<&str> = available_here().iter().map(|k| k.name()).collect();
     names.join(", ")
 }
 

@@ -14,9 +14,10 @@ use muxloop::{Backend, BackendKind, Events, Interest, Ready, Selector, Token};
 
 /// Instantiates the listed cases of the calling file's `cases` module (each
 /// a `fn(BackendKind)`) once per backend, in a module named after it —
-/// `select::`, `poll::`, `epoll::`, `kqueue::`, `mio_backend::` — so that
-/// `cargo test epoll::` runs one backend. A new backend is one line here,
-/// and every suite runs on it.
+/// `select::`, `poll::`, `epoll::`, `uring::`, `kqueue::`, `mio_backend::` —
+/// so that `cargo test epoll::` runs one backend. A new backend is one line
+/// here, and every suite runs on it. A backend this process cannot use
+/// (io_uring blocked, say) skips its cases, saying so.
 #[macro_export]
 macro_rules! per_backend {
     ($($case:ident),* $(,)?) => {
@@ -24,6 +25,8 @@ macro_rules! per_backend {
         $crate::per_backend!(@backend poll, muxloop::BackendKind::Poll; $($case),*);
         #[cfg(any(target_os = "linux", target_os = "android"))]
         $crate::per_backend!(@backend epoll, muxloop::BackendKind::Epoll; $($case),*);
+        #[cfg(all(target_os = "linux", feature = "uring"))]
+        $crate::per_backend!(@backend uring, muxloop::BackendKind::Uring; $($case),*);
         #[cfg(any(
             target_os = "macos",
             target_os = "freebsd",
@@ -40,6 +43,10 @@ macro_rules! per_backend {
             $(
                 #[test]
                 fn $case() {
+                    if !$kind.is_available() {
+                        eprintln!("skipped: the {} backend is not available here", $kind);
+                        return;
+                    }
                     super::cases::$case($kind)
                 }
             )*
