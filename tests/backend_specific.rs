@@ -193,3 +193,116 @@ fn unknown_backend_name_lists_what_is_available() {
         assert!(err.to_string().contains(kind.name()), "{err}");
     }
 }
+
+/// io_uring: a ready fd that is never drained is reported by every wait
+/// (level-triggered out of one-shot polls), and one that was drained
+/// between waits is not reported from its earlier completion.
+#[cfg(all(target_os = "linux", feature = "uring"))]
+#[test]
+fn uring_is_level_triggered_and_never_reports_a_stale_completion() {
+    if !BackendKind::Uring.is_available() {
+        eprintln!("skipped: io_uring is not available here");
+        return;
+    }
+    let mut sel = selector::<()>(BackendKind::Uring);
+    let (a, mut b) = pair();
+    sel.register(a.as_raw_fd(), Interest::READABLE, ()).unwrap();
+    assert!(poll_now(&mut sel).is_empty());
+    std::io::Write::write_all(&mut b, b"x").unwrap();
+    for round in 0..3 {
+        let got = ready(&mut sel, Some(std::time::Duration::from_secs(1)));
+        assert_eq!(got.len(), 1, "wait {round}: {got:?}");
+        assert!(got[0].1.is_readable());
+    }
+    // A poll armed and waiting, completed by new data, which is then read
+    // before the next wait: that completion is stale.
+    let mut a = a;
+    drain(&mut a);
+    assert!(poll_now(&mut sel).is_empty(), "a drained fd was reported");
+    std::io::Write::write_all(&mut b, b"y").unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    drain(&mut a);
+    assert!(
+        poll_now(&mut sel).is_empty(),
+        "a stale completion was reported"
+    );
+    let t = std::time::Instant::now();
+    assert!(ready(&mut sel, Some(std::time::Duration::from_millis(50))).is_empty());
+    assert!(t.elapsed() >= std::time::Duration::from_millis(50));
+}
+
+/// io_uring blocked for the process (as container seccomp profiles do):
+/// creating the backend fails at once, saying why, with PermissionDenied.
+#[cfg(all(target_os = "linux", target_arch = "x86_64", feature = "uring"))]
+#[test]
+fn uring_blocked_by_seccomp_is_a_named_permission_error() {
+    // SAFETY: the child installs a seccomp filter on itself, tries the
+    // backend and `_exit`s; nothing returns into the harness.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0);
+    if pid == 0 {
+        let code = std::panic::catch_unwind(|| {
+            // Fail io_uring_setup with EPERM, allow everything else.
+            let filter = [
+                libc::sock_filter {
+                    code: 0x20,
+                    jt: 0,
+                    jf: 0,
+                    k: 0,
+                }, // ld seccomp_data.nr
+                libc::sock_filter {
+                    code: 0x15,
+                    jt: 0,
+                    jf: 1,
+                    k: libc::SYS_io_uring_setup as u32,
+                },
+                libc::sock_filter {
+                    code: 0x06,
+                    jt: 0,
+                    jf: 0,
+                    k: libc::SECCOMP_RET_ERRNO | libc::EPERM as u32,
+                },
+                libc::sock_filter {
+                    code: 0x06,
+                    jt: 0,
+                    jf: 0,
+                    k: libc::SECCOMP_RET_ALLOW,
+                },
+            ];
+            let prog = libc::sock_fprog {
+                len: filter.len() as u16,
+                filter: filter.as_ptr() as *mut _,
+            };
+            // SAFETY: prctl with a live filter program, for this process.
+            unsafe {
+                assert_eq!(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), 0);
+                assert_eq!(
+                    libc::prctl(libc::PR_SET_SECCOMP, libc::SECCOMP_MODE_FILTER, &prog),
+                    0
+                );
+            }
+            let Err(err) = BackendKind::Uring.create() else {
+                return 2;
+            };
+            if err.kind() != io::ErrorKind::PermissionDenied {
+                return 3;
+            }
+            if !err.to_string().contains("blocked") {
+                return 4;
+            }
+            // The others are unaffected.
+            if BackendKind::Epoll.create().is_err() {
+                return 5;
+            }
+            0
+        })
+        .unwrap_or(101);
+        // SAFETY: ends the child without returning into the harness.
+        unsafe { libc::_exit(code) };
+    }
+    let mut status = 0;
+    // SAFETY: waits for the child forked above.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    assert!(libc::WIFEXITED(status), "status {status:#x}");
+    assert_eq!(libc::WEXITSTATUS(status), 0, "child check failed");
+}
