@@ -169,6 +169,14 @@ fn main() -> io::Result<()> {
         }
     });
 
+    // Taken once, before the first turn: from then on the loop keeps its
+    // kernel object exact for a host that polls it.
+    let fd_mode = if lp.backend_fd().is_some() {
+        "its backend fd"
+    } else {
+        "its fds, listed"
+    };
+    eprintln!("host: watching the loop through {fd_mode}");
     let mut host = Host {
         pfds: Vec::new(),
         watched: Vec::new(),

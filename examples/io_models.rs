@@ -54,6 +54,11 @@ struct Args {
     /// Seconds with every connection open and silent, per step.
     #[arg(long, default_value_t = 1.0)]
     idle_seconds: f64,
+    /// Rounds: the whole sweep this many times, models interleaved within
+    /// each connection count; each row is the round with the median
+    /// throughput.
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
     /// Write the results as CSV.
     #[arg(long)]
     csv: Option<PathBuf>,
@@ -503,6 +508,27 @@ fn run_step(
     Ok(m)
 }
 
+/// The run with the median throughput; an error if any run failed (an echo
+/// mismatch first).
+fn median_run(runs: Vec<Result<Measured, String>>) -> Result<Measured, String> {
+    let mut ok = Vec::new();
+    let mut failed = None;
+    for run in runs {
+        match run {
+            Ok(m) => ok.push(m),
+            Err(why) if why.starts_with("ECHO MISMATCH") => return Err(why),
+            Err(why) => failed = Some(why),
+        }
+    }
+    if let Some(why) = failed {
+        return Err(why);
+    }
+    ok.sort_by(|a, b| a.round_trips_per_s.total_cmp(&b.round_trips_per_s));
+    ok.get(ok.len() / 2)
+        .cloned()
+        .ok_or_else(|| "no run".to_string())
+}
+
 /// Raises the soft fd limit to the hard one; returns it.
 fn raise_fd_limit() -> u64 {
     // SAFETY: getrlimit/setrlimit read and write the struct on the stack.
@@ -710,9 +736,11 @@ fn main() -> io::Result<()> {
     sibling("echo_load")?;
     let fd_limit = raise_fd_limit();
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let steps = models.len() * args.connections.len();
+    let rounds = args.rounds.max(1);
+    let steps = models.len() * args.connections.len() * rounds;
     eprintln!(
-        "{} models × {} connection counts, {:.1} s of load + {:.1} s idle per step; server on CPU 1, load on CPU 0{}",
+        "{} models × {} connection counts × {rounds} round(s), {:.1} s of load + {:.1} s idle per step; \
+         server on CPU 1, load on CPU 0{}",
         models.len(),
         args.connections.len(),
         args.seconds,
@@ -723,23 +751,37 @@ fn main() -> io::Result<()> {
             " (one CPU: not pinned)"
         }
     );
-    let mut rows = Vec::new();
+    // Interleaved: every model at one connection count, then the next
+    // count, round after round, so that the machine's drift hits all alike.
+    let mut runs: Vec<Vec<Result<Measured, String>>> =
+        vec![Vec::new(); models.len() * args.connections.len()];
     let start = Instant::now();
-    for model in &models {
-        for &n in &args.connections {
-            let outcome = run_step(model, n, &args, fd_limit, cpus);
-            let note = match &outcome {
-                Ok(m) => format!(
-                    "{:.0} round trips/s, server {:.0} % CPU, idle {:.1} %",
-                    m.round_trips_per_s, m.server_cpu_pct, m.idle_cpu_pct
-                ),
-                Err(why) => format!("skipped: {why}"),
-            };
-            eprintln!(
-                "[{:>2}/{steps}] {:>6.1?} {model:<12} n={n:<5} {note}",
-                rows.len() + 1,
-                start.elapsed()
-            );
+    let mut done = 0;
+    for round in 0..rounds {
+        for (ni, &n) in args.connections.iter().enumerate() {
+            for (mi, model) in models.iter().enumerate() {
+                let outcome = run_step(model, n, &args, fd_limit, cpus);
+                done += 1;
+                let note = match &outcome {
+                    Ok(m) => format!(
+                        "{:.0} round trips/s, server {:.0} % CPU, idle {:.1} %",
+                        m.round_trips_per_s, m.server_cpu_pct, m.idle_cpu_pct
+                    ),
+                    Err(why) => format!("skipped: {why}"),
+                };
+                eprintln!(
+                    "[{done:>3}/{steps}] {:>6.1?} round {} {model:<12} n={n:<5} {note}",
+                    start.elapsed(),
+                    round + 1
+                );
+                runs[mi * args.connections.len() + ni].push(outcome);
+            }
+        }
+    }
+    let mut rows = Vec::new();
+    for (mi, model) in models.iter().enumerate() {
+        for (ni, &n) in args.connections.iter().enumerate() {
+            let outcome = median_run(std::mem::take(&mut runs[mi * args.connections.len() + ni]));
             rows.push(Row {
                 model: model.clone(),
                 connections: n,

@@ -665,7 +665,7 @@ impl<T> Selector<T> {
     /// would report something (after [`flush`](Selector::flush)). The same
     /// number, and the same open file, for the selector's whole life, also
     /// when the backend replaces its kernel object and after
-    /// [`after_fork`](Selector::after_fork). `Some` on epoll, kqueue and
+    /// [`after_fork`](Selector::after_fork). `Some` on epoll, uring, kqueue and
     /// mio; `None` on select and poll, which have no kernel object (watch
     /// the registered fds themselves), on a closed selector, and if the
     /// kernel refused the fd (out of fds; logged).

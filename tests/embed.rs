@@ -70,10 +70,16 @@ fn host_poll(fds: &[(RawFd, Interest)], timeout: Option<Duration>) -> Vec<(RawFd
 /// One host turn: wait (at most `cap`, less if a timer is due), then let
 /// the loop run. Returns (host saw something, callbacks run).
 fn host_turn<S>(lp: &mut EventLoop<S>, mode: Mode, cap: Duration, state: &mut S) -> (bool, usize) {
+    // A host takes the backend fd before it asks how long to sleep (from
+    // then on the loop keeps the kernel object exact for it).
+    let fd = match mode {
+        Mode::BackendFd => lp.backend_fd().map(|fd| fd.as_raw_fd()),
+        Mode::Fds => None,
+    };
     let timeout = Some(lp.next_timeout().map_or(cap, |t| t.min(cap)));
     match mode {
         Mode::BackendFd => {
-            let fd = lp.backend_fd().unwrap().as_raw_fd();
+            let fd = fd.unwrap();
             let seen = host_poll(&[(fd, Interest::READABLE)], timeout);
             (
                 !seen.is_empty(),
@@ -264,9 +270,13 @@ mod cases {
             let sock = lp.remove(removed).unwrap();
             d.write_all(b"x").unwrap();
             f.write_all(b"x").unwrap();
-            // Changes made outside an iteration: the host is told to come
-            // back at once, and after that turn nothing is left to see.
-            assert_eq!(lp.next_timeout(), Some(Duration::ZERO), "{kind} {mode:?}");
+            // Changes made outside an iteration: a host polling the backend
+            // fd is told to come back at once (one that lists the fds gets
+            // them applied by `watched_fds`); after that turn nothing is
+            // left to see.
+            if mode == Mode::BackendFd {
+                assert_eq!(lp.next_timeout(), Some(Duration::ZERO), "{kind} {mode:?}");
+            }
             host_turn(&mut lp, mode, Duration::from_millis(1), &mut n);
             assert_eq!(lp.next_timeout(), None, "{kind} {mode:?}");
             let (seen, ran) = host_turn(&mut lp, mode, Duration::from_millis(150), &mut n);

@@ -445,9 +445,12 @@ impl Backend for UringBackend {
     }
 
     /// Hands the queued removals and arms to the kernel, so that the ring
-    /// fd turns readable exactly when a watched fd is ready.
+    /// fd turns readable exactly when a watched fd is ready. (The event
+    /// loop calls it only for a host polling the backend fd; otherwise the
+    /// next wait submits them in its own enter: one system call per
+    /// iteration.)
     fn flush(&mut self) -> io::Result<()> {
-        if self.arm.is_empty() && self.remove.is_empty() {
+        if !self.has_deferred() {
             return Ok(());
         }
         self.check_process()?;

@@ -22,11 +22,14 @@ impl<S> EventLoop<S> {
     /// signal. Same number, same open file, for the loop's whole life
     /// (rebuilds of the kernel set and [`after_fork`](EventLoop::after_fork)
     /// keep both), so it can be registered once with a host's epoll,
-    /// tokio's `AsyncFd`, GLib, … `Some` on epoll, kqueue and mio; `None` on
+    /// tokio's `AsyncFd`, GLib, … `Some` on epoll, uring, kqueue and mio; `None` on
     /// select and poll: use [`watched_fds`](EventLoop::watched_fds) and
     /// [`run_ready`](EventLoop::run_ready) there.
     ///
-    /// The host's step: wait until this fd is readable or
+    /// Take it once, before the host's first turn: from the first call on,
+    /// `run_once` leaves the kernel object exact for a host that polls it
+    /// (on io_uring that is a system call, so the loop does it only once
+    /// asked). The host's step: wait until this fd is readable or
     /// [`next_timeout`](EventLoop::next_timeout) passes, then call
     /// [`run_once`](EventLoop::run_once)`(Some(Duration::ZERO), …)`. When
     /// `run_once` returns, the fd reflects exactly the live registrations
@@ -45,14 +48,19 @@ impl<S> EventLoop<S> {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn backend_fd(&self) -> Option<BorrowedFd<'_>> {
-        self.selector.backend_fd()
+        let fd = self.selector.backend_fd();
+        // From now on `run_once` leaves the kernel object exact for the
+        // host (an extra system call on some backends, so only then).
+        self.host_polls.set(fd.is_some());
+        fd
     }
 
     /// How long a host may sleep before it must call
     /// [`run_once`](EventLoop::run_once) even if the
     /// [backend fd](EventLoop::backend_fd) stays quiet: the time to the
     /// next timer; `Some(ZERO)` when calls are queued, a stop is pending,
-    /// or changes made outside an iteration still have to reach the kernel;
+    /// or (once the [backend fd](EventLoop::backend_fd) was taken) changes
+    /// made outside an iteration still have to reach the kernel;
     /// `None` when only I/O, a [`LoopHandle`](crate::LoopHandle) or a signal
     /// can wake it. Exact: round it *up* to the host's resolution (a poll(2)
     /// host: whole milliseconds), or the timer is not yet due when the host
@@ -77,8 +85,7 @@ impl<S> EventLoop<S> {
         if !self.soon.is_empty()
             || self.stopped
             || self.remote.stop.load(Ordering::Acquire)
-            || !self.parked.is_empty()
-            || self.selector.needs_flush()
+            || (self.host_polls.get() && (!self.parked.is_empty() || self.selector.needs_flush()))
         {
             return Some(Duration::ZERO);
         }
@@ -106,6 +113,16 @@ impl<S> EventLoop<S> {
         self.flush_changes()?;
         out.clear();
         out.extend(self.selector.watched());
+        Ok(())
+    }
+
+    /// [`flush_changes`](EventLoop::flush_changes) after `run_once`, only
+    /// for a host polling the backend fd: without one, the next wait
+    /// applies the changes anyway, in its own system call.
+    pub(super) fn flush_for_host(&mut self) -> io::Result<()> {
+        if self.host_polls.get() {
+            self.flush_changes()?;
+        }
         Ok(())
     }
 

@@ -145,6 +145,8 @@ pub struct EventLoop<S = ()> {
     before_sleep: Option<Hook<S>>,
     after_wake: Option<Hook<S>>,
     stats: LoopStats,
+    /// A host asked for the backend fd, and so polls the kernel object.
+    host_polls: std::cell::Cell<bool>,
 }
 
 impl<S> EventLoop<S> {
@@ -213,6 +215,7 @@ impl<S> EventLoop<S> {
             before_sleep: None,
             after_wake: None,
             stats: LoopStats::default(),
+            host_polls: std::cell::Cell::new(false),
         })
     }
 

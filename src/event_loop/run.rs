@@ -138,7 +138,7 @@ impl<S> EventLoop<S> {
     pub fn run_once(&mut self, timeout: Option<Duration>, state: &mut S) -> io::Result<usize> {
         let before = self.callbacks_run();
         self.iterate(Wait::Kernel(timeout), state)?;
-        self.flush_changes()?;
+        self.flush_for_host()?;
         Ok((self.callbacks_run() - before) as usize)
     }
 

@@ -12,6 +12,7 @@
 //! | [`writing_a_backend`] | the [`Backend`](crate::Backend) contract |
 //! | [`reliability`] | model-based fuzzing, fault injection, scale, soak |
 //! | [`benchmarks`] | select vs poll vs epoll vs mio, muxloop vs libev and others |
+//! | [`io_models`] | threads vs non-blocking vs select/poll/epoll/io_uring servers, measured |
 
 // Each page is its markdown file behind `links.md`, whose link definitions
 // come first and so win over the file's own (which point at the other
@@ -48,3 +49,7 @@ pub mod reliability {}
 #[doc = include_str!("links.md")]
 #[doc = include_str!("../../docs/benchmarks.md")]
 pub mod benchmarks {}
+
+#[doc = include_str!("links.md")]
+#[doc = include_str!("../../docs/io-models.md")]
+pub mod io_models {}
