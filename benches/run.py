@@ -71,10 +71,25 @@ class Server:
         self.proc.wait()
 
 
+def available(backend):
+    """Whether this machine lets muxloop use `backend` (io_uring may be blocked)."""
+    probe = subprocess.run([os.path.join(EX, "bench"), "-b", backend, "-n", "2", "-a", "1", "-i", "2"],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return probe.returncode == 0
+
+
+def uring():
+    """["uring"] where io_uring works here, else [] (and say so)."""
+    if available("uring"):
+        return ["uring"]
+    print("(the uring backend is not available here: left out)")
+    return []
+
+
 def servers():
     echo = os.path.join(EX, "echo_server")
     out = [(f"muxloop-{b}", [echo, "--addr", "127.0.0.1:0", "--backend", b, "--max-seconds", "600"])
-           for b in ("epoll", "mio", "poll", "select")]
+           for b in ["epoll", *uring(), "mio", "poll", "select"]]
     out += [
         ("mio (peer)", [os.path.join(EX, "peer_mio_echo"), "--addr", "127.0.0.1:0", "--max-seconds", "600"]),
         ("tokio (peer)", [os.path.join(EX, "peer_tokio_echo"), "--addr", "127.0.0.1:0", "--max-seconds", "600"]),
@@ -98,8 +113,11 @@ def bench_c(args):
                ["-n", "9900", "-a", "100", "-w", "1000"],
                ["-n", "1000", "-a", "100", "-w", "100", "-t"]]
     progs = [("muxloop-epoll", [os.path.join(EX, "bench"), "-b", "epoll"]),
-             ("muxloop-epoll remove+add", [os.path.join(EX, "bench"), "-b", "epoll", "--rearm", "remove"]),
-             ("libev", [os.path.join(CB, "bench_libev")]),
+             ("muxloop-epoll remove+add", [os.path.join(EX, "bench"), "-b", "epoll", "--rearm", "remove"])]
+    for b in uring():
+        progs += [(f"muxloop-{b}", [os.path.join(EX, "bench"), "-b", b]),
+                  (f"muxloop-{b} remove+add", [os.path.join(EX, "bench"), "-b", b, "--rearm", "remove"])]
+    progs += [("libev", [os.path.join(CB, "bench_libev")]),
              ("libevent", [os.path.join(CB, "bench_libevent")])]
     rows = []
     for cfg in configs:
@@ -149,7 +167,7 @@ def echo(args):
 def idle(args):
     rows = []
     echo = os.path.join(EX, "echo_server")
-    for backend in ("epoll", "poll", "select"):
+    for backend in ["epoll", *uring(), "poll", "select"]:
         row = [backend]
         base = None
         for idle_n in (0, 900, 5000):

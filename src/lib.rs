@@ -35,7 +35,7 @@ unix_only! {
     mod token;
     mod waker;
 
-    pub use backend::{BACKEND_ENV, Backend, BackendKind};
+    pub use backend::{BACKEND_ENV, Backend, BackendKind, URING_ENV};
     pub use event::{Event, Events};
     pub use event_loop::{EventLoop, LoopHandle, LoopStats, Paused, PostAction, SourceEvent, SourceId};
     pub use interest::Interest;

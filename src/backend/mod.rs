@@ -203,6 +203,11 @@ pub enum BackendKind {
 /// The environment variable that overrides the default backend.
 pub const BACKEND_ENV: &str = "MUXLOOP_BACKEND";
 
+/// Set to `0` to switch the uring backend off for the process (where
+/// io_uring misbehaves: under valgrind, or a sandbox that lets rings be
+/// made but not used): it is then neither available nor creatable.
+pub const URING_ENV: &str = "MUXLOOP_URING";
+
 const ALL: [BackendKind; 6] = [
     BackendKind::Select,
     BackendKind::Poll,

@@ -128,6 +128,12 @@ fn ready_of(revents: u32) -> Ready {
 
 /// Makes a ring, naming the cause when the kernel refuses.
 fn new_ring() -> io::Result<IoUring> {
+    if std::env::var_os(super::URING_ENV).is_some_and(|v| v == "0") {
+        return Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            format!("the uring backend is switched off ({}=0)", super::URING_ENV),
+        ));
+    }
     let ring = IoUring::builder()
         .setup_cqsize(CQ_ENTRIES)
         .setup_clamp()
