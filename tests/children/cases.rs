@@ -1,6 +1,21 @@
 // The child-watcher cases, shared by tests/children.rs (pidfd on Linux)
 // and tests/children_sigchld.rs (SIGCHLD + waitpid, as elsewhere).
 
+/// Calls `$then!` with the names of every case below, so that the list is
+/// written once.
+macro_rules! each_child_case {
+    ($then:ident) => {
+        $then!(
+            exit_status_reaches_the_callback,
+            a_child_that_exited_before_it_was_added_is_reported,
+            a_killed_child_reports_its_signal,
+            many_children_at_once_and_no_zombies,
+            a_bare_pid_is_watched_too,
+            child_output_streams_through_the_loop
+        );
+    };
+}
+
 use std::io::{self, Read};
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Command, ExitStatus, Stdio};
