@@ -176,7 +176,12 @@ impl<S: 'static> EventLoop<S> {
             // Exited already: reaped now, reported on the next iteration.
             Ok(Some(status)) => {
                 log::debug!("loop=child pid={pid} exited before it was watched: {status:?}");
-                self.call_soon(move |lp, state| callback(lp, state, Ok(status)));
+                // Watched (and counted) until its callback has run.
+                self.child_sources += 1;
+                self.call_soon(move |lp, state| {
+                    lp.child_sources -= 1;
+                    callback(lp, state, Ok(status));
+                });
                 return Ok(());
             }
             Err(e) if e.raw_os_error() == Some(libc::ECHILD) => return Err(reaped(pid)),

@@ -134,7 +134,8 @@ pub struct EventLoop<S = ()> {
     signals: Option<Signals<SignalCallback<S>>>,
     /// Children waiting for SIGCHLD.
     children: Vec<children::Waiting<S>>,
-    /// Children watched by a pidfd source.
+    /// Children not in `children` and not yet reported: watched by a pidfd
+    /// source, or reaped already and waiting for their callback.
     child_sources: usize,
     stopped: bool,
     /// An iteration is under way (its callbacks may not start another).

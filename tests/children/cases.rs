@@ -75,8 +75,10 @@ pub fn a_child_that_exited_before_it_was_added_is_reported(kind: BackendKind) {
     // Long enough for it to be a zombie already.
     std::thread::sleep(Duration::from_millis(200));
     lp.add_child(child, record(pid)).unwrap();
+    assert_eq!(lp.child_count(), 1, "{kind}: watched until reported");
     let got = run_until(&mut lp, 1);
     assert_eq!(got.len(), 1, "{kind}");
+    assert_eq!(lp.child_count(), 0, "{kind}");
     assert!(got[0].1.as_ref().unwrap().success(), "{kind}");
     assert!(!still_a_child(pid));
 }
