@@ -414,6 +414,11 @@ fn run_step(
             n + 64
         ));
     }
+    // Off Linux, select(2) watches fds below FD_SETSIZE only (muxloop's
+    // select backend refuses higher ones at register).
+    if *model == Model::Loop("select".into()) && !cfg!(target_os = "linux") && n + 16 > 1024 {
+        return Err("select(2) here watches fds below FD_SETSIZE (1024) only".into());
+    }
     let (mut server, addr) = start_server(model)?;
     let spid = server.0.id();
     if cpus >= 2 {
