@@ -43,8 +43,10 @@ impl<S> EventLoop<S> {
     /// use muxloop::{BackendKind, EventLoop};
     ///
     /// let lp = EventLoop::<()>::with_backend(BackendKind::platform_default())?;
-    /// let fd = lp.backend_fd().expect("epoll and kqueue have one");
-    /// # let _ = fd;
+    /// match lp.backend_fd() {
+    ///     Some(fd) => { /* register `fd` with the host's poller, once */ let _ = fd; }
+    ///     None => { /* select or poll: use watched_fds and run_ready */ }
+    /// }
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn backend_fd(&self) -> Option<BorrowedFd<'_>> {
