@@ -755,6 +755,25 @@ mod cases {
         assert_eq!(got.len(), 1);
     }
 
+    /// A registration whose fd was closed behind the selector's back cannot
+    /// be given to a fresh kernel object (`after_fork`, like the purge of
+    /// orphans, rebuilds from the registrations): the selector still holds
+    /// it, so unregistering it afterwards must work, and the others must
+    /// still be watched.
+    pub fn after_fork_keeps_a_registration_it_cannot_re_add(kind: BackendKind) {
+        let (a, _b) = pair();
+        let (c, mut d) = pair();
+        let mut sel = selector(kind);
+        let closed = a.as_raw_fd();
+        sel.register(closed, R, ()).unwrap();
+        sel.register(c.as_raw_fd(), R, ()).unwrap();
+        drop(a);
+        sel.after_fork().unwrap();
+        assert_eq!(sel.unregister(closed).map(|_| ()).ok(), Some(()));
+        d.write_all(b"x").unwrap();
+        assert_eq!(ready_fds(&mut sel), vec![c.as_raw_fd()]);
+    }
+
     // --- close ---------------------------------------------------------------
 
     pub fn operations_after_close_are_errors(kind: BackendKind) {
@@ -850,6 +869,7 @@ per_backend!(
     no_timeout_blocks_until_ready,
     signal_does_not_end_or_extend_the_wait,
     signal_during_infinite_wait_keeps_waiting,
+    after_fork_keeps_a_registration_it_cannot_re_add,
     operations_after_close_are_errors,
     close_twice_is_fine,
     close_drops_the_data,

@@ -224,26 +224,18 @@ impl EpollBackend {
     /// registrations, dropping orphans no `EPOLL_CTL_DEL` can reach.
     fn rebuild(&mut self) -> io::Result<()> {
         self.flush_deletes();
-        let ep = sys::epoll_create()?;
-        let mut kept = 0;
-        for (fd, &st) in self.fds.iter().filter(|(_, st)| st.active()) {
-            let res = sys::epoll_ctl(
-                &ep,
-                libc::EPOLL_CTL_ADD,
-                fd,
-                events_for(st.interest),
-                data(fd, st.generation),
-            );
-            match res {
-                Ok(()) => kept += 1,
-                // Closed as well: nothing to watch until it is unregistered.
-                Err(e) => log::warn!("backend=epoll fd={fd} not re-added on rebuild: {e}"),
-            }
-        }
+        let live: Vec<(RawFd, Token, Interest)> = self
+            .fds
+            .iter()
+            .filter(|(_, st)| st.active())
+            .map(|(fd, st)| (fd, st.token, st.interest))
+            .collect();
+        let ep = self.fresh_set(&mut live.into_iter())?;
         log::warn!(
             "backend=epoll rebuilt the epoll set without registrations of closed fds \
              (closed while registered, or after unregister while a dup kept the file open); \
-             kept={kept}"
+             registrations={}",
+            self.active
         );
         self.switch_to(ep)
     }
@@ -254,7 +246,8 @@ impl EpollBackend {
         self.host.replaced(self.ep.as_raw_fd())
     }
 
-    /// A new instance holding exactly `live`; the table describes it.
+    /// A new instance holding `live` (those the kernel still accepts); the
+    /// table describes every one of them.
     /// Deferred deletes are dropped unapplied: after `fork` they would
     /// reach the instance the child shares with its parent.
     fn fresh_set(
@@ -274,9 +267,10 @@ impl EpollBackend {
                 events_for(interest),
                 data(fd, generation),
             );
+            // A closed fd stays registered with the selector: keep its
+            // entry (nothing to watch until it is unregistered).
             if let Err(e) = res {
                 log::warn!("backend=epoll fd={fd} not re-added: {e}");
-                continue;
             }
             self.fds.insert(
                 fd,

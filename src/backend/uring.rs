@@ -89,7 +89,6 @@ pub(crate) struct UringBackend {
     arm: Vec<RawFd>,
     /// `user_data` of requests to remove at the next enter.
     remove: Vec<u64>,
-    registered: usize,
     no_iowait: bool,
     host: HostFd,
     /// `sys::forks()` when the ring was made: in a forked child the ring's
@@ -186,7 +185,6 @@ impl UringBackend {
             generation: 0,
             arm: Vec::new(),
             remove: Vec::new(),
-            registered: 0,
             no_iowait,
             forks: sys::forks(),
         })
@@ -231,6 +229,22 @@ impl UringBackend {
             st.queued = true;
             self.arm.push(fd);
         }
+    }
+
+    /// Records `fd` and queues its first poll.
+    fn insert(&mut self, fd: RawFd, token: Token, interest: Interest) {
+        let generation = self.next_generation();
+        self.fds.insert(
+            fd,
+            FdState {
+                token,
+                interest,
+                generation,
+                armed: false,
+                queued: false,
+            },
+        );
+        self.queue_arm(fd);
     }
 
     /// Moves the queued removals and arms into the submission queue,
@@ -361,19 +375,7 @@ impl Backend for UringBackend {
     fn add(&mut self, fd: RawFd, token: Token, interest: Interest) -> io::Result<()> {
         // A poll on a bad fd would fail only in its completion.
         sys::check_open(fd)?;
-        let generation = self.next_generation();
-        self.fds.insert(
-            fd,
-            FdState {
-                token,
-                interest,
-                generation,
-                armed: false,
-                queued: false,
-            },
-        );
-        self.queue_arm(fd);
-        self.registered += 1;
+        self.insert(fd, token, interest);
         Ok(())
     }
 
@@ -397,7 +399,6 @@ impl Backend for UringBackend {
     fn delete(&mut self, fd: RawFd, _: Token, _: Interest) -> io::Result<()> {
         self.disarm(fd);
         self.fds.remove(fd);
-        self.registered -= 1;
         Ok(())
     }
 
@@ -485,11 +486,11 @@ impl Backend for UringBackend {
         self.fds.clear();
         self.arm.clear();
         self.remove.clear();
-        self.registered = 0;
+        // Without the fd check: one closed meanwhile stays registered with
+        // the selector, and its poll fails in its completion (an error
+        // event), as poll(2) reports POLLNVAL.
         for (fd, token, interest) in live {
-            if let Err(e) = self.add(fd, token, interest) {
-                log::warn!("backend=uring fd={fd} not re-added after fork: {e}");
-            }
+            self.insert(fd, token, interest);
         }
         self.host.after_fork(self.ring.as_raw_fd())
     }
