@@ -240,73 +240,67 @@ fn uring_blocked_by_seccomp_is_a_named_permission_error() {
         eprintln!("skipped: io_uring is not available here");
         return;
     }
-    // SAFETY: the child installs a seccomp filter on itself, tries the
-    // backend and `_exit`s; nothing returns into the harness.
-    let pid = unsafe { libc::fork() };
-    assert!(pid >= 0);
-    if pid == 0 {
-        let code = std::panic::catch_unwind(|| {
-            // Fail io_uring_setup with EPERM, allow everything else.
-            let filter = [
-                libc::sock_filter {
-                    code: 0x20,
-                    jt: 0,
-                    jf: 0,
-                    k: 0,
-                }, // ld seccomp_data.nr
-                libc::sock_filter {
-                    code: 0x15,
-                    jt: 0,
-                    jf: 1,
-                    k: libc::SYS_io_uring_setup as u32,
-                },
-                libc::sock_filter {
-                    code: 0x06,
-                    jt: 0,
-                    jf: 0,
-                    k: libc::SECCOMP_RET_ERRNO | libc::EPERM as u32,
-                },
-                libc::sock_filter {
-                    code: 0x06,
-                    jt: 0,
-                    jf: 0,
-                    k: libc::SECCOMP_RET_ALLOW,
-                },
-            ];
-            let prog = libc::sock_fprog {
-                len: filter.len() as u16,
-                filter: filter.as_ptr() as *mut _,
-            };
-            // SAFETY: prctl with a live filter program, for this process.
-            unsafe {
-                assert_eq!(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), 0);
-                assert_eq!(
-                    libc::prctl(libc::PR_SET_SECCOMP, libc::SECCOMP_MODE_FILTER, &prog),
-                    0
-                );
-            }
-            let Err(err) = BackendKind::Uring.create() else {
-                return 2;
-            };
-            if err.kind() != io::ErrorKind::PermissionDenied {
-                return 3;
-            }
-            if !err.to_string().contains("blocked") {
-                return 4;
-            }
-            // The others are unaffected.
-            if BackendKind::Epoll.create().is_err() {
-                return 5;
-            }
-            0
-        })
-        .unwrap_or(101);
-        // SAFETY: ends the child without returning into the harness.
-        unsafe { libc::_exit(code) };
-    }
-    let mut status = 0;
-    // SAFETY: waits for the child forked above.
-    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
-    assert!(libc::WIFEXITED(status), "status {status:#x}");
-    assert_eq!(libc::WEXITSTATUS(status), 0, "child check failed");
+    // The child installs a seccomp filter on itself, tries the backend and
+    // exits with the first check that failed.
+    let pid = fork_child(|| {
+        // Fail io_uring_setup with EPERM, allow everything else.
+        let filter = [
+            libc::sock_filter {
+                code: 0x20,
+                jt: 0,
+                jf: 0,
+                k: 0,
+            }, // ld seccomp_data.nr
+            libc::sock_filter {
+                code: 0x15,
+                jt: 0,
+                jf: 1,
+                k: libc::SYS_io_uring_setup as u32,
+            },
+            libc::sock_filter {
+                code: 0x06,
+                jt: 0,
+                jf: 0,
+                k: libc::SECCOMP_RET_ERRNO | libc::EPERM as u32,
+            },
+            libc::sock_filter {
+                code: 0x06,
+                jt: 0,
+                jf: 0,
+                k: libc::SECCOMP_RET_ALLOW,
+            },
+        ];
+        let prog = libc::sock_fprog {
+            len: filter.len() as u16,
+            filter: filter.as_ptr() as *mut _,
+        };
+        // SAFETY: prctl with a live filter program, for this process.
+        unsafe {
+            assert_eq!(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), 0);
+            assert_eq!(
+                libc::prctl(libc::PR_SET_SECCOMP, libc::SECCOMP_MODE_FILTER, &prog),
+                0
+            );
+        }
+        let Err(err) = BackendKind::Uring.create() else {
+            return 2;
+        };
+        if err.kind() != io::ErrorKind::PermissionDenied {
+            return 3;
+        }
+        if !err.to_string().contains("blocked") {
+            return 4;
+        }
+        // The others are unaffected.
+        if BackendKind::Epoll.create().is_err() {
+            return 5;
+        }
+        0
+    });
+    let status = wait_child(pid, std::time::Duration::from_secs(20));
+    assert_eq!(
+        exit_code(status),
+        Some(0),
+        "child check failed (status {status:#x})"
+    );
 }

@@ -4,6 +4,8 @@
 
 mod util;
 
+use util::pair;
+
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
@@ -93,12 +95,6 @@ fn host_turn<S>(lp: &mut EventLoop<S>, mode: Mode, cap: Duration, state: &mut S)
             (!seen.is_empty(), lp.run_ready(&seen, state).unwrap())
         }
     }
-}
-
-fn pair() -> (UnixStream, UnixStream) {
-    let (a, b) = UnixStream::pair().unwrap();
-    a.set_nonblocking(true).unwrap();
-    (a, b)
 }
 
 fn reader() -> impl FnMut(

@@ -715,3 +715,42 @@ pub fn fuzz_runner(
     });
     (serial, runner)
 }
+
+/// Forks; the child runs `f` and exits with its code (101 if it panics).
+pub fn fork_child(f: impl FnOnce() -> i32) -> libc::pid_t {
+    // SAFETY: the child runs only `f` and then `_exit`s, never returning
+    // into the test harness.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
+    if pid == 0 {
+        let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or(101);
+        // SAFETY: ends the child at once, without running the parent's
+        // atexit handlers or destructors.
+        unsafe { libc::_exit(code) };
+    }
+    pid
+}
+
+/// The child's wait status, killing it after `limit`.
+pub fn wait_child(pid: libc::pid_t, limit: Duration) -> libc::c_int {
+    let start = std::time::Instant::now();
+    loop {
+        let mut status = 0;
+        // SAFETY: `status` is a live c_int.
+        let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+        if r == pid {
+            return status;
+        }
+        assert_eq!(r, 0, "waitpid: {}", std::io::Error::last_os_error());
+        if start.elapsed() > limit {
+            // SAFETY: kills the test's own child.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// The exit code of a wait status, if the process exited (not killed).
+pub fn exit_code(status: libc::c_int) -> Option<i32> {
+    libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status))
+}
