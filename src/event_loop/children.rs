@@ -158,13 +158,13 @@ impl<S: 'static> EventLoop<S> {
                 Err(e) => Err(e),
             };
             log::debug!("loop=child pid={pid} exited: {res:?}");
-            lp.child_sources -= 1;
+            lp.unlisted_children -= 1;
             if let Some(cb) = callback.take() {
                 cb(lp, state, res);
             }
             PostAction::Remove
         })?;
-        self.child_sources += 1;
+        self.unlisted_children += 1;
         log::debug!("loop=child pid={pid} watched by pidfd");
         Ok(())
     }
@@ -177,9 +177,9 @@ impl<S: 'static> EventLoop<S> {
             Ok(Some(status)) => {
                 log::debug!("loop=child pid={pid} exited before it was watched: {status:?}");
                 // Watched (and counted) until its callback has run.
-                self.child_sources += 1;
+                self.unlisted_children += 1;
                 self.call_soon(move |lp, state| {
-                    lp.child_sources -= 1;
+                    lp.unlisted_children -= 1;
                     callback(lp, state, Ok(status));
                 });
                 return Ok(());
@@ -205,7 +205,7 @@ impl<S: 'static> EventLoop<S> {
 impl<S> EventLoop<S> {
     /// How many children are watched and not yet reported.
     pub fn child_count(&self) -> usize {
-        self.children.len() + self.child_sources
+        self.children.len() + self.unlisted_children
     }
 
     /// Polls every child waiting for SIGCHLD, and reports those that

@@ -136,7 +136,7 @@ pub struct EventLoop<S = ()> {
     children: Vec<children::Waiting<S>>,
     /// Children not in `children` and not yet reported: watched by a pidfd
     /// source, or reaped already and waiting for their callback.
-    child_sources: usize,
+    unlisted_children: usize,
     stopped: bool,
     /// An iteration is under way (its callbacks may not start another).
     iterating: bool,
@@ -209,7 +209,7 @@ impl<S> EventLoop<S> {
             remote: Arc::new(Remote::new(waker)),
             signals: None,
             children: Vec::new(),
-            child_sources: 0,
+            unlisted_children: 0,
             stopped: false,
             iterating: false,
             poisoned: Default::default(),
