@@ -509,14 +509,29 @@ const SEND_FLAGS: libc::c_int = libc::MSG_NOSIGNAL;
 #[cfg(any(target_os = "macos", target_os = "ios", target_os = "tvos", target_os = "watchos"))]
 const SEND_FLAGS: libc::c_int = 0;
 
+/// send(2) of `buf` on a connected socket, returning `EPIPE` instead of
+/// raising SIGPIPE.
+#[inline]
+pub(crate) fn send(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
+    // SAFETY: the pointer and length describe a live slice.
+    let n = syscall!(send(fd, buf.as_ptr().cast(), buf.len(), SEND_FLAGS))?;
+    Ok(n as usize)
+}
+
+/// recv(2) into `buf`: what is there, at most its length.
+#[inline]
+pub(crate) fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: the pointer and length describe a live, writable slice.
+    let n = syscall!(recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0))?;
+    Ok(n as usize)
+}
+
 /// sendmsg(2) of `bufs` on a connected socket: a vectored write that
 /// returns `EPIPE` instead of raising SIGPIPE.
 pub(crate) fn send_vectored(fd: RawFd, bufs: &[std::io::IoSlice<'_>]) -> io::Result<usize> {
     if let [buf] = bufs {
         // One buffer: send(2), which spares the kernel the iovec import.
-        // SAFETY: the pointer and length describe a live slice.
-        let n = syscall!(send(fd, buf.as_ptr().cast(), buf.len(), SEND_FLAGS))?;
-        return Ok(n as usize);
+        return send(fd, buf);
     }
     // SAFETY: a zeroed msghdr is valid (no name, no control data).
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };

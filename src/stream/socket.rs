@@ -2,7 +2,7 @@
 
 use std::any::Any;
 use std::fmt;
-use std::io::{self, IoSlice, Read};
+use std::io::{self, IoSlice};
 use std::net::{Shutdown, TcpStream};
 use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::net::UnixStream;
@@ -55,6 +55,11 @@ pub trait StreamSocket: AsFd + 'static {
     fn recv(&mut self, buf: &mut [u8]) -> io::Result<usize>;
     /// Writes what fits, as `writev(2)`.
     fn send_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize>;
+    /// Writes what fits of one buffer, as `write(2)`: by default
+    /// [`send_vectored`](StreamSocket::send_vectored) of that one buffer.
+    fn send(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.send_vectored(&[IoSlice::new(buf)])
+    }
     /// Shuts the writing side down (the peer reads EOF).
     fn shutdown_write(&mut self) -> io::Result<()>;
     /// The peer's address.
@@ -72,11 +77,15 @@ macro_rules! std_stream_socket {
     ($ty:ty, $addr:path) => {
         impl StreamSocket for $ty {
             fn recv(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-                Read::read(self, buf)
+                sys::recv(self.as_raw_fd(), buf)
             }
 
             fn send_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
                 sys::send_vectored(self.as_raw_fd(), bufs)
+            }
+
+            fn send(&mut self, buf: &[u8]) -> io::Result<usize> {
+                sys::send(self.as_raw_fd(), buf)
             }
 
             fn shutdown_write(&mut self) -> io::Result<()> {

@@ -10,11 +10,13 @@
 //! ([`send`], [`close`], [`abort`]) changes its buffers and flags, then
 //! queues a settle: its callbacks never run inside someone else's.
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::fmt;
 use std::hash::{Hash, Hasher};
 use std::io::{self, IoSlice};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::net::TcpStream;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::os::unix::net::UnixStream;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -30,11 +32,67 @@ const READ_SIZE: usize = 64 * 1024;
 /// [`Transport::close`].
 const LINGER: Duration = Duration::from_secs(2);
 
+/// The read buffer every connection of a thread shares: reads land here
+/// and are handed to `data_received`, so 10,000 idle connections hold no
+/// read buffer each. Each connection keeps a reference, which costs less
+/// to reach per read than the thread-local.
+type ReadBuf = Rc<RefCell<Vec<u8>>>;
+
 thread_local! {
-    /// The read buffer every connection of the thread shares: reads land
-    /// here and are handed to `data_received`, so 10,000 idle connections
-    /// hold no read buffer each.
-    static SCRATCH: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
+    static READ_BUF: ReadBuf = Rc::default();
+}
+
+/// A connection's socket. For the std socket types, whose reads and writes
+/// are plain `recv(2)` and `send(2)`, the fd is kept too, and the hot path
+/// calls those directly instead of going through the trait object.
+struct Sock {
+    inner: Box<dyn StreamSocket>,
+    /// The fd of a std socket, or -1.
+    direct: RawFd,
+}
+
+impl Sock {
+    fn new(inner: Box<dyn StreamSocket>) -> Sock {
+        let any = inner.as_any();
+        let direct = if any.is::<TcpStream>() || any.is::<UnixStream>() {
+            inner.as_fd().as_raw_fd()
+        } else {
+            -1
+        };
+        Sock { inner, direct }
+    }
+
+    #[inline(always)]
+    fn recv(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.direct >= 0 {
+            crate::sys::recv(self.direct, buf)
+        } else {
+            self.inner.recv(buf)
+        }
+    }
+
+    #[inline(always)]
+    fn send(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.direct >= 0 {
+            crate::sys::send(self.direct, buf)
+        } else {
+            self.inner.send(buf)
+        }
+    }
+}
+
+impl std::ops::Deref for Sock {
+    type Target = dyn StreamSocket;
+
+    fn deref(&self) -> &Self::Target {
+        &*self.inner
+    }
+}
+
+impl std::ops::DerefMut for Sock {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut *self.inner
+    }
 }
 
 /// Identifies a connection of a loop: to write to it, close or abort it
@@ -84,48 +142,69 @@ impl<S> AsFd for Connection<S> {
 
 /// A connection's socket, buffer and state: what a [`Transport`] changes.
 pub(crate) struct Io<S> {
-    sock: Box<dyn StreamSocket>,
+    sock: Sock,
+    read_buf: ReadBuf,
     /// Bytes written but not yet sent start at `out[sent]`.
     out: Vec<u8>,
     sent: usize,
     high: usize,
     low: usize,
-    /// The protocol wants to read (pause/resume reading).
-    reading: bool,
-    /// A client socket whose connect has not completed.
-    connecting: bool,
+    /// What the connection is doing and has done: the bits below, one
+    /// word so that the hot path tests them together.
+    flags: u16,
     /// A client connect that failed at once, to be reported.
     connect_failed: Option<io::Error>,
-    /// `connection_made` was called.
-    made: bool,
-    eof_received: bool,
-    /// `write_eof` was called; `eof_sent` once the socket is shut down.
-    eof_wanted: bool,
-    eof_sent: bool,
-    /// `close` was called: flush, half-close, wait for the peer's EOF
-    /// (discarding what it sends), then finish.
-    closing: bool,
-    /// The wait for the peer's EOF after a close is over.
-    linger_over: bool,
-    /// `abort` was called: finish now, dropping the buffer.
-    aborted: bool,
     /// The socket failed: finish now, reporting this.
     error: Option<io::Error>,
-    /// `connection_lost` was called (or `connection_failed`).
-    lost: bool,
-    /// Above the high-water mark, and what the protocol was last told.
-    writing_paused: bool,
-    told_paused: bool,
     /// The interest the loop watches, or `None` while disabled.
     interest: Option<Interest>,
     /// Timers of this connection, cancelled when it goes.
     timers: Vec<TimerId>,
     idle: Option<(TimerId, Duration)>,
-    /// A deferred settle is queued.
-    settle_queued: bool,
     /// The server that accepted it.
     pub(super) server: Option<Rc<RefCell<Shared<S>>>>,
 }
+
+// The bits of `Io::flags`.
+/// The protocol wants to read (pause/resume reading).
+const READING: u16 = 1 << 0;
+/// A client socket whose connect has not completed.
+const CONNECTING: u16 = 1 << 1;
+/// `connection_made` was called.
+const MADE: u16 = 1 << 2;
+/// The peer's EOF was read.
+const EOF_RECEIVED: u16 = 1 << 3;
+/// `write_eof` was called; `EOF_SENT` once the socket is shut down.
+const EOF_WANTED: u16 = 1 << 4;
+const EOF_SENT: u16 = 1 << 5;
+/// `close` was called: flush, half-close, wait for the peer's EOF
+/// (discarding what it sends), then finish.
+const CLOSING: u16 = 1 << 6;
+/// The wait for the peer's EOF after a close is over.
+const LINGER_OVER: u16 = 1 << 7;
+/// `abort` was called: finish now, dropping the buffer.
+const ABORTED: u16 = 1 << 8;
+/// `connection_lost` was called (or `connection_failed`).
+const LOST: u16 = 1 << 9;
+/// Above the high-water mark, and what the protocol was last told.
+const WRITING_PAUSED: u16 = 1 << 10;
+const TOLD_PAUSED: u16 = 1 << 11;
+/// A deferred settle is queued.
+const SETTLE_QUEUED: u16 = 1 << 12;
+/// A write cannot go straight to the socket: not connected yet, or
+/// refused (see `Io::refuses_writes`).
+const NO_DIRECT_WRITE: u16 = CONNECTING | LOST | ABORTED | CLOSING | EOF_WANTED;
+/// What a connection that only reads and has nothing to do shows (of
+/// `STEADY_MASK`'s bits): see `Io::is_steady`.
+const STEADY: u16 = READING;
+const STEADY_MASK: u16 = READING
+    | CLOSING
+    | EOF_WANTED
+    | EOF_RECEIVED
+    | ABORTED
+    | CONNECTING
+    | WRITING_PAUSED
+    | TOLD_PAUSED;
 
 fn is_retry(e: &io::Error) -> bool {
     matches!(
@@ -135,31 +214,44 @@ fn is_retry(e: &io::Error) -> bool {
 }
 
 impl<S> Io<S> {
+    #[inline]
+    fn is(&self, flag: u16) -> bool {
+        self.flags & flag != 0
+    }
+
+    #[inline]
+    fn set(&mut self, flag: u16) {
+        self.flags |= flag;
+    }
+
+    #[inline]
+    fn unset(&mut self, flag: u16) {
+        self.flags &= !flag;
+    }
+
+    #[inline]
+    fn put(&mut self, flag: u16, on: bool) {
+        if on {
+            self.set(flag);
+        } else {
+            self.unset(flag);
+        }
+    }
+
     fn new(sock: Box<dyn StreamSocket>) -> Io<S> {
         Io {
-            sock,
+            sock: Sock::new(sock),
+            read_buf: READ_BUF.with(Rc::clone),
             out: Vec::new(),
             sent: 0,
             high: DEFAULT_HIGH_WATER,
             low: DEFAULT_LOW_WATER,
-            reading: true,
-            connecting: false,
+            flags: READING,
             connect_failed: None,
-            made: false,
-            eof_received: false,
-            eof_wanted: false,
-            eof_sent: false,
-            closing: false,
-            linger_over: false,
-            aborted: false,
             error: None,
-            lost: false,
-            writing_paused: false,
-            told_paused: false,
             interest: None,
             timers: Vec::new(),
             idle: None,
-            settle_queued: false,
             server: None,
         }
     }
@@ -170,18 +262,18 @@ impl<S> Io<S> {
 
     /// Aborted or failed: finish at the next settle.
     fn finishing(&self) -> bool {
-        self.aborted || self.error.is_some()
+        self.is(ABORTED) || self.error.is_some()
     }
 
     /// Whether writes are accepted (and why not, for the log).
     fn refuses_writes(&self) -> Option<&'static str> {
-        if self.lost {
+        if self.is(LOST) {
             Some("the connection is lost")
         } else if self.finishing() {
             Some("the connection is aborted")
-        } else if self.closing {
+        } else if self.is(CLOSING) {
             Some("the connection is closing")
-        } else if self.eof_wanted {
+        } else if self.is(EOF_WANTED) {
             Some("write_eof was called")
         } else {
             None
@@ -189,7 +281,7 @@ impl<S> Io<S> {
     }
 
     fn fail(&mut self, e: io::Error) {
-        if self.error.is_none() && !self.lost {
+        if self.error.is_none() && !self.is(LOST) {
             log::debug!("stream=error error={e}");
             self.error = Some(e);
         }
@@ -200,14 +292,24 @@ impl<S> Io<S> {
     /// is pending, no slices to build.
     #[inline]
     fn write_one(&mut self, data: &[u8]) {
-        if self.pending() != 0 || self.connecting || self.refuses_writes().is_some() {
+        if self.flags & NO_DIRECT_WRITE != 0 || self.pending() != 0 || self.error.is_some() {
             return self.write(&[data]);
         }
+        match self.sock.send(data) {
+            Ok(n) if n == data.len() => {}
+            res => self.after_short_send(data, res),
+        }
+    }
+
+    /// `write_one` when the socket did not take everything: retries on
+    /// `EINTR`, buffers the rest, or fails the connection.
+    #[cold]
+    #[inline(never)]
+    fn after_short_send(&mut self, data: &[u8], mut res: io::Result<usize>) {
         let rest = loop {
-            match self.sock.send_vectored(&[IoSlice::new(data)]) {
-                Ok(n) if n == data.len() => return,
+            match res {
                 Ok(n) => break &data[n..],
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => res = self.sock.send(data),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break data,
                 Err(e) => return self.fail(e),
             }
@@ -220,11 +322,12 @@ impl<S> Io<S> {
     /// high mark.
     #[inline]
     fn note_high(&mut self) {
-        if !self.writing_paused && self.pending() > self.high {
-            self.writing_paused = true;
+        if !self.is(WRITING_PAUSED) && self.pending() > self.high {
+            self.set(WRITING_PAUSED);
         }
     }
 
+    #[inline(never)]
     fn write(&mut self, bufs: &[&[u8]]) {
         if let Some(why) = self.refuses_writes() {
             let n: usize = bufs.iter().map(|b| b.len()).sum();
@@ -232,7 +335,7 @@ impl<S> Io<S> {
             return;
         }
         let mut skip = 0;
-        if self.pending() == 0 && !self.connecting {
+        if self.pending() == 0 && !self.is(CONNECTING) {
             // On the stack for the usual few buffers: no allocation per write.
             let mut few = [IoSlice::new(&[]); 8];
             let many: Vec<IoSlice<'_>>;
@@ -269,7 +372,7 @@ impl<S> Io<S> {
     /// Sends what is pending, as far as the socket takes it.
     fn flush(&mut self) {
         while self.pending() > 0 && self.error.is_none() {
-            match self.sock.send_vectored(&[IoSlice::new(&self.out[self.sent..])]) {
+            match self.sock.send(&self.out[self.sent..]) {
                 Ok(0) => self.fail(io::ErrorKind::WriteZero.into()),
                 Ok(n) => self.sent += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -288,8 +391,8 @@ impl<S> Io<S> {
             self.out.drain(..self.sent);
             self.sent = 0;
         }
-        if self.writing_paused && self.pending() <= self.low {
-            self.writing_paused = false;
+        if self.is(WRITING_PAUSED) && self.pending() <= self.low {
+            self.unset(WRITING_PAUSED);
         }
     }
 
@@ -297,15 +400,8 @@ impl<S> Io<S> {
     /// conclude for the usual connection, in a few comparisons.
     #[inline]
     fn is_steady(&self) -> bool {
-        self.out.is_empty()
-            && self.reading
-            && !(self.closing
-                || self.eof_wanted
-                || self.eof_received
-                || self.aborted
-                || self.connecting
-                || self.writing_paused
-                || self.told_paused)
+        self.flags & STEADY_MASK == STEADY
+            && self.out.is_empty()
             && self.error.is_none()
             && self.interest == Some(Interest::READABLE)
     }
@@ -314,14 +410,14 @@ impl<S> Io<S> {
     /// EOF: closing a socket with unread input makes the kernel send a
     /// reset, which can destroy data the peer has not read yet.
     fn discard_input(&mut self) {
-        let mut buf = SCRATCH.take();
-        if buf.len() < READ_SIZE {
-            buf.resize(READ_SIZE, 0);
-        }
+        let rc = Rc::clone(&self.read_buf);
+        let mut shared = rc.try_borrow_mut();
+        let mut own = Vec::new();
+        let buf = read_buffer(shared.as_deref_mut().unwrap_or(&mut own));
         for _ in 0..4 {
-            match self.sock.recv(&mut buf) {
+            match self.sock.recv(buf) {
                 Ok(0) => {
-                    self.eof_received = true;
+                    self.set(EOF_RECEIVED);
                     break;
                 }
                 Ok(n) => log::trace!("stream=linger discarded={n}"),
@@ -330,25 +426,24 @@ impl<S> Io<S> {
                 Err(e) => {
                     // The peer is gone: nothing of ours is left to lose.
                     log::debug!("stream=linger error={e}");
-                    self.linger_over = true;
+                    self.set(LINGER_OVER);
                     break;
                 }
             }
         }
-        SCRATCH.set(buf);
     }
 
     /// What the loop should watch: reading while the protocol reads and
     /// the peer may still send, writing while something is pending.
     fn wanted(&self) -> Option<Interest> {
-        if self.connecting {
+        if self.is(CONNECTING) {
             return Some(Interest::WRITABLE);
         }
-        let read = if self.closing {
+        let read = if self.is(CLOSING) {
             // Lingering: discard until the peer's EOF.
-            self.pending() == 0 && !self.eof_received
+            self.pending() == 0 && !self.is(EOF_RECEIVED)
         } else {
-            self.reading && !self.eof_received
+            self.is(READING) && !self.is(EOF_RECEIVED)
         };
         match (read, self.pending() > 0) {
             (true, true) => Some(Interest::BOTH),
@@ -429,10 +524,10 @@ impl<S> Transport<'_, S> {
         let io = &mut *self.io;
         io.high = high;
         io.low = low;
-        if !io.writing_paused && io.pending() > high {
-            io.writing_paused = true;
-        } else if io.writing_paused && io.pending() <= low {
-            io.writing_paused = false;
+        if !io.is(WRITING_PAUSED) && io.pending() > high {
+            io.set(WRITING_PAUSED);
+        } else if io.is(WRITING_PAUSED) && io.pending() <= low {
+            io.unset(WRITING_PAUSED);
         }
         Ok(())
     }
@@ -446,27 +541,27 @@ impl<S> Transport<'_, S> {
     /// Idempotent; data the peer sends meanwhile waits in the kernel (and
     /// the peer is slowed down by TCP's own flow control).
     pub fn pause_reading(&mut self) {
-        self.io.reading = false;
+        self.io.unset(READING);
     }
 
     /// Reads again after [`pause_reading`](Transport::pause_reading);
     /// idempotent. Nothing that arrived meanwhile is lost: the loop is
     /// level-triggered, so waiting data is reported at once.
     pub fn resume_reading(&mut self) {
-        self.io.reading = true;
+        self.io.set(READING);
     }
 
     /// Whether the transport reads (not paused, peer not at EOF, not
     /// closing).
     pub fn is_reading(&self) -> bool {
-        self.io.reading && !self.io.eof_received && !self.io.closing && !self.io.lost
+        self.io.is(READING) && !self.io.is(EOF_RECEIVED) && !self.io.is(CLOSING) && !self.io.is(LOST)
     }
 
     /// Half-closes: once everything written is sent, the writing side is
     /// shut down and the peer reads EOF. Reading goes on. Later writes are
     /// ignored. If the peer already sent EOF, the connection then ends.
     pub fn write_eof(&mut self) {
-        self.io.eof_wanted = true;
+        self.io.set(EOF_WANTED);
     }
 
     /// Closes: stops reading, sends everything written, half-closes, then
@@ -478,21 +573,21 @@ impl<S> Transport<'_, S> {
     /// which can destroy data the peer has not read yet — exactly the
     /// bytes `close` promises to deliver.
     pub fn close(&mut self) {
-        self.io.closing = true;
+        self.io.set(CLOSING);
     }
 
     /// Closes now, dropping whatever is not sent yet; `connection_lost`
     /// follows as soon as the callback returns.
     pub fn abort(&mut self) {
-        if !self.io.lost {
-            self.io.aborted = true;
+        if !self.io.is(LOST) {
+            self.io.set(ABORTED);
         }
     }
 
     /// Whether the transport is closing, aborted, failed or lost: writes
     /// are ignored.
     pub fn is_closing(&self) -> bool {
-        self.io.closing || self.io.finishing() || self.io.lost
+        self.io.is(CLOSING) || self.io.finishing() || self.io.is(LOST)
     }
 
     /// The peer's address.
@@ -618,11 +713,11 @@ impl<S: 'static> Connection<S> {
         state: &mut S,
         f: impl FnOnce(&mut dyn Protocol<S>, &mut Transport<'_, S>, &mut S),
     ) -> bool {
-        if self.io.lost {
+        if self.io.is(LOST) {
             return false;
         }
-        if !self.io.made {
-            self.io.made = true;
+        if !self.io.is(MADE) {
+            self.io.set(MADE);
             self.call(lp, id, |p, t| p.connection_made(t, state));
         }
         if !self.io.finishing() {
@@ -635,13 +730,17 @@ impl<S: 'static> Connection<S> {
     /// pause/resume-writing (strictly alternating), the half-close once the
     /// buffer is empty, the end of the connection, or the interest the loop
     /// should watch. Returns whether the connection lives on.
+    #[inline]
     fn settle(&mut self, lp: &mut EventLoop<S>, id: ConnId<S>, state: &mut S) -> bool {
-        if self.io.is_steady() {
-            return true;
-        }
-        while !self.io.finishing() && self.io.writing_paused != self.io.told_paused {
-            let pause = self.io.writing_paused;
-            self.io.told_paused = pause;
+        self.io.is_steady() || self.settle_changed(lp, id, state)
+    }
+
+    /// `settle` when the connection is not simply reading.
+    #[inline(never)]
+    fn settle_changed(&mut self, lp: &mut EventLoop<S>, id: ConnId<S>, state: &mut S) -> bool {
+        while !self.io.finishing() && self.io.is(WRITING_PAUSED) != self.io.is(TOLD_PAUSED) {
+            let pause = self.io.is(WRITING_PAUSED);
+            self.io.put(TOLD_PAUSED, pause);
             self.call(lp, id, |p, t| {
                 if pause {
                     p.pause_writing(t, state)
@@ -652,18 +751,18 @@ impl<S: 'static> Connection<S> {
         }
         let io = &mut self.io;
         let flushed = io.pending() == 0 && !io.finishing();
-        if (io.eof_wanted || io.closing) && !io.eof_sent && flushed {
-            io.eof_sent = true;
+        if (io.is(EOF_WANTED) || io.is(CLOSING)) && !io.is(EOF_SENT) && flushed {
+            io.set(EOF_SENT);
             if let Err(e) = io.sock.shutdown_write() {
                 io.fail(e);
             }
-            if io.closing && !io.eof_received && !io.finishing() {
+            if io.is(CLOSING) && !io.is(EOF_RECEIVED) && !io.finishing() {
                 io.timers.push(linger(lp, id));
             }
         }
         let done = io.finishing()
-            || (io.closing && io.pending() == 0 && (io.eof_received || io.linger_over))
-            || (io.eof_received && io.eof_sent);
+            || (io.is(CLOSING) && io.pending() == 0 && (io.is(EOF_RECEIVED) || io.is(LINGER_OVER)))
+            || (io.is(EOF_RECEIVED) && io.is(EOF_SENT));
         if !done {
             let want = io.wanted();
             if want == io.interest {
@@ -690,7 +789,7 @@ impl<S: 'static> Connection<S> {
     /// The caller removes the source.
     fn finish(&mut self, lp: &mut EventLoop<S>, id: ConnId<S>, state: &mut S) {
         let io = &mut self.io;
-        io.lost = true;
+        io.set(LOST);
         for timer in io.timers.drain(..) {
             lp.cancel(timer);
         }
@@ -718,12 +817,12 @@ impl<S: 'static> Connection<S> {
         error: Option<io::Error>,
         state: &mut S,
     ) -> bool {
-        self.io.connecting = false;
+        self.io.unset(CONNECTING);
         for timer in self.io.timers.drain(..) {
             lp.cancel(timer);
         }
         if let Some(e) = error {
-            self.io.lost = true;
+            self.io.set(LOST);
             self.protocol.connection_failed(e, state);
             return false;
         }
@@ -732,6 +831,7 @@ impl<S: 'static> Connection<S> {
     }
 
     /// The loop callback: readiness of the socket.
+    #[inline(always)]
     fn on_ready(
         &mut self,
         lp: &mut EventLoop<S>,
@@ -740,24 +840,17 @@ impl<S: 'static> Connection<S> {
     ) -> PostAction {
         let id = ConnId(ev.id());
         let (readable, writable) = (ev.is_readable(), ev.is_writable());
-        let alive = if self.io.connecting {
-            let error = match self.io.connect_failed.take() {
-                Some(e) => Some(e),
-                None => crate::sys::take_socket_error(self.io.sock.as_fd().as_raw_fd())
-                    .unwrap_or_else(Some),
-            };
-            self.connected(lp, id, error, state)
+        let alive = if self.io.flags & (CONNECTING | MADE | LOST) == MADE {
+            // The usual event, of a connection that is up: `drive` without
+            // its checks for the first and last callbacks.
+            if !self.io.finishing() {
+                let Connection { io, protocol } = self;
+                let mut t = Transport { lp, io, id };
+                serve_event(&mut **protocol, &mut t, readable, writable, state);
+            }
+            self.settle(lp, id, state)
         } else {
-            self.drive(lp, id, state, |p, t, state| {
-                if writable {
-                    t.io.flush();
-                }
-                if readable && t.io.closing && t.io.eof_sent {
-                    t.io.discard_input();
-                } else if readable && t.is_reading() && !t.io.finishing() {
-                    read_once(p, t, state);
-                }
-            })
+            self.on_ready_rare(lp, id, readable, writable, state)
         };
         if alive {
             PostAction::Continue
@@ -766,18 +859,44 @@ impl<S: 'static> Connection<S> {
         }
     }
 
+    /// `on_ready` for a connecting client, before `connection_made`, or
+    /// after the end.
+    #[cold]
+    #[inline(never)]
+    fn on_ready_rare(
+        &mut self,
+        lp: &mut EventLoop<S>,
+        id: ConnId<S>,
+        readable: bool,
+        writable: bool,
+        state: &mut S,
+    ) -> bool {
+        if self.io.is(CONNECTING) {
+            let error = match self.io.connect_failed.take() {
+                Some(e) => Some(e),
+                None => crate::sys::take_socket_error(self.io.sock.as_fd().as_raw_fd())
+                    .unwrap_or_else(Some),
+            };
+            self.connected(lp, id, error, state)
+        } else {
+            self.drive(lp, id, state, |p, t, state| {
+                serve_event(p, t, readable, writable, state)
+            })
+        }
+    }
+
     /// Queues a settle (and `connection_made`) for the end of this loop
     /// iteration, after something outside the connection's own callbacks
     /// changed it.
     fn queue_settle(&mut self, lp: &mut EventLoop<S>, id: ConnId<S>) {
-        if self.io.settle_queued || self.io.lost {
+        if self.io.is(SETTLE_QUEUED) || self.io.is(LOST) {
             return;
         }
-        self.io.settle_queued = true;
+        self.io.set(SETTLE_QUEUED);
         lp.call_soon(move |lp, state| {
             run_conn(lp, id, |lp, conn| {
-                conn.io.settle_queued = false;
-                if conn.io.connecting {
+                conn.io.unset(SETTLE_QUEUED);
+                if conn.io.is(CONNECTING) {
                     match conn.io.connect_failed.take() {
                         Some(e) => conn.connected(lp, id, Some(e), state),
                         None => true,
@@ -791,30 +910,92 @@ impl<S: 'static> Connection<S> {
 }
 
 
-/// Reads once (fairness under level-triggering) into the shared buffer.
-fn read_once<S: 'static>(p: &mut dyn Protocol<S>, t: &mut Transport<'_, S>, state: &mut S) {
-    let mut buf = SCRATCH.take();
-    if buf.len() < READ_SIZE {
-        buf.resize(READ_SIZE, 0);
+/// What readiness asks of a connection that is up: send what is pending,
+/// then read once, or discard input while lingering after a close.
+#[inline(always)]
+fn serve_event<S: 'static>(
+    p: &mut dyn Protocol<S>,
+    t: &mut Transport<'_, S>,
+    readable: bool,
+    writable: bool,
+    state: &mut S,
+) {
+    if writable {
+        t.io.flush();
     }
-    match t.io.sock.recv(&mut buf) {
-        Ok(0) => {
-            t.io.eof_received = true;
-            log::trace!("stream=eof");
-            if !p.eof_received(t, state) {
-                t.close();
-            }
-        }
-        Ok(n) => {
+    if !readable {
+        return;
+    }
+    if t.io.flags & (CLOSING | EOF_SENT) == CLOSING | EOF_SENT {
+        t.io.discard_input();
+    } else if t.io.flags & (READING | EOF_RECEIVED | CLOSING | LOST | ABORTED) == READING
+        && t.io.error.is_none()
+    {
+        read_once(p, t, state);
+    }
+}
+
+/// Reads once (fairness under level-triggering) into the shared buffer.
+#[inline(always)]
+fn read_once<S: 'static>(p: &mut dyn Protocol<S>, t: &mut Transport<'_, S>, state: &mut S) {
+    let rc = Rc::clone(&t.io.read_buf);
+    let Ok(mut shared) = rc.try_borrow_mut() else {
+        // Only if a read could nest in another, which none does.
+        return read_into(p, t, read_buffer(&mut Vec::new()), state);
+    };
+    let buf = if shared.len() == READ_SIZE {
+        &mut shared[..]
+    } else {
+        read_buffer(&mut shared)
+    };
+    read_into(p, t, buf, state);
+}
+
+/// `buf`, grown to the read size.
+#[cold]
+fn read_buffer(buf: &mut Vec<u8>) -> &mut [u8] {
+    buf.resize(READ_SIZE, 0);
+    buf
+}
+
+#[inline(always)]
+fn read_into<S: 'static>(
+    p: &mut dyn Protocol<S>,
+    t: &mut Transport<'_, S>,
+    buf: &mut [u8],
+    state: &mut S,
+) {
+    match t.io.sock.recv(buf) {
+        Ok(n) if n > 0 => {
             if let Some((timer, d)) = t.io.idle {
                 t.lp.reset_timer(timer, d);
             }
             p.data_received(t, &buf[..n], state);
         }
+        res => read_ended(p, t, res, state),
+    }
+}
+
+/// `read_once` on EOF or an error.
+#[cold]
+#[inline(never)]
+fn read_ended<S: 'static>(
+    p: &mut dyn Protocol<S>,
+    t: &mut Transport<'_, S>,
+    res: io::Result<usize>,
+    state: &mut S,
+) {
+    match res {
+        Ok(_) => {
+            t.io.set(EOF_RECEIVED);
+            log::trace!("stream=eof");
+            if !p.eof_received(t, state) {
+                t.close();
+            }
+        }
         Err(e) if is_retry(&e) => {}
         Err(e) => t.io.fail(e),
     }
-    SCRATCH.set(buf);
 }
 
 /// Runs `f` in the connection's own context from a timer: nothing if the
@@ -826,7 +1007,7 @@ fn in_own_context<S: 'static>(
     f: impl FnOnce(&mut dyn Protocol<S>, &mut Transport<'_, S>, &mut S),
 ) {
     run_conn(lp, id, |lp, conn| {
-        conn.io.connecting || conn.drive(lp, id, state, f)
+        conn.io.is(CONNECTING) || conn.drive(lp, id, state, f)
     });
 }
 
@@ -857,7 +1038,7 @@ pub(super) fn register<S: 'static>(
     conn.io.server = server;
     let interest = match connecting {
         Some(failed) => {
-            conn.io.connecting = true;
+            conn.io.set(CONNECTING);
             conn.io.connect_failed = failed;
             Interest::WRITABLE
         }
@@ -999,7 +1180,7 @@ pub fn with_transport<S: 'static, R>(
     f: impl FnOnce(&mut Transport<'_, S>) -> R,
 ) -> Option<R> {
     lp.with_source(id.0, |lp, conn| {
-        if conn.io.lost {
+        if conn.io.is(LOST) {
             return None;
         }
         let res = conn.call(lp, id, |_, t| f(t));
@@ -1036,7 +1217,7 @@ pub fn send<S: 'static>(lp: &mut EventLoop<S>, id: ConnId<S>, data: &[u8]) -> io
 /// [`Transport::close`]. Nothing if it is gone; from within its own
 /// callback, applied as soon as that returns.
 pub fn close<S: 'static>(lp: &mut EventLoop<S>, id: ConnId<S>) {
-    outside_or_later(lp, id, |io| io.closing = true);
+    outside_or_later(lp, id, |io| io.set(CLOSING));
 }
 
 /// Aborts a connection from outside its callbacks, as
@@ -1044,8 +1225,8 @@ pub fn close<S: 'static>(lp: &mut EventLoop<S>, id: ConnId<S>) {
 /// callback, applied as soon as that returns.
 pub fn abort<S: 'static>(lp: &mut EventLoop<S>, id: ConnId<S>) {
     outside_or_later(lp, id, |io| {
-        if !io.lost {
-            io.aborted = true;
+        if !io.is(LOST) {
+            io.set(ABORTED);
         }
     });
 }
@@ -1054,7 +1235,7 @@ pub fn abort<S: 'static>(lp: &mut EventLoop<S>, id: ConnId<S>) {
 fn linger<S: 'static>(lp: &mut EventLoop<S>, id: ConnId<S>) -> TimerId {
     lp.call_later(LINGER, move |lp, state| {
         run_conn(lp, id, |lp, conn| {
-            conn.io.linger_over = true;
+            conn.io.set(LINGER_OVER);
             conn.settle(lp, id, state)
         });
     })
@@ -1064,7 +1245,7 @@ fn linger<S: 'static>(lp: &mut EventLoop<S>, id: ConnId<S>) -> TimerId {
 pub(super) fn connect_timeout<S: 'static>(lp: &mut EventLoop<S>, id: ConnId<S>, timeout: Duration) {
     let timer = lp.call_later(timeout, move |lp, state| {
         run_conn(lp, id, |lp, conn| {
-            if !conn.io.connecting {
+            if !conn.io.is(CONNECTING) {
                 return true;
             }
             let e = io::Error::new(
