@@ -513,17 +513,42 @@ const SEND_FLAGS: libc::c_int = 0;
 /// raising SIGPIPE.
 #[inline]
 pub(crate) fn send(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
-    // SAFETY: the pointer and length describe a live slice.
-    let n = syscall!(send(fd, buf.as_ptr().cast(), buf.len(), SEND_FLAGS))?;
-    Ok(n as usize)
+    raw_result(send_raw(fd, buf))
 }
 
 /// recv(2) into `buf`: what is there, at most its length.
 #[inline]
 pub(crate) fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    raw_result(recv_raw(fd, buf))
+}
+
+/// [`send`] as the kernel answers: bytes sent, or -1 with `errno` set
+/// (turn it into an error with [`raw_result`] before anything else runs).
+/// For a hot path that tests for the usual outcome before building a
+/// result.
+#[inline(always)]
+pub(crate) fn send_raw(fd: RawFd, buf: &[u8]) -> isize {
+    // SAFETY: the pointer and length describe a live slice.
+    unsafe { libc::send(fd, buf.as_ptr().cast(), buf.len(), SEND_FLAGS) }
+}
+
+/// [`recv`] as the kernel answers: bytes read, 0 at EOF, or -1 with
+/// `errno` set, as [`send_raw`].
+#[inline(always)]
+pub(crate) fn recv_raw(fd: RawFd, buf: &mut [u8]) -> isize {
     // SAFETY: the pointer and length describe a live, writable slice.
-    let n = syscall!(recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0))?;
-    Ok(n as usize)
+    unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) }
+}
+
+/// The result of a raw call that returned `n`: `errno` if it is -1. Call
+/// it right after the call, before anything can change `errno`.
+#[inline(always)]
+pub(crate) fn raw_result(n: isize) -> io::Result<usize> {
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
 }
 
 /// sendmsg(2) of `bufs` on a connected socket: a vectored write that

@@ -62,7 +62,6 @@ impl Sock {
         Sock { inner, direct }
     }
 
-    #[inline(always)]
     fn recv(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if self.direct >= 0 {
             crate::sys::recv(self.direct, buf)
@@ -71,12 +70,45 @@ impl Sock {
         }
     }
 
+    /// Reads into `buf`: `Ok(n)` for `n > 0` bytes, otherwise what the
+    /// socket said (EOF as `Err(Ok(0))`): the hot path tests for data
+    /// before it builds a result.
     #[inline(always)]
+    fn recv_data(&mut self, buf: &mut [u8]) -> Result<usize, io::Result<usize>> {
+        if self.direct >= 0 {
+            let n = crate::sys::recv_raw(self.direct, buf);
+            if n > 0 {
+                return Ok(n as usize);
+            }
+            return Err(crate::sys::raw_result(n));
+        }
+        match self.inner.recv(buf) {
+            Ok(n) if n > 0 => Ok(n),
+            res => Err(res),
+        }
+    }
+
     fn send(&mut self, buf: &[u8]) -> io::Result<usize> {
         if self.direct >= 0 {
             crate::sys::send(self.direct, buf)
         } else {
             self.inner.send(buf)
+        }
+    }
+
+    /// Sends all of `buf` or says what happened instead, as `recv_data`.
+    #[inline(always)]
+    fn send_all(&mut self, buf: &[u8]) -> Result<(), io::Result<usize>> {
+        if self.direct >= 0 {
+            let n = crate::sys::send_raw(self.direct, buf);
+            if n as usize == buf.len() {
+                return Ok(());
+            }
+            return Err(crate::sys::raw_result(n));
+        }
+        match self.inner.send(buf) {
+            Ok(n) if n == buf.len() => Ok(()),
+            res => Err(res),
         }
     }
 }
@@ -132,6 +164,9 @@ impl<S> fmt::Debug for ConnId<S> {
 pub(crate) struct Connection<S> {
     io: Io<S>,
     protocol: Box<dyn Protocol<S>>,
+    /// The thread's read buffer (beside `io`, so that a read borrows it
+    /// while the transport borrows `io`).
+    read_buf: ReadBuf,
 }
 
 impl<S> AsFd for Connection<S> {
@@ -143,7 +178,6 @@ impl<S> AsFd for Connection<S> {
 /// A connection's socket, buffer and state: what a [`Transport`] changes.
 pub(crate) struct Io<S> {
     sock: Sock,
-    read_buf: ReadBuf,
     /// Bytes written but not yet sent start at `out[sent]`.
     out: Vec<u8>,
     sent: usize,
@@ -156,8 +190,6 @@ pub(crate) struct Io<S> {
     connect_failed: Option<io::Error>,
     /// The socket failed: finish now, reporting this.
     error: Option<io::Error>,
-    /// The interest the loop watches, or `None` while disabled.
-    interest: Option<Interest>,
     /// Timers of this connection, cancelled when it goes.
     timers: Vec<TimerId>,
     idle: Option<(TimerId, Duration)>,
@@ -191,20 +223,32 @@ const WRITING_PAUSED: u16 = 1 << 10;
 const TOLD_PAUSED: u16 = 1 << 11;
 /// A deferred settle is queued.
 const SETTLE_QUEUED: u16 = 1 << 12;
+/// The socket failed (`Io::error` says how): finish now.
+const FAILED: u16 = 1 << 13;
+/// The interest the loop watches (neither: disabled).
+const WATCH_READ: u16 = 1 << 14;
+const WATCH_WRITE: u16 = 1 << 15;
 /// A write cannot go straight to the socket: not connected yet, or
 /// refused (see `Io::refuses_writes`).
-const NO_DIRECT_WRITE: u16 = CONNECTING | LOST | ABORTED | CLOSING | EOF_WANTED;
+const NO_DIRECT_WRITE: u16 = CONNECTING | LOST | ABORTED | FAILED | CLOSING | EOF_WANTED;
 /// What a connection that only reads and has nothing to do shows (of
 /// `STEADY_MASK`'s bits): see `Io::is_steady`.
-const STEADY: u16 = READING;
+const STEADY: u16 = READING | WATCH_READ;
 const STEADY_MASK: u16 = READING
+    | WATCH_READ
+    | WATCH_WRITE
     | CLOSING
     | EOF_WANTED
     | EOF_RECEIVED
     | ABORTED
+    | FAILED
     | CONNECTING
     | WRITING_PAUSED
     | TOLD_PAUSED;
+/// What an event of a connection that is up and reading shows (of
+/// `HOT_MASK`'s bits): `on_ready` then sends and reads at once.
+const HOT: u16 = MADE | READING;
+const HOT_MASK: u16 = MADE | READING | CONNECTING | LOST | ABORTED | FAILED | CLOSING | EOF_RECEIVED;
 
 fn is_retry(e: &io::Error) -> bool {
     matches!(
@@ -241,7 +285,6 @@ impl<S> Io<S> {
     fn new(sock: Box<dyn StreamSocket>) -> Io<S> {
         Io {
             sock: Sock::new(sock),
-            read_buf: READ_BUF.with(Rc::clone),
             out: Vec::new(),
             sent: 0,
             high: DEFAULT_HIGH_WATER,
@@ -249,11 +292,25 @@ impl<S> Io<S> {
             flags: READING,
             connect_failed: None,
             error: None,
-            interest: None,
             timers: Vec::new(),
             idle: None,
             server: None,
         }
+    }
+
+    /// The interest the loop watches, or `None` while disabled.
+    fn watching(&self) -> Option<Interest> {
+        match (self.is(WATCH_READ), self.is(WATCH_WRITE)) {
+            (true, true) => Some(Interest::BOTH),
+            (true, false) => Some(Interest::READABLE),
+            (false, true) => Some(Interest::WRITABLE),
+            (false, false) => None,
+        }
+    }
+
+    fn set_watching(&mut self, interest: Option<Interest>) {
+        self.put(WATCH_READ, interest.is_some_and(|i| i.is_readable()));
+        self.put(WATCH_WRITE, interest.is_some_and(|i| i.is_writable()));
     }
 
     fn pending(&self) -> usize {
@@ -262,7 +319,7 @@ impl<S> Io<S> {
 
     /// Aborted or failed: finish at the next settle.
     fn finishing(&self) -> bool {
-        self.is(ABORTED) || self.error.is_some()
+        self.is(ABORTED | FAILED)
     }
 
     /// Whether writes are accepted (and why not, for the log).
@@ -281,9 +338,10 @@ impl<S> Io<S> {
     }
 
     fn fail(&mut self, e: io::Error) {
-        if self.error.is_none() && !self.is(LOST) {
+        if !self.is(FAILED | LOST) {
             log::debug!("stream=error error={e}");
             self.error = Some(e);
+            self.set(FAILED);
         }
     }
 
@@ -292,12 +350,11 @@ impl<S> Io<S> {
     /// is pending, no slices to build.
     #[inline]
     fn write_one(&mut self, data: &[u8]) {
-        if self.flags & NO_DIRECT_WRITE != 0 || self.pending() != 0 || self.error.is_some() {
+        if self.flags & NO_DIRECT_WRITE != 0 || self.pending() != 0 {
             return self.write(&[data]);
         }
-        match self.sock.send(data) {
-            Ok(n) if n == data.len() => {}
-            res => self.after_short_send(data, res),
+        if let Err(res) = self.sock.send_all(data) {
+            self.after_short_send(data, res);
         }
     }
 
@@ -371,7 +428,7 @@ impl<S> Io<S> {
 
     /// Sends what is pending, as far as the socket takes it.
     fn flush(&mut self) {
-        while self.pending() > 0 && self.error.is_none() {
+        while self.pending() > 0 && !self.is(FAILED) {
             match self.sock.send(&self.out[self.sent..]) {
                 Ok(0) => self.fail(io::ErrorKind::WriteZero.into()),
                 Ok(n) => self.sent += n,
@@ -400,18 +457,14 @@ impl<S> Io<S> {
     /// conclude for the usual connection, in a few comparisons.
     #[inline]
     fn is_steady(&self) -> bool {
-        self.flags & STEADY_MASK == STEADY
-            && self.out.is_empty()
-            && self.error.is_none()
-            && self.interest == Some(Interest::READABLE)
+        self.flags & STEADY_MASK == STEADY && self.out.is_empty()
     }
 
     /// After a close, reads and drops what the peer still sends, until its
     /// EOF: closing a socket with unread input makes the kernel send a
     /// reset, which can destroy data the peer has not read yet.
-    fn discard_input(&mut self) {
-        let rc = Rc::clone(&self.read_buf);
-        let mut shared = rc.try_borrow_mut();
+    fn discard_input(&mut self, read_buf: &RefCell<Vec<u8>>) {
+        let mut shared = read_buf.try_borrow_mut();
         let mut own = Vec::new();
         let buf = read_buffer(shared.as_deref_mut().unwrap_or(&mut own));
         for _ in 0..4 {
@@ -688,6 +741,7 @@ impl<S: 'static> Connection<S> {
         Connection {
             io: Io::new(sock),
             protocol,
+            read_buf: READ_BUF.with(Rc::clone),
         }
     }
 
@@ -698,7 +752,7 @@ impl<S: 'static> Connection<S> {
         id: ConnId<S>,
         f: impl FnOnce(&mut dyn Protocol<S>, &mut Transport<'_, S>) -> R,
     ) -> R {
-        let Connection { io, protocol } = self;
+        let Connection { io, protocol, .. } = self;
         let mut t = Transport { lp, io, id };
         f(&mut **protocol, &mut t)
     }
@@ -765,17 +819,18 @@ impl<S: 'static> Connection<S> {
             || (io.is(EOF_RECEIVED) && io.is(EOF_SENT));
         if !done {
             let want = io.wanted();
-            if want == io.interest {
+            let watching = io.watching();
+            if want == watching {
                 return true;
             }
             let res = match want {
                 None => lp.disable(id.0),
-                Some(i) if io.interest.is_none() => lp.enable(id.0, i),
+                Some(i) if watching.is_none() => lp.enable(id.0, i),
                 Some(i) => lp.modify(id.0, i),
             };
             match res {
                 Ok(()) => {
-                    io.interest = want;
+                    io.set_watching(want);
                     return true;
                 }
                 Err(e) => io.fail(e),
@@ -840,13 +895,33 @@ impl<S: 'static> Connection<S> {
     ) -> PostAction {
         let id = ConnId(ev.id());
         let (readable, writable) = (ev.is_readable(), ev.is_writable());
-        let alive = if self.io.flags & (CONNECTING | MADE | LOST) == MADE {
-            // The usual event, of a connection that is up: `drive` without
-            // its checks for the first and last callbacks.
-            if !self.io.finishing() {
-                let Connection { io, protocol } = self;
+        let alive = if self.io.flags & HOT_MASK == HOT {
+            // The usual event, of a connection that is up and reading:
+            // `drive` and `serve_event` without their checks.
+            let Connection {
+                io,
+                protocol,
+                read_buf,
+            } = self;
+            // A failed flush ends the connection: nothing more to read.
+            let failed = writable && {
+                io.flush();
+                io.is(FAILED)
+            };
+            if readable && !failed {
                 let mut t = Transport { lp, io, id };
-                serve_event(&mut **protocol, &mut t, readable, writable, state);
+                read_once(&mut **protocol, &mut t, read_buf, state);
+            }
+            self.settle(lp, id, state)
+        } else if self.io.flags & (CONNECTING | MADE | LOST) == MADE {
+            if !self.io.finishing() {
+                let Connection {
+                    io,
+                    protocol,
+                    read_buf,
+                } = self;
+                let mut t = Transport { lp, io, id };
+                serve_event(&mut **protocol, &mut t, read_buf, readable, writable, state);
             }
             self.settle(lp, id, state)
         } else {
@@ -879,8 +954,9 @@ impl<S: 'static> Connection<S> {
             };
             self.connected(lp, id, error, state)
         } else {
+            let read_buf = Rc::clone(&self.read_buf);
             self.drive(lp, id, state, |p, t, state| {
-                serve_event(p, t, readable, writable, state)
+                serve_event(p, t, &read_buf, readable, writable, state)
             })
         }
     }
@@ -912,10 +988,11 @@ impl<S: 'static> Connection<S> {
 
 /// What readiness asks of a connection that is up: send what is pending,
 /// then read once, or discard input while lingering after a close.
-#[inline(always)]
+#[inline(never)]
 fn serve_event<S: 'static>(
     p: &mut dyn Protocol<S>,
     t: &mut Transport<'_, S>,
+    read_buf: &RefCell<Vec<u8>>,
     readable: bool,
     writable: bool,
     state: &mut S,
@@ -927,19 +1004,21 @@ fn serve_event<S: 'static>(
         return;
     }
     if t.io.flags & (CLOSING | EOF_SENT) == CLOSING | EOF_SENT {
-        t.io.discard_input();
-    } else if t.io.flags & (READING | EOF_RECEIVED | CLOSING | LOST | ABORTED) == READING
-        && t.io.error.is_none()
-    {
-        read_once(p, t, state);
+        t.io.discard_input(read_buf);
+    } else if t.io.flags & (READING | EOF_RECEIVED | CLOSING | LOST | ABORTED | FAILED) == READING {
+        read_once(p, t, read_buf, state);
     }
 }
 
 /// Reads once (fairness under level-triggering) into the shared buffer.
 #[inline(always)]
-fn read_once<S: 'static>(p: &mut dyn Protocol<S>, t: &mut Transport<'_, S>, state: &mut S) {
-    let rc = Rc::clone(&t.io.read_buf);
-    let Ok(mut shared) = rc.try_borrow_mut() else {
+fn read_once<S: 'static>(
+    p: &mut dyn Protocol<S>,
+    t: &mut Transport<'_, S>,
+    read_buf: &RefCell<Vec<u8>>,
+    state: &mut S,
+) {
+    let Ok(mut shared) = read_buf.try_borrow_mut() else {
         // Only if a read could nest in another, which none does.
         return read_into(p, t, read_buffer(&mut Vec::new()), state);
     };
@@ -965,14 +1044,14 @@ fn read_into<S: 'static>(
     buf: &mut [u8],
     state: &mut S,
 ) {
-    match t.io.sock.recv(buf) {
-        Ok(n) if n > 0 => {
+    match t.io.sock.recv_data(buf) {
+        Ok(n) => {
             if let Some((timer, d)) = t.io.idle {
                 t.lp.reset_timer(timer, d);
             }
             p.data_received(t, &buf[..n], state);
         }
-        res => read_ended(p, t, res, state),
+        Err(res) => read_ended(p, t, res, state),
     }
 }
 
@@ -1044,7 +1123,7 @@ pub(super) fn register<S: 'static>(
         }
         None => Interest::READABLE,
     };
-    conn.io.interest = Some(interest);
+    conn.io.set_watching(Some(interest));
     let id = lp.add(conn, interest, |lp, conn, ev, state| {
         conn.on_ready(lp, ev, state)
     })?;
