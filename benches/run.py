@@ -245,14 +245,19 @@ def main():
     ap.add_argument("--seconds", type=float, default=3.0)
     ap.add_argument("--conns", type=int, default=100)
     ap.add_argument("--quick", action="store_true", help="1 round, 1 s: a smoke run")
-    ap.add_argument("--only", choices=("bench", "echo", "idle", "instructions"))
+    parts = ("bench", "echo", "idle", "instructions")
+    ap.add_argument("--only", type=lambda v: v.split(","), metavar="PART[,PART...]",
+                    help=f"run only these parts, of: {', '.join(parts)}")
     args = ap.parse_args()
+    for part in args.only or ():
+        if part not in parts:
+            ap.error(f"--only: unknown part {part!r} (one of: {', '.join(parts)})")
     if args.quick:
         args.rounds, args.seconds = 1, 1.0
     print(f"machine: {os.cpu_count()} CPUs, {os.uname().release}; pinning: {'taskset' if TASKSET else 'none'}")
     t = time.time()
     for name, fn in (("bench", bench_c), ("echo", echo), ("idle", idle), ("instructions", instructions)):
-        if args.only in (None, name):
+        if args.only is None or name in args.only:
             fn(args)
     print(f"\ntotal {time.time() - t:.0f} s")
 

@@ -83,6 +83,19 @@ pub(crate) fn fd_is_open(fd: RawFd) -> bool {
     fd >= 0 && syscall!(fcntl(fd, libc::F_GETFD)).is_ok()
 }
 
+/// The file `fd` names, as (device, inode): two fds name the same file
+/// (or a closed and reused number another one) exactly when these match,
+/// except for Linux's anonymous-inode fds (eventfd, epoll, ...), which
+/// share one inode.
+#[cfg(all(not(muxloop_kqueue), any(test, feature = "kqueue-model")))]
+pub(crate) fn file_identity(fd: RawFd) -> io::Result<(u64, u64)> {
+    // SAFETY: a zeroed stat is a valid out-buffer.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `st` is a live, writable stat; a closed fd yields EBADF.
+    syscall!(fstat(fd, &mut st))?;
+    Ok((st.st_dev as u64, st.st_ino as u64))
+}
+
 /// Whether `fd` is open and lacks `O_NONBLOCK`.
 pub(crate) fn is_blocking(fd: RawFd) -> bool {
     // SAFETY: F_GETFL only reads the file status flags; a closed or invalid

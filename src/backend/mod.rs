@@ -17,7 +17,9 @@ use crate::{Interest, Ready, Token};
 mod epoll;
 #[cfg(any(muxloop_epoll, muxloop_kqueue))]
 mod host_fd;
-#[cfg(muxloop_kqueue)]
+#[cfg(all(not(muxloop_kqueue), any(test, feature = "kqueue-model")))]
+mod kevent_model;
+#[cfg(any(muxloop_kqueue, test, feature = "kqueue-model"))]
 mod kqueue;
 #[cfg(feature = "mio")]
 mod mio_poll;
@@ -225,7 +227,7 @@ const BUILT: &[BackendKind] = &[
     BackendKind::Epoll,
     #[cfg(muxloop_uring)]
     BackendKind::Uring,
-    #[cfg(muxloop_kqueue)]
+    #[cfg(any(muxloop_kqueue, feature = "kqueue-model"))]
     BackendKind::Kqueue,
     #[cfg(feature = "mio")]
     BackendKind::Mio,
@@ -347,6 +349,11 @@ impl BackendKind {
             BackendKind::Epoll => Box::new(epoll::EpollBackend::new()?),
             #[cfg(muxloop_kqueue)]
             BackendKind::Kqueue => Box::new(kqueue::KqueueBackend::new()?),
+            // The kqueue backend's logic on the model of kevent(2).
+            #[cfg(all(not(muxloop_kqueue), feature = "kqueue-model"))]
+            BackendKind::Kqueue => Box::new(kqueue::KqueueBackend::on(
+                kevent_model::KeventModel::new(),
+            )),
             #[cfg(feature = "mio")]
             BackendKind::Mio => Box::new(mio_poll::MioBackend::new()?),
             // Created even where the probe failed: the error names the cause.

@@ -51,7 +51,7 @@ impl fmt::Display for Addr {
 /// [`Transport`]: super::Transport
 pub trait StreamSocket: AsFd + 'static {
     /// Reads what is there, as `read(2)`. (Named apart from
-    /// [`Read::read`], which the socket types also have.)
+    /// [`Read::read`](std::io::Read::read), which the socket types also have.)
     fn recv(&mut self, buf: &mut [u8]) -> io::Result<usize>;
     /// Writes what fits, as `writev(2)`.
     fn send_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize>;

@@ -27,12 +27,15 @@ macro_rules! per_backend {
         $crate::per_backend!(@backend epoll, muxloop::BackendKind::Epoll; $($case),*);
         #[cfg(all(target_os = "linux", feature = "uring"))]
         $crate::per_backend!(@backend uring, muxloop::BackendKind::Uring; $($case),*);
+        // Elsewhere, with the `kqueue-model` feature: the kqueue backend's
+        // code on the model of FreeBSD's kevent(2).
         #[cfg(any(
             target_os = "macos",
             target_os = "freebsd",
             target_os = "openbsd",
             target_os = "netbsd",
-            target_os = "dragonfly"
+            target_os = "dragonfly",
+            feature = "kqueue-model"
         ))]
         $crate::per_backend!(@backend kqueue, muxloop::BackendKind::Kqueue; $($case),*);
         #[cfg(feature = "mio")]
