@@ -132,10 +132,12 @@ def bench_c(args):
         for name, _ in progs:
             run = statistics.median(samples[name]["run"])
             setup = statistics.median(samples[name]["setup"])
+            total = statistics.median(r + s for r, s in zip(samples[name]["run"], samples[name]["setup"]))
+            base_total = statistics.median(r + s for r, s in zip(samples["libev"]["run"], samples["libev"]["setup"]))
             rows.append((" ".join(cfg), name, f"{run:.0f}", f"{run / base_run:.2f}x",
-                         f"{setup:.0f}", f"{setup / base_setup:.2f}x"))
+                         f"{setup:.0f}", f"{setup / base_setup:.2f}x", f"{total / base_total:.2f}x"))
     table(f"bench.c method, medians of {args.rounds} interleaved rounds (each a median of 14 iterations)",
-          ("config", "library", "run us", "vs libev", "setup us", "vs libev"), rows)
+          ("config", "library", "run us", "vs libev", "setup us", "vs libev", "total vs libev"), rows)
 
 
 def echo(args):
@@ -190,26 +192,56 @@ def instructions(args):
     if not shutil.which("valgrind"):
         print("\n(valgrind not installed: instruction counts skipped)")
         return
-    def irefs(argv, only=None):
-        opts = ["--callgrind-out-file=/dev/null"] + ([f"--toggle-collect={only}"] if only else [])
-        out = subprocess.run(["valgrind", "--tool=callgrind"] + opts + argv,
-                             capture_output=True, text=True, timeout=600)
-        return int(re.search(r"refs:\s+([\d,]+)", out.stderr).group(1).replace(",", ""))
-    def per_callback(argv, only=None):
-        lo = irefs(argv + ["-n", "1000", "-a", "100", "-w", "1000", "-i", "5"], only)
-        hi = irefs(argv + ["-n", "1000", "-a", "100", "-w", "11000", "-i", "5"], only)
-        return (hi - lo) / (10000 * 5)
+    def refs(argv, tool="callgrind", only=None):
+        """User-space instructions (callgrind), or D1 misses (cachegrind)."""
+        if tool == "callgrind":
+            opts = ["--tool=callgrind", "--callgrind-out-file=/dev/null"]
+            opts += [f"--toggle-collect={only}"] if only else []
+            pattern = r"refs:\s+([\d,]+)"
+        else:
+            opts = ["--tool=cachegrind", "--cache-sim=yes", "--cachegrind-out-file=/dev/null"]
+            pattern = r"D1  misses:\s+([\d,]+)"
+        out = subprocess.run(["valgrind"] + opts + argv, capture_output=True, text=True, timeout=600)
+        return int(re.search(pattern, out.stderr).group(1).replace(",", ""))
+    def size(n, w, i):
+        return ["-n", str(n), "-a", "100", "-w", str(w), "-i", str(i)]
+    def per_callback(argv, i=5, tool="callgrind", only=None):
+        """Per extra callback, w 1000 -> 11000: 10,000 more per iteration."""
+        lo = refs(argv + size(1000, 1000, i), tool, only)
+        hi = refs(argv + size(1000, 11000, i), tool, only)
+        return hi - lo, (hi - lo) / (10000 * i)
+    def per_callback_steady(argv):
+        """Iterations 2-6 (-i 5: the first is the warm-up), and iterations
+        7-26 alone (the -i 25 count less the -i 5 one)."""
+        early, early_each = per_callback(argv, 5)
+        late, _ = per_callback(argv, 25)
+        return early_each, (late - early) / (10000 * 20)
+    def per_fd(argv):
+        """Per re-registered watcher: n 1000 -> 9000 pairs, so 8,000 more
+        watchers re-armed per iteration, over iterations 7-26 alone."""
+        d = {(n, i): refs(argv + size(n, 1000, i)) for n in (1000, 9000) for i in (5, 25)}
+        return ((d[9000, 25] - d[1000, 25]) - (d[9000, 5] - d[1000, 5])) / (8000 * 20)
+    libev = [os.path.join(CB, "bench_libev")]
+    progs = [("muxloop-epoll", [os.path.join(EX, "bench"), "-b", "epoll"], "*Entry*Dispatch*dispatch*"),
+             ("libev", libev, "read_cb")]
     rows = []
+    for name, argv, cb in progs:
+        early, steady = per_callback_steady(argv)
+        _, callback = per_callback(argv, 5, only=cb)
+        _, misses = per_callback(argv, 5, tool="cachegrind")
+        rows.append((name, f"{early:.0f}", f"{steady:.0f}", f"{callback:.0f}", f"{early - callback:.0f}",
+                     f"{misses:.2f}", f"{per_fd(argv):.0f}"))
+    for name, argv in (("muxloop-poll", [os.path.join(EX, "bench"), "-b", "poll"]),
+                       ("libev-poll", libev + ["-b", "poll"])):
+        early, steady = per_callback_steady(argv)
+        rows.append((name, f"{early:.0f}", f"{steady:.0f}", "", "", "", ""))
     # The callback: muxloop's closure runs inside Entry::dispatch (its only
     # caller frame); libev's is read_cb. Both include their read and write.
-    for name, argv, cb in (("muxloop-epoll", [os.path.join(EX, "bench"), "-b", "epoll"],
-                            "*Entry*Dispatch*dispatch*"),
-                           ("libev", [os.path.join(CB, "bench_libev")], "read_cb")):
-        total = per_callback(argv)
-        callback = per_callback(argv, cb)
-        rows.append((name, f"{total:.0f}", f"{callback:.0f}", f"{total - callback:.0f}"))
-    table("user-space instructions per extra callback (callgrind; n=1000 a=100, w 1000 -> 11000, 5 iterations)",
-          ("library", "total", "in the callback", "in the loop"), rows)
+    table("user-space instructions per extra callback (callgrind; n=1000 a=100, w 1000 -> 11000; "
+          "iterations 2-6 and 7-26), D1 misses per callback (cachegrind, iterations 2-6), "
+          "instructions per re-registered watcher (n 1000 -> 9000, iterations 7-26)",
+          ("library", "per callback, it. 2-6", "steady", "in the callback", "in the loop",
+           "D1 misses", "per re-armed watcher"), rows)
 
     # The echo servers: the same count is deterministic enough to compare,
     # where CPU time per round trip is noisy. Two load sizes, so start-up

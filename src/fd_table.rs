@@ -74,11 +74,11 @@ impl<V: Copy + PartialEq> FdTable<V> {
 
     #[inline]
     pub(crate) fn get_mut(&mut self, fd: RawFd) -> Option<&mut V> {
-        match self.dense.get_mut(fd as usize) {
-            Some(v) if *v != self.vacant => Some(v),
-            Some(_) => None,
-            None if self.sparse.is_empty() => None,
-            None => self.sparse.get_mut(&fd),
+        if (fd as usize) < self.dense.len() {
+            let v = &mut self.dense[fd as usize];
+            if *v != self.vacant { Some(v) } else { None }
+        } else {
+            sparse_get_mut(&mut self.sparse, fd)
         }
     }
 
@@ -170,6 +170,18 @@ impl<V: Copy + PartialEq> FdTable<V> {
     #[cfg(test)]
     fn dense_len(&self) -> usize {
         self.dense.len()
+    }
+}
+
+/// [`FdTable::get_mut`]'s hash-map half, out of line: the dense half is
+/// the hot path.
+#[cold]
+#[inline(never)]
+fn sparse_get_mut<V>(sparse: &mut HashMap<RawFd, V>, fd: RawFd) -> Option<&mut V> {
+    if sparse.is_empty() {
+        None
+    } else {
+        sparse.get_mut(&fd)
     }
 }
 

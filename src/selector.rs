@@ -160,6 +160,14 @@ fn closed_error() -> io::Error {
     io::Error::other("selector is closed")
 }
 
+/// `renew` failed: the fd is unregistered, and the error returned.
+#[cold]
+fn renew_failed<T, R>(sel: &mut Selector<T>, fd: RawFd, e: io::Error) -> io::Result<R> {
+    log::debug!("selector=renew backend={} fd={fd} error={e}", sel.name);
+    let _ = sel.unregister(fd);
+    Err(e)
+}
+
 fn not_found(fd: RawFd) -> io::Error {
     io::Error::new(
         io::ErrorKind::NotFound,
@@ -420,45 +428,58 @@ impl<T> Selector<T> {
     /// Only for an fd whose open file is known not to have changed since
     /// it was registered (the event loop's paused sources, which own their
     /// fd). On error the fd is unregistered.
-    pub(crate) fn renew(
+    ///
+    /// Only if `token` is registered and its key passes `check`; otherwise
+    /// `data` comes back, nothing changed. On success the key gets `data`
+    /// (the old data is dropped) and the new token is returned; on error
+    /// the fd is unregistered and `data` dropped. One look-up.
+    #[inline]
+    pub(crate) fn renew_if(
         &mut self,
         token: Token,
         interest: Interest,
-    ) -> io::Result<&mut SelectorKey<T>> {
-        let index = self.index_of(token)?;
-        let (fd, old) = (self.slots[index].key.fd, self.slots[index].key.interest);
-        let generation = self.generations[index].wrapping_add(1);
-        self.generations[index] = generation;
-        let new = Token::new(index, generation);
-        let name = self.name;
-        let backend = self.backend.as_mut().ok_or_else(closed_error)?;
-        let suspended = self.slots[index].key.suspended;
-        let mut res = if suspended {
+        check: impl FnOnce(&SelectorKey<T>) -> bool,
+        data: T,
+    ) -> Result<io::Result<Token>, T> {
+        let index = token.index();
+        let (Some(backend), Some(slot)) = (self.backend.as_mut(), self.slots.get_mut(index)) else {
+            // Closed (where registering fails too), or not registered.
+            return Err(data);
+        };
+        if slot.key.token != token || !check(&slot.key) {
+            return Err(data);
+        }
+        let key = &mut slot.key;
+        let generation = &mut self.generations[index];
+        *generation = generation.wrapping_add(1);
+        let new = Token::new(index, *generation);
+        let (fd, old) = (key.fd, key.interest);
+        let res = if key.suspended {
             // Not in the backend: watched anew, under the new token.
             backend.add(fd, new, interest).map(|()| {
-                self.slots[index].key.suspended = false;
-                self.slots[index].key.token = new;
+                key.suspended = false;
+                key.token = new;
             })
         } else {
-            backend.retoken(fd, token, new, old)
+            backend.retoken(fd, token, new, old).and_then(|()| {
+                // From here on the backend knows the fd by the new token.
+                key.token = new;
+                if interest == old {
+                    Ok(())
+                } else {
+                    backend.modify(fd, new, old, interest)
+                }
+            })
         };
-        if res.is_ok() && !suspended {
-            // From here on the backend knows the fd by the new token.
-            self.slots[index].key.token = new;
-            if interest != old {
-                res = backend.modify(fd, new, old, interest);
-            }
-        }
         match res {
             Ok(()) => {
-                let key = &mut self.slots[index].key;
                 key.interest = interest;
-                Ok(key)
+                key.data = data;
+                Ok(Ok(new))
             }
             Err(e) => {
-                log::debug!("selector=renew backend={name} fd={fd} error={e}");
-                let _ = self.unregister(fd);
-                Err(e)
+                drop(data);
+                Ok(renew_failed(self, fd, e))
             }
         }
     }

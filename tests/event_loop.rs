@@ -356,6 +356,44 @@ mod cases {
         assert_eq!(n, 2);
     }
 
+    pub fn a_source_left_paused_gives_up_its_number_at_the_next_wait(kind: BackendKind) {
+        let cb = |_: &mut EventLoop<u32>,
+                  sock: &mut UnixStream,
+                  _: muxloop::SourceEvent<UnixStream>,
+                  n: &mut u32| {
+            drain(sock);
+            *n += 1;
+            PostAction::Continue
+        };
+        let (a, _pa) = pair();
+        let (b, _pb) = pair();
+        let number = b.as_raw_fd();
+        let mut lp = new_loop::<u32>(kind);
+        let ida = lp.add(a, Interest::READABLE, cb).unwrap();
+        let idb = lp.add(b, Interest::READABLE, cb).unwrap();
+        // b stays paused and is dropped (closing its fd); a is paused and
+        // resumed before the wait, which keeps its registration.
+        let pb = lp.pause(idb).unwrap();
+        let pa = lp.pause(ida).unwrap();
+        lp.resume(pa, Interest::READABLE).unwrap();
+        drop(pb);
+        let mut n = 0;
+        lp.run_once(Some(Duration::ZERO), &mut n).unwrap();
+        // The wait dropped b's registration: a new socket under b's number
+        // is watched.
+        let (c, mut d) = pair();
+        let c = renumber(c, number);
+        if c.as_raw_fd() != number {
+            eprintln!("skipped: fd {number} was taken by a test running in parallel");
+            return;
+        }
+        lp.add(c, Interest::READABLE, cb)
+            .expect("the number of a source left paused is free after the wait");
+        d.write_all(b"x").unwrap();
+        lp.run_once(Some(Duration::from_secs(2)), &mut n).unwrap();
+        assert_eq!(n, 1);
+    }
+
     pub fn resume_before_the_wait_can_change_the_interest(kind: BackendKind) {
         let (a, _b) = pair();
         let mut lp = new_loop::<Vec<bool>>(kind);
@@ -1075,6 +1113,7 @@ fn select_loop_refuses_a_high_fd_and_drops_it() {
 // Every case, on every backend (see `per_backend!` in `tests/util`).
 per_backend!(
     readable_source_runs_its_callback_with_state,
+    a_source_left_paused_gives_up_its_number_at_the_next_wait,
     post_action_remove_drops_and_closes_the_source,
     remove_hands_the_source_back_open,
     removal_by_an_earlier_callback_suppresses_a_collected_event,

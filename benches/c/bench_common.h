@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 static int num_pipes = 100, num_active = 1, num_writes = -1, iterations = 25, use_timers = 0;
+static const char *backend_name = NULL; /* -b: a library that can choose uses it */
 static int *pipes; /* 2 per pair: [read end, write end] */
 static int count, fired, writes;
 
@@ -29,7 +30,7 @@ static void parse_args(int argc, char **argv) {
     int c;
     while ((c = getopt(argc, argv, "b:n:a:w:i:t")) != -1) {
         switch (c) {
-        case 'b': break; /* the library picks its best backend (epoll here) */
+        case 'b': backend_name = optarg; break;
         case 'n': num_pipes = atoi(optarg); break;
         case 'a': num_active = atoi(optarg); break;
         case 'w': num_writes = atoi(optarg); break;

@@ -33,13 +33,15 @@ static void run_nowait(void) { ev_run(loop, EVRUN_NOWAIT); }
 int main(int argc, char **argv) {
     parse_args(argc, argv);
     make_pairs();
-    loop = ev_default_loop(EVBACKEND_EPOLL);
+    /* -b poll: libev's poll backend, to compare with muxloop's; epoll otherwise. */
+    int use_poll = backend_name && strcmp(backend_name, "poll") == 0;
+    loop = ev_default_loop(use_poll ? EVBACKEND_POLL : EVBACKEND_EPOLL);
     watchers = calloc(num_pipes, sizeof(ev_io));
     timers = calloc(num_pipes, sizeof(ev_timer));
     for (int i = 0; i < num_pipes; i++) {
         ev_io_init(&watchers[i], read_cb, pipes[2 * i], EV_READ);
         ev_init(&timers[i], idle_cb);
     }
-    run_iterations("libev", "epoll", rearm, run_nowait);
+    run_iterations("libev", use_poll ? "poll" : "epoll", rearm, run_nowait);
     return 0;
 }

@@ -87,7 +87,7 @@ impl<S> EventLoop<S> {
         if !self.soon.is_empty()
             || self.stopped
             || self.remote.stop.load(Ordering::Acquire)
-            || (self.host_polls.get() && (!self.parked.is_empty() || self.selector.needs_flush()))
+            || (self.host_polls.get() && (self.parked_live > 0 || self.selector.needs_flush()))
         {
             return Some(Duration::ZERO);
         }

@@ -124,6 +124,10 @@ pub struct EventLoop<S = ()> {
     selector: Selector<Slot<S>>,
     /// Tokens of `Slot::Parked` keys (some perhaps resumed or gone since).
     parked: Vec<Token>,
+    /// How many keys are `Slot::Parked`, or more (a parked key dropped
+    /// other than by `unpark` stays counted until the next `unpark_all`,
+    /// which skips its scan when this is 0: every paused source resumed).
+    parked_live: usize,
     events: Events,
     timers: Timers<TimerCallback<S>>,
     /// The repeating timer whose callback runs, and whether it was
@@ -201,6 +205,7 @@ impl<S> EventLoop<S> {
             id,
             selector,
             parked: Vec::new(),
+            parked_live: 0,
             events: Events::with_capacity(256),
             timers: Timers::new(u64::from(id)),
             running_timer: None,

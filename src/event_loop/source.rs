@@ -185,6 +185,8 @@ where
 }
 
 /// `pause` or `remove` of the source whose callback is running.
+#[cold]
+#[inline(never)]
 fn busy(verb: &str) -> io::Error {
     let advice = if verb == "pause" {
         "to stop watching it from its own callback use EventLoop::disable (it keeps \
@@ -201,6 +203,8 @@ fn busy(verb: &str) -> io::Error {
     )
 }
 
+#[cold]
+#[inline(never)]
 fn unknown_source(token: Token) -> io::Error {
     io::Error::new(
         io::ErrorKind::NotFound,
@@ -208,6 +212,8 @@ fn unknown_source(token: Token) -> io::Error {
     )
 }
 
+#[cold]
+#[inline(never)]
 fn foreign_source(token: Token) -> io::Error {
     io::Error::new(
         io::ErrorKind::NotFound,
@@ -274,9 +280,13 @@ impl<S> EventLoop<S> {
 
     /// Unregisters the keys of sources paused and not resumed since.
     pub(super) fn unpark_all(&mut self) {
-        for i in 0..self.parked.len() {
-            self.unpark(self.parked[i]);
+        if self.parked_live > 0 {
+            for i in 0..self.parked.len() {
+                self.unpark(self.parked[i]);
+            }
         }
+        // No key is parked any more (each is in the list).
+        self.parked_live = 0;
         self.parked.clear();
     }
 
@@ -287,6 +297,7 @@ impl<S> EventLoop<S> {
                 let fd = key.fd();
                 log::trace!("loop=unpark fd={fd}");
                 let _ = self.selector.unregister(fd);
+                self.parked_live = self.parked_live.saturating_sub(1);
             }
         }
     }
@@ -418,6 +429,7 @@ impl<S> EventLoop<S> {
             });
         }
         self.parked.push(token);
+        self.parked_live += 1;
         log::trace!("loop={verb} fd={fd}");
         Ok(Paused {
             fd,
@@ -447,21 +459,31 @@ impl<S> EventLoop<S> {
             entry,
             ..
         } = paused;
-        let parked = loop_id == self.id
-            && self
-                .selector
-                .key_by_token(token)
-                .is_some_and(|k| k.fd() == fd && matches!(k.data(), Slot::Parked));
-        if !parked {
-            let token = self.register(fd, interest, Slot::Source(entry))?;
-            log::trace!("loop=resume fd={fd} interest={interest:?}");
-            return Ok(SourceId::new(token, self.id));
-        }
         // Still registered: retire the old token (events collected under it
         // must not reach the resumed source), keep the kernel registration.
-        let key = self.selector.renew(token, interest)?;
-        let token = key.token();
-        *key.data_mut() = Slot::Source(entry);
+        let slot = Slot::Source(entry);
+        let renewed = if loop_id == self.id {
+            self.selector.renew_if(
+                token,
+                interest,
+                |k| k.fd() == fd && matches!(k.data(), Slot::Parked),
+                slot,
+            )
+        } else {
+            Err(slot)
+        };
+        let token = match renewed {
+            Ok(res) => {
+                // No longer parked: a source again, or unregistered on error.
+                self.parked_live = self.parked_live.saturating_sub(1);
+                res?
+            }
+            Err(slot) => {
+                let token = self.register(fd, interest, slot)?;
+                log::trace!("loop=resume fd={fd} interest={interest:?}");
+                return Ok(SourceId::new(token, self.id));
+            }
+        };
         log::trace!("loop=resume fd={fd} interest={interest:?} kept");
         Ok(SourceId::new(token, self.id))
     }

@@ -96,6 +96,17 @@ pub fn pipe() -> (OwnedFd, OwnedFd) {
     unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
 }
 
+/// `sock` under the lowest free number at or above `number` (F_DUPFD):
+/// `number` itself when it is free, as after closing what had it (unless
+/// a test running in parallel took it meanwhile; callers check).
+pub fn renumber(sock: UnixStream, number: RawFd) -> UnixStream {
+    // SAFETY: F_DUPFD on an open descriptor we own; no memory involved.
+    let fd = unsafe { libc::fcntl(sock.as_raw_fd(), libc::F_DUPFD_CLOEXEC, number) };
+    assert!(fd >= 0, "F_DUPFD: {}", io::Error::last_os_error());
+    // SAFETY: `fd` was just created and is owned by nobody else.
+    UnixStream::from(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
 /// Writes until the socket's buffer is full.
 pub fn fill(s: &mut UnixStream) -> usize {
     let buf = [0x5a; 65536];
