@@ -7,8 +7,8 @@ use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::transport::{self, ConnId};
-use super::{Protocol, StreamSocket};
+use super::transport::{self, ConnId, Sock};
+use super::Protocol;
 use crate::EventLoop;
 use crate::sys::{self, SockAddr};
 
@@ -92,9 +92,9 @@ pub fn connect<S: 'static>(
     let fd = sys::stream_socket(addr.family())?;
     // An error now (refused, unreachable) is reported like a later one.
     let started = sys::start_connect(fd.as_raw_fd(), &addr);
-    let sock: Box<dyn StreamSocket> = match to {
-        Endpoint::Inet(_) => Box::new(TcpStream::from(fd)),
-        Endpoint::Unix(_) => Box::new(UnixStream::from(fd)),
+    let sock = match to {
+        Endpoint::Inet(_) => Sock::of(TcpStream::from(fd)),
+        Endpoint::Unix(_) => Sock::of(UnixStream::from(fd)),
     };
     let connecting = match started {
         Ok(true) => None,

@@ -10,8 +10,8 @@ use std::os::unix::net::UnixListener;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use super::transport::{self, ConnId};
-use super::{Addr, Protocol, StreamSocket};
+use super::transport::{self, ConnId, Sock};
+use super::{Addr, Protocol};
 use crate::{EventLoop, Interest, PostAction, SourceId, TimerId};
 
 /// A listening socket: TCP (IPv4 or IPv6) or Unix-domain.
@@ -60,20 +60,20 @@ impl Listener {
     }
 
     /// Accepts one connection, non-blocking, with the socket options set.
-    fn accept(&self, nodelay: bool) -> io::Result<(Box<dyn StreamSocket>, Addr)> {
-        let (sock, peer): (Box<dyn StreamSocket>, Addr) = match self {
+    fn accept(&self, nodelay: bool) -> io::Result<(Sock, Addr)> {
+        let (sock, peer) = match self {
             Listener::Tcp(l) => {
                 let (s, peer) = l.accept()?;
                 s.set_nonblocking(true)?;
                 if nodelay {
                     s.set_nodelay(true)?;
                 }
-                (Box::new(s), Addr::Inet(peer))
+                (Sock::of(s), Addr::Inet(peer))
             }
             Listener::Unix(l) => {
                 let (s, peer) = l.accept()?;
                 s.set_nonblocking(true)?;
-                (Box::new(s), Addr::Unix(peer))
+                (Sock::of(s), Addr::Unix(peer))
             }
         };
         crate::sys::no_sigpipe(sock.as_fd().as_raw_fd())?;

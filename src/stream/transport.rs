@@ -10,6 +10,7 @@
 //! ([`send`], [`close`], [`abort`]) changes its buffers and flags, then
 //! queues a settle: its callbacks never run inside someone else's.
 
+use std::any::TypeId;
 use std::cell::RefCell;
 use std::fmt;
 use std::hash::{Hash, Hasher};
@@ -44,22 +45,27 @@ thread_local! {
 
 /// A connection's socket. For the std socket types, whose reads and writes
 /// are plain `recv(2)` and `send(2)`, the fd is kept too, and the hot path
-/// calls those directly instead of going through the trait object.
-struct Sock {
+/// calls those directly instead of going through the trait object. Which
+/// type it is is known where it is boxed (`Sock::of`): a wrapper is never
+/// bypassed, whatever its `as_any` says.
+pub(super) struct Sock {
     inner: Box<dyn StreamSocket>,
     /// The fd of a std socket, or -1.
     direct: RawFd,
 }
 
 impl Sock {
-    fn new(inner: Box<dyn StreamSocket>) -> Sock {
-        let any = inner.as_any();
-        let direct = if any.is::<TcpStream>() || any.is::<UnixStream>() {
-            inner.as_fd().as_raw_fd()
+    pub(super) fn of<T: StreamSocket>(sock: T) -> Sock {
+        let ty = TypeId::of::<T>();
+        let direct = if ty == TypeId::of::<TcpStream>() || ty == TypeId::of::<UnixStream>() {
+            sock.as_fd().as_raw_fd()
         } else {
             -1
         };
-        Sock { inner, direct }
+        Sock {
+            inner: Box::new(sock),
+            direct,
+        }
     }
 
     fn recv(&mut self, buf: &mut [u8]) -> io::Result<usize> {
@@ -282,9 +288,9 @@ impl<S> Io<S> {
         }
     }
 
-    fn new(sock: Box<dyn StreamSocket>) -> Io<S> {
+    fn new(sock: Sock) -> Io<S> {
         Io {
-            sock: Sock::new(sock),
+            sock,
             out: Vec::new(),
             sent: 0,
             high: DEFAULT_HIGH_WATER,
@@ -737,7 +743,7 @@ impl<S: 'static> Transport<'_, S> {
 }
 
 impl<S: 'static> Connection<S> {
-    fn new(sock: Box<dyn StreamSocket>, protocol: Box<dyn Protocol<S>>) -> Connection<S> {
+    fn new(sock: Sock, protocol: Box<dyn Protocol<S>>) -> Connection<S> {
         Connection {
             io: Io::new(sock),
             protocol,
@@ -1108,7 +1114,7 @@ fn run_conn<S: 'static>(
 /// Registers a connection with the loop and queues its `connection_made`.
 pub(super) fn register<S: 'static>(
     lp: &mut EventLoop<S>,
-    sock: Box<dyn StreamSocket>,
+    sock: Sock,
     protocol: Box<dyn Protocol<S>>,
     connecting: Option<Option<io::Error>>,
     server: Option<Rc<RefCell<Shared<S>>>>,
@@ -1176,7 +1182,7 @@ pub fn attach<S: 'static>(
     socket: impl StreamSocket,
     protocol: impl Protocol<S>,
 ) -> io::Result<ConnId<S>> {
-    register(lp, Box::new(socket), Box::new(protocol), None, None)
+    register(lp, Sock::of(socket), Box::new(protocol), None, None)
 }
 
 /// Runs `f` on a connection from outside its own callbacks, then queues
