@@ -48,6 +48,11 @@ impl fmt::Display for Addr {
 /// Writes must not raise `SIGPIPE` (the implementations here send with
 /// `MSG_NOSIGNAL`, or set `SO_NOSIGPIPE` where that flag does not exist).
 ///
+/// A transport over a `TcpStream` or `UnixStream` itself calls recv(2)
+/// and send(2) on its fd directly (the same calls these implementations
+/// make, without the dynamic call); any other type, wrappers included, is
+/// always driven through its methods.
+///
 /// [`Transport`]: super::Transport
 pub trait StreamSocket: AsFd + 'static {
     /// Reads what is there, as `read(2)`. (Named apart from
