@@ -377,7 +377,13 @@ fn embed_tokio_echoes_everything_from_inside_tokio() {
                 "100",
             ],
         );
-        if matches!(kind, BackendKind::Select | BackendKind::Poll) {
+        // select, poll (and the kqueue backend on its model, off the BSDs)
+        // have no backend fd for tokio to watch: the example says so.
+        let has_fd = muxloop::EventLoop::<()>::with_backend(kind)
+            .unwrap()
+            .backend_fd()
+            .is_some();
+        if !has_fd {
             assert!(!ok, "{kind} has no backend fd: {out}");
             continue;
         }

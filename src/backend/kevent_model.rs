@@ -173,22 +173,26 @@ impl KeventModel {
         for &ident in &idents {
             self.forget_if_not(ident, sys::file_identity(ident).ok());
         }
+        // Where each ident's pollfd is.
+        let mut slot_of: HashMap<RawFd, usize> = HashMap::with_capacity(idents.len());
         loop {
             self.pollfds.clear();
+            slot_of.clear();
             for &(ident, filter) in self.queue.values() {
                 let events = if filter == EVFILT_READ {
                     libc::POLLIN | POLLRDHUP
                 } else {
                     libc::POLLOUT
                 };
-                match self.pollfds.iter_mut().find(|p| p.fd == ident) {
-                    Some(p) => p.events |= events,
-                    None => self.pollfds.push(libc::pollfd {
+                let i = *slot_of.entry(ident).or_insert_with(|| {
+                    self.pollfds.push(libc::pollfd {
                         fd: ident,
-                        events,
+                        events: 0,
                         revents: 0,
-                    }),
-                }
+                    });
+                    self.pollfds.len() - 1
+                });
+                self.pollfds[i].events |= events;
             }
             let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
             let remaining = if room == 0 {
@@ -206,12 +210,7 @@ impl KeventModel {
                 if events.len() == room {
                     break;
                 }
-                let Some(revents) = self
-                    .pollfds
-                    .iter()
-                    .find(|p| p.fd == key.0)
-                    .map(|p| p.revents)
-                else {
+                let Some(revents) = slot_of.get(&key.0).map(|&i| self.pollfds[i].revents) else {
                     continue;
                 };
                 if revents & libc::POLLNVAL != 0 {
