@@ -31,7 +31,10 @@
 //! * the collection waits until a knote is ready or the timeout passes,
 //!   and fails with `EINTR` if a signal comes first.
 //!
-//! Not modelled: other filters and flags (`EV_CLEAR`, `EV_ONESHOT`,
+//! Not modelled: the order in which knotes became active between two calls
+//! (poll(2) cannot tell it: knotes that turned ready meanwhile are
+//! reported in queue order, where FreeBSD reports them in the order they
+//! turned ready), other filters and flags (`EV_CLEAR`, `EV_ONESHOT`,
 //! `EV_DISPATCH`, `EV_ENABLE`/`EV_DISABLE`: `EINVAL` here), `data` (bytes
 //! available) and low-water marks, `fflags` (the socket error), a kqueue
 //! watching itself, and a number closed and reused for the same file (a
