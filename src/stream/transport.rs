@@ -69,11 +69,7 @@ impl Sock {
     }
 
     fn recv(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if self.direct >= 0 {
-            crate::sys::recv(self.direct, buf)
-        } else {
-            self.inner.recv(buf)
-        }
+        self.recv_data(buf).map_or_else(|res| res, Ok)
     }
 
     /// Reads into `buf`: `Ok(n)` for `n > 0` bytes, otherwise what the
@@ -95,11 +91,7 @@ impl Sock {
     }
 
     fn send(&mut self, buf: &[u8]) -> io::Result<usize> {
-        if self.direct >= 0 {
-            crate::sys::send(self.direct, buf)
-        } else {
-            self.inner.send(buf)
-        }
+        self.send_all(buf).map_or_else(|res| res, |()| Ok(buf.len()))
     }
 
     /// Sends all of `buf` or says what happened instead, as `recv_data`.
