@@ -849,6 +849,23 @@ extern "C" fn count_fork() {
     FORKS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
 }
 
+/// The monotonic clock (the one [`Instant`](std::time::Instant) reads), in
+/// nanoseconds: for the loop's time counters, which add up differences and
+/// need no `Instant` arithmetic (its checked subtraction costs more than
+/// the clock read).
+pub(crate) fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; CLOCK_MONOTONIC exists
+    // on every supported system, so the call cannot fail.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64)
+        .wrapping_mul(1_000_000_000)
+        .wrapping_add(ts.tv_nsec as u64)
+}
+
 /// The calling process's id.
 pub(crate) fn getpid() -> libc::pid_t {
     // SAFETY: getpid cannot fail and touches no memory.

@@ -255,6 +255,27 @@ mod cases {
         assert_eq!(lp.stats().iterations, 1);
     }
 
+    pub fn stats_time_the_wait_and_the_callbacks(kind: BackendKind) {
+        let mut lp = new_loop::<()>(kind);
+        lp.run_once(Some(Duration::from_millis(30)), &mut ())
+            .unwrap();
+        let waited = lp.stats();
+        assert!(waited.wait_time >= Duration::from_millis(30), "{waited:?}");
+        assert!(waited.wait_time < Duration::from_secs(3), "{waited:?}");
+        lp.call_soon(|_, _| std::thread::sleep(Duration::from_millis(20)));
+        lp.run_once(Some(Duration::from_secs(5)), &mut ()).unwrap();
+        let ran = lp.stats();
+        let in_callbacks = ran.callback_time - waited.callback_time;
+        assert!(in_callbacks >= Duration::from_millis(20), "{ran:?}");
+        assert!(in_callbacks < Duration::from_secs(3), "{ran:?}");
+        // The queued call made the second wait a poll: the wait time is
+        // what the first one took, give or take.
+        assert!(
+            ran.wait_time - waited.wait_time < Duration::from_secs(1),
+            "{ran:?}"
+        );
+    }
+
     pub fn hooks_run_around_the_wait(kind: BackendKind) {
         let mut lp = new_loop::<Vec<&'static str>>(kind);
         lp.set_before_sleep(|log| log.push("before"));
@@ -1121,6 +1142,7 @@ per_backend!(
     own_removal_is_busy_but_discard_works,
     modify_inside_callback_switches_interest,
     run_once_returns_after_its_timeout,
+    stats_time_the_wait_and_the_callbacks,
     hooks_run_around_the_wait,
     call_soon_runs_on_the_next_iteration_in_order,
     pause_stops_dispatch_and_resume_brings_the_callback_back,

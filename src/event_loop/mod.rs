@@ -150,6 +150,10 @@ pub struct EventLoop<S = ()> {
     before_sleep: Option<Hook<S>>,
     after_wake: Option<Hook<S>>,
     stats: LoopStats,
+    /// `stats.wait_time` and `stats.callback_time` as they are counted: in
+    /// nanoseconds of the monotonic clock (`sys::monotonic_ns`).
+    wait_ns: u64,
+    callback_ns: u64,
     /// A host asked for the backend fd, and so polls the kernel object.
     host_polls: std::cell::Cell<bool>,
 }
@@ -221,6 +225,8 @@ impl<S> EventLoop<S> {
             before_sleep: None,
             after_wake: None,
             stats: LoopStats::default(),
+            wait_ns: 0,
+            callback_ns: 0,
             host_polls: std::cell::Cell::new(false),
         })
     }

@@ -44,7 +44,11 @@ impl<S> EventLoop<S> {
 
     /// Counters since the loop was created.
     pub fn stats(&self) -> LoopStats {
-        self.stats
+        LoopStats {
+            wait_time: Duration::from_nanos(self.wait_ns),
+            callback_time: Duration::from_nanos(self.callback_ns),
+            ..self.stats
+        }
     }
 
     /// Makes [`run`](EventLoop::run) return after the current iteration.
@@ -234,13 +238,13 @@ impl<S> EventLoop<S> {
         }
         // After the hook, which may pause sources too.
         self.unpark_all();
-        let now = Instant::now();
+        let slept = crate::sys::monotonic_ns();
         let cap = match wait {
             Wait::Kernel(cap) => cap,
             Wait::Observed(observed) => {
                 let mut events = std::mem::take(&mut self.events);
                 self.selector.select_observed(&mut events, observed);
-                let woke = self.woke(now, state);
+                let woke = self.woke(slept, state);
                 self.dispatch_events(&events, state);
                 self.events = events;
                 self.finish_iteration(woke, state);
@@ -252,7 +256,7 @@ impl<S> EventLoop<S> {
         } else {
             match self.timers.next_deadline() {
                 Some(deadline) => {
-                    let until = deadline.saturating_duration_since(now);
+                    let until = deadline.saturating_duration_since(Instant::now());
                     Some(cap.map_or(until, |c| c.min(until)))
                 }
                 None => cap,
@@ -262,7 +266,7 @@ impl<S> EventLoop<S> {
             // One pass: the records go straight to dispatch, which resolves
             // and masks them (no merging needed, no `Events` to build).
             let res = self.selector.select_raw(timeout);
-            let woke = self.woke(now, state);
+            let woke = self.woke(slept, state);
             let raw = res?;
             log::trace!("loop=iterate events={} timeout={timeout:?}", raw.len());
             for &(token, ready) in &raw {
@@ -274,7 +278,7 @@ impl<S> EventLoop<S> {
         }
         let mut events = std::mem::take(&mut self.events);
         let res = self.selector.select(&mut events, timeout);
-        let woke = self.woke(now, state);
+        let woke = self.woke(slept, state);
         if let Err(e) = res {
             self.events = events;
             return Err(e);
@@ -292,10 +296,11 @@ impl<S> EventLoop<S> {
         }
     }
 
-    /// Accounts the wait that began at `slept` and runs the wake hook.
-    fn woke(&mut self, slept: Instant, state: &mut S) -> Instant {
-        let woke = Instant::now();
-        self.stats.wait_time += woke - slept;
+    /// Accounts the wait that began at `slept` (`sys::monotonic_ns`) and
+    /// runs the wake hook.
+    fn woke(&mut self, slept: u64, state: &mut S) -> u64 {
+        let woke = crate::sys::monotonic_ns();
+        self.wait_ns += woke.saturating_sub(slept);
         if let Some(hook) = self.after_wake.as_mut() {
             hook(state);
         }
@@ -303,10 +308,10 @@ impl<S> EventLoop<S> {
     }
 
     /// Timers and queued calls, then the counters.
-    fn finish_iteration(&mut self, woke: Instant, state: &mut S) {
+    fn finish_iteration(&mut self, woke: u64, state: &mut S) {
         self.run_timers(state);
         self.run_soon(state);
         self.stats.iterations += 1;
-        self.stats.callback_time += woke.elapsed();
+        self.callback_ns += crate::sys::monotonic_ns().saturating_sub(woke);
     }
 }
