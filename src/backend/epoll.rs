@@ -199,9 +199,18 @@ impl EpollBackend {
         }
     }
 
+    /// Applies the deferred deletes, if any (checked inline: every wait
+    /// calls it).
+    #[inline]
+    fn flush_deletes(&mut self) {
+        if !self.deferred.is_empty() {
+            self.apply_deletes();
+        }
+    }
+
     /// Applies the deferred deletes. Errors are expected and ignored: a
     /// closed fd (EBADF) or a reused one (ENOENT) has nothing to delete.
-    fn flush_deletes(&mut self) {
+    fn apply_deletes(&mut self) {
         for i in 0..self.deferred.len() {
             let fd = self.deferred[i];
             let Some(st) = self.fds.get_mut(fd) else {
@@ -407,17 +416,25 @@ impl Backend for EpollBackend {
             self.events.reserve(want);
         }
         sys::epoll_wait(&self.ep, &mut self.events, timeout)?;
-        let mut orphans = false;
-        events.reserve(self.events.len());
+        // Each record is written in place and kept only if it is the live
+        // registration's: no branch and no capacity check per event.
+        let start = events.len();
+        let n = self.events.len();
+        events.resize(start + n, (Token(0), Ready::EMPTY));
+        let out = &mut events[start..];
+        let mut kept = 0;
         for ev in &self.events {
             // A vacant entry's `live` is NOT_LIVE: the comparison rejects
             // it, so no vacancy test is needed.
-            match self.fds.get_or_vacant((ev.u64 & 0xffff_ffff) as RawFd) {
-                Some(st) if st.live == ev.u64 => events.push((st.token, ready_of(ev.events))),
-                // Not the live registration's data: an orphan (see above).
-                _ => orphans = true,
+            if let Some(st) = self.fds.get_or_vacant((ev.u64 & 0xffff_ffff) as RawFd) {
+                out[kept] = (st.token, ready_of(ev.events));
+                kept += usize::from(st.live == ev.u64);
             }
         }
+        events.truncate(start + kept);
+        // A record that is not the live registration's: an orphan (see
+        // above).
+        let orphans = kept < n;
         if orphans {
             self.rebuild()?;
         }
