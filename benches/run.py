@@ -15,6 +15,7 @@
 import argparse
 import os
 import re
+import resource
 import shutil
 import signal
 import statistics
@@ -122,12 +123,17 @@ def bench_c(args):
              ("libevent", [os.path.join(CB, "bench_libevent")])]
     rows = []
     for cfg in configs:
-        samples = {name: {"run": [], "setup": []} for name, _ in progs}
+        samples = {name: {"run": [], "setup": [], "user": []} for name, _ in progs}
         for _ in range(args.rounds):
             for name, argv in progs:
+                before = resource.getrusage(resource.RUSAGE_CHILDREN)
                 r = run_result(pin(0, argv + cfg + ["-i", "15"]))
+                after = resource.getrusage(resource.RUSAGE_CHILDREN)
+                user = after.ru_utime - before.ru_utime
+                system = after.ru_stime - before.ru_stime
                 samples[name]["run"].append(float(r["run_us"]))
                 samples[name]["setup"].append(float(r["setup_us"]))
+                samples[name]["user"].append(user / max(user + system, 1e-9))
         base_run = statistics.median(samples["libev"]["run"])
         base_setup = statistics.median(samples["libev"]["setup"])
         for name, _ in progs:
@@ -135,10 +141,13 @@ def bench_c(args):
             setup = statistics.median(samples[name]["setup"])
             total = statistics.median(r + s for r, s in zip(samples[name]["run"], samples[name]["setup"]))
             base_total = statistics.median(r + s for r, s in zip(samples["libev"]["run"], samples["libev"]["setup"]))
+            user = statistics.median(samples[name]["user"])
             rows.append((" ".join(cfg), name, f"{run:.0f}", f"{run / base_run:.2f}x",
-                         f"{setup:.0f}", f"{setup / base_setup:.2f}x", f"{total / base_total:.2f}x"))
-    table(f"bench.c method, medians of {args.rounds} interleaved rounds (each a median of 14 iterations)",
-          ("config", "library", "run us", "vs libev", "setup us", "vs libev", "total vs libev"), rows)
+                         f"{setup:.0f}", f"{setup / base_setup:.2f}x", f"{total / base_total:.2f}x",
+                         f"{100 * user:.0f}%"))
+    table(f"bench.c method, medians of {args.rounds} interleaved rounds (each a median of 14 iterations); "
+          "user: the process's CPU time spent in user space (the rest is the kernel's)",
+          ("config", "library", "run us", "vs libev", "setup us", "vs libev", "total vs libev", "user"), rows)
 
 
 def echo(args):
@@ -204,8 +213,8 @@ def instructions(args):
             pattern = r"D1  misses:\s+([\d,]+)"
         out = subprocess.run(["valgrind"] + opts + argv, capture_output=True, text=True, timeout=600)
         return int(re.search(pattern, out.stderr).group(1).replace(",", ""))
-    def size(n, w, i):
-        return ["-n", str(n), "-a", "100", "-w", str(w), "-i", str(i)]
+    def size(n, w, i, a=100):
+        return ["-n", str(n), "-a", str(a), "-w", str(w), "-i", str(i)]
     def per_callback(argv, i=5, tool="callgrind", only=None):
         """Per extra callback, w 1000 -> 11000: 10,000 more per iteration."""
         lo = refs(argv + size(1000, 1000, i), tool, only)
@@ -217,6 +226,12 @@ def instructions(args):
         early, early_each = per_callback(argv, 5)
         late, _ = per_callback(argv, 25)
         return early_each, (late - early) / (10000 * 20)
+    def per_lone_callback(argv):
+        """Per extra callback with one ready fd per wait (a=1, w 1000 ->
+        2000, iterations 2-6): the callback plus a whole iteration."""
+        lo = refs(argv + size(1000, 1000, 5, a=1))
+        hi = refs(argv + size(1000, 2000, 5, a=1))
+        return (hi - lo) / (1000 * 5)
     def per_fd(argv):
         """Per re-registered watcher: n 1000 -> 9000 pairs, so 8,000 more
         watchers re-armed per iteration, over iterations 7-26 alone."""
@@ -231,18 +246,19 @@ def instructions(args):
         _, callback = per_callback(argv, 5, only=cb)
         _, misses = per_callback(argv, 5, tool="cachegrind")
         rows.append((name, f"{early:.0f}", f"{steady:.0f}", f"{callback:.0f}", f"{early - callback:.0f}",
-                     f"{misses:.2f}", f"{per_fd(argv):.0f}"))
+                     f"{misses:.2f}", f"{per_fd(argv):.0f}", f"{per_lone_callback(argv):.0f}"))
     for name, argv in (("muxloop-poll", [os.path.join(EX, "bench"), "-b", "poll"]),
                        ("libev-poll", libev + ["-b", "poll"])):
         early, steady = per_callback_steady(argv)
-        rows.append((name, f"{early:.0f}", f"{steady:.0f}", "", "", "", ""))
+        rows.append((name, f"{early:.0f}", f"{steady:.0f}", "", "", "", "", ""))
     # The callback: muxloop's closure runs inside Entry::dispatch (its only
     # caller frame); libev's is read_cb. Both include their read and write.
     table("user-space instructions per extra callback (callgrind; n=1000 a=100, w 1000 -> 11000; "
           "iterations 2-6 and 7-26), D1 misses per callback (cachegrind, iterations 2-6), "
-          "instructions per re-registered watcher (n 1000 -> 9000, iterations 7-26)",
+          "instructions per re-registered watcher (n 1000 -> 9000, iterations 7-26), "
+          "per callback with one ready fd per wait (a=1, w 1000 -> 2000: a whole iteration each)",
           ("library", "per callback, it. 2-6", "steady", "in the callback", "in the loop",
-           "D1 misses", "per re-armed watcher"), rows)
+           "D1 misses", "per re-armed watcher", "one fd per wait"), rows)
 
     # The echo servers: the same count is deterministic enough to compare,
     # where CPU time per round trip is noisy. Two load sizes, so start-up

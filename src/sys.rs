@@ -30,9 +30,15 @@ macro_rules! syscall {
 pub(crate) fn timeout_ms(timeout: Option<Duration>) -> libc::c_int {
     match timeout {
         None => -1,
+        // Whole milliseconds, rounded up, in 64-bit arithmetic (every wait
+        // with a timeout computes it); beyond c_int's range, the maximum.
         Some(t) => {
-            let ms = t.as_nanos().div_ceil(1_000_000);
-            ms.min(libc::c_int::MAX as u128) as libc::c_int
+            const MAX_SECS: u64 = libc::c_int::MAX as u64 / 1_000;
+            if t.as_secs() > MAX_SECS {
+                return libc::c_int::MAX;
+            }
+            let ms = t.as_secs() * 1_000 + u64::from(t.subsec_nanos()).div_ceil(1_000_000);
+            ms.min(libc::c_int::MAX as u64) as libc::c_int
         }
     }
 }
@@ -1066,4 +1072,28 @@ pub(crate) fn restore_signal(route: SignalRoute) -> io::Result<()> {
     SIGNAL_PIPES[i].store(-1, std::sync::atomic::Ordering::SeqCst);
     SIGNAL_PENDING[i].store(false, std::sync::atomic::Ordering::SeqCst);
     res.map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timeouts_round_up_to_the_millisecond_and_saturate() {
+        let ms = |nanos: u64| timeout_ms(Some(Duration::from_nanos(nanos)));
+        assert_eq!(timeout_ms(None), -1);
+        assert_eq!(ms(0), 0);
+        assert_eq!(ms(1), 1);
+        assert_eq!(ms(999_999), 1);
+        assert_eq!(ms(1_000_000), 1);
+        assert_eq!(ms(1_000_001), 2);
+        assert_eq!(ms(1_500_000_000), 1_500);
+        assert_eq!(ms(2_000_000_000_000), 2_000_000);
+        let max = libc::c_int::MAX;
+        let secs = max as u64 / 1_000;
+        assert_eq!(timeout_ms(Some(Duration::from_secs(secs))), (secs * 1_000) as libc::c_int);
+        assert_eq!(timeout_ms(Some(Duration::new(secs, 999_999_999))), max);
+        assert_eq!(timeout_ms(Some(Duration::from_secs(secs + 1))), max);
+        assert_eq!(timeout_ms(Some(Duration::MAX)), max);
+    }
 }
