@@ -19,13 +19,15 @@ enum Wait<'a> {
     Observed(&'a [(RawFd, Ready)]),
 }
 
-/// Dropped only while unwinding (it is forgotten otherwise): the loop's
+/// Marks the loop poisoned if it is dropped while unwinding: the loop's
 /// iteration was left half-done.
 struct PanicGuard(Rc<Cell<bool>>);
 
 impl Drop for PanicGuard {
     fn drop(&mut self) {
-        self.0.set(true);
+        if std::thread::panicking() {
+            self.0.set(true);
+        }
     }
 }
 
@@ -224,10 +226,12 @@ impl<S> EventLoop<S> {
         self.iterating = true;
         // Marks the loop poisoned if a callback unwinds through here (a
         // drop guard, not `catch_unwind`: that would move the whole
-        // iteration into a closure and cost the hot path).
+        // iteration into a closure and cost the hot path). Dropped, not
+        // forgotten, after a normal return, so that its reference to the
+        // flag goes too.
         let guard = PanicGuard(self.poisoned.clone());
         let res = self.iterate_once(wait, state);
-        std::mem::forget(guard);
+        drop(guard);
         self.iterating = false;
         res
     }
