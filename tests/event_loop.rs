@@ -222,6 +222,31 @@ mod cases {
         assert_eq!(b.read(&mut [0; 4]).unwrap(), 0, "discarded source closed");
     }
 
+    pub fn a_callback_keeps_its_source_until_it_returns_after_discarding_it(kind: BackendKind) {
+        let (a, mut b) = pair();
+        let mut lp = new_loop::<Vec<&'static str>>(kind);
+        lp.add(a, Interest::READABLE, |lp, sock, ev, log| {
+            drain(sock);
+            lp.discard(ev.id()).unwrap();
+            assert!(lp.source(ev.id()).is_none());
+            // Still this callback's: closed when it returns, not before.
+            sock.write_all(b"bye").unwrap();
+            log.push("discarded");
+            PostAction::Continue
+        })
+        .unwrap();
+        b.write_all(b"x").unwrap();
+        let mut log = Vec::new();
+        lp.run_once(Some(Duration::from_secs(1)), &mut log).unwrap();
+        assert_eq!(log, vec!["discarded"]);
+        assert_eq!(lp.source_count(), 0);
+        b.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        b.set_nonblocking(false).unwrap();
+        let mut got = Vec::new();
+        b.read_to_end(&mut got).unwrap();
+        assert_eq!(got, b"bye", "written after the discard, then closed");
+    }
+
     pub fn modify_inside_callback_switches_interest(kind: BackendKind) {
         let (a, mut b) = pair();
         let mut lp = new_loop::<Vec<&'static str>>(kind);
@@ -1140,6 +1165,7 @@ per_backend!(
     removal_by_an_earlier_callback_suppresses_a_collected_event,
     stale_event_never_reaches_a_new_source_on_the_same_fd,
     own_removal_is_busy_but_discard_works,
+    a_callback_keeps_its_source_until_it_returns_after_discarding_it,
     modify_inside_callback_switches_interest,
     run_once_returns_after_its_timeout,
     stats_time_the_wait_and_the_callbacks,

@@ -28,7 +28,6 @@ mod timers;
 
 pub use handle::LoopHandle;
 use handle::Remote;
-use source::Dispatch;
 pub use source::{Paused, SourceEvent, SourceId};
 use timers::TimerCallback;
 
@@ -72,10 +71,10 @@ type Hook<S> = Box<dyn FnMut(&mut S)>;
 
 /// What the loop's selector keys hold.
 enum Slot<S> {
-    /// A user source.
-    Source(Box<dyn Dispatch<S>>),
-    /// A user source whose callback is running: the callback has it.
-    Running,
+    /// A user source (whose callback may be running: see [`RunBox`]).
+    ///
+    /// [`RunBox`]: crate::sys::RunBox
+    Source(source::SourceBox<S>),
     /// A source handed out by `pause`, whose registration is kept until the
     /// next wait (or `add`) in case it is resumed before then.
     Parked,

@@ -8,6 +8,7 @@ use std::marker::PhantomData;
 use std::os::fd::{AsFd, AsRawFd, RawFd};
 
 use super::{EventLoop, PostAction, Slot};
+use crate::sys::{RunBox, RunCell};
 use crate::{Interest, Ready, Token};
 
 /// Identifies a source registered with [`EventLoop::add`]. The type
@@ -108,15 +109,18 @@ pub struct Paused<S, Src> {
     /// The registration it was paused from, and that registration's loop.
     token: Token,
     loop_id: u32,
-    entry: Box<dyn Dispatch<S>>,
+    entry: RunBox<dyn Dispatch<S>>,
     _source: PhantomData<fn() -> Src>,
 }
 
 impl<S, Src: 'static> Paused<S, Src> {
     /// The source, without its callback.
-    pub fn into_source(self) -> Src {
+    pub fn into_source(mut self) -> Src {
         let mut out: Option<Src> = None;
-        self.entry.take_source(&mut out);
+        // A paused source's callback is not running (`pause` refuses then).
+        if let Some(entry) = self.entry.get_mut() {
+            entry.take_source(&mut out);
+        }
         out.expect("a Paused<S, Src> holds a source of type Src")
     }
 }
@@ -136,15 +140,21 @@ pub(super) trait Dispatch<S> {
         ready: Ready,
         state: &mut S,
     ) -> PostAction;
-    fn source(&self) -> &dyn Any;
-    fn source_mut(&mut self) -> &mut dyn Any;
+    /// The source (`None` once taken: never for a registered source).
+    fn source(&self) -> Option<&dyn Any>;
+    fn source_mut(&mut self) -> Option<&mut dyn Any>;
     /// Moves the source into `out`, an `Option<Src>` (left alone if the
     /// type differs): no allocation, unlike boxing it as `dyn Any`.
-    fn take_source(self: Box<Self>, out: &mut dyn Any);
+    fn take_source(&mut self, out: &mut dyn Any);
 }
 
+/// The cell a source lives in while it is registered: its callback runs
+/// from it in place (see [`RunBox`]).
+pub(super) type SourceBox<S> = RunBox<dyn Dispatch<S>>;
+
 struct Entry<Src, F> {
-    source: Src,
+    /// Always there, except in a `Paused` whose source was taken back.
+    source: Option<Src>,
     callback: F,
 }
 
@@ -160,26 +170,29 @@ where
         ready: Ready,
         state: &mut S,
     ) -> PostAction {
+        let Some(source) = &mut self.source else {
+            return PostAction::Continue;
+        };
         let ev = SourceEvent {
             token,
             loop_id: lp.id,
             ready,
             _source: PhantomData,
         };
-        (self.callback)(lp, &mut self.source, ev, state)
+        (self.callback)(lp, source, ev, state)
     }
 
-    fn source(&self) -> &dyn Any {
-        &self.source
+    fn source(&self) -> Option<&dyn Any> {
+        self.source.as_ref().map(|s| s as &dyn Any)
     }
 
-    fn source_mut(&mut self) -> &mut dyn Any {
-        &mut self.source
+    fn source_mut(&mut self) -> Option<&mut dyn Any> {
+        self.source.as_mut().map(|s| s as &mut dyn Any)
     }
 
-    fn take_source(self: Box<Self>, out: &mut dyn Any) {
+    fn take_source(&mut self, out: &mut dyn Any) {
         if let Some(slot) = out.downcast_mut::<Option<Src>>() {
-            *slot = Some(self.source);
+            *slot = self.source.take();
         }
     }
 }
@@ -254,8 +267,11 @@ impl<S> EventLoop<S> {
         F: FnMut(&mut EventLoop<S>, &mut Src, SourceEvent<Src>, &mut S) -> PostAction + 'static,
     {
         let fd = source.as_fd().as_raw_fd();
-        let entry: Box<dyn Dispatch<S>> = Box::new(Entry { source, callback });
-        let token = self.register(fd, interest, Slot::Source(entry))?;
+        let cell: Box<RunCell<dyn Dispatch<S>>> = RunCell::boxed(Entry {
+            source: Some(source),
+            callback,
+        });
+        let token = self.register(fd, interest, Slot::Source(RunBox::new(cell)))?;
         log::trace!("loop=add fd={fd} interest={interest:?}");
         Ok(SourceId::new(token, self.id))
     }
@@ -304,7 +320,7 @@ impl<S> EventLoop<S> {
 
     fn source_fd(&self, token: Token) -> io::Result<RawFd> {
         match self.selector.key_by_token(token) {
-            Some(key) if matches!(key.data(), Slot::Source(_) | Slot::Running) => Ok(key.fd()),
+            Some(key) if matches!(key.data(), Slot::Source(_)) => Ok(key.fd()),
             _ => Err(unknown_source(token)),
         }
     }
@@ -410,11 +426,11 @@ impl<S> EventLoop<S> {
         };
         let fd = key.fd();
         let entry = match key.data_mut() {
+            Slot::Source(entry) if entry.is_running() => return Err(busy(verb)),
             Slot::Source(_) => match std::mem::replace(key.data_mut(), Slot::Parked) {
                 Slot::Source(entry) => entry,
                 _ => unreachable!("matched above"),
             },
-            Slot::Running => return Err(busy(verb)),
             _ => return Err(unknown_source(token)),
         };
         // Tokens of keys resumed or unregistered since stay in the list
@@ -491,7 +507,7 @@ impl<S> EventLoop<S> {
     /// The source, unless removed or running its callback (which has it).
     pub fn source<Src: 'static>(&self, id: SourceId<Src>) -> Option<&Src> {
         match self.selector.key_by_token(self.own(id).ok()?)?.data() {
-            Slot::Source(entry) => entry.source().downcast_ref(),
+            Slot::Source(entry) => entry.get()?.source()?.downcast_ref(),
             _ => None,
         }
     }
@@ -500,7 +516,7 @@ impl<S> EventLoop<S> {
     pub fn source_mut<Src: 'static>(&mut self, id: SourceId<Src>) -> Option<&mut Src> {
         let token = self.own(id).ok()?;
         match self.selector.key_by_token_mut(token)?.data_mut() {
-            Slot::Source(entry) => entry.source_mut().downcast_mut(),
+            Slot::Source(entry) => entry.get_mut()?.source_mut()?.downcast_mut(),
             _ => None,
         }
     }
@@ -617,21 +633,14 @@ impl<S> EventLoop<S> {
         f: impl FnOnce(&mut EventLoop<S>, &mut Src) -> R,
     ) -> Option<R> {
         let token = self.own(id).ok()?;
-        let slot = self.selector.key_by_token_mut(token)?.data_mut();
-        if !matches!(slot, Slot::Source(_)) {
+        let Slot::Source(entry) = self.selector.key_by_token_mut(token)?.data_mut() else {
             return None;
-        }
-        let Slot::Source(mut entry) = std::mem::replace(slot, Slot::Running) else {
-            unreachable!("matched above");
         };
-        let res = entry.source_mut().downcast_mut::<Src>().map(|src| f(self, src));
-        if let Some(key) = self.selector.key_by_token_mut(token) {
-            if let slot @ Slot::Running = key.data_mut() {
-                *slot = Slot::Source(entry);
-            }
-        }
-        // Otherwise discarded by `f`: dropped here.
-        res
+        // Refused while the source's callback (or another `with_source`)
+        // has it. If `f` drops the source, the run frees it when it ends.
+        let mut run = entry.run()?;
+        let src = run.get_mut().source_mut()?.downcast_mut::<Src>()?;
+        Some(f(self, src))
     }
 
     /// How many sources are registered (the loop's own wake-up and signal
@@ -639,7 +648,7 @@ impl<S> EventLoop<S> {
     pub fn source_count(&self) -> usize {
         self.selector
             .keys()
-            .filter(|k| matches!(k.data(), Slot::Source(_) | Slot::Running))
+            .filter(|k| matches!(k.data(), Slot::Source(_)))
             .count()
     }
 
@@ -658,30 +667,35 @@ impl<S> EventLoop<S> {
         if ready.is_empty() || key.is_suspended() {
             return;
         }
-        let slot = key.data_mut();
-        if !matches!(slot, Slot::Source(_)) {
+        let Slot::Source(entry) = key.data_mut() else {
             // The loop's own fds, or a source paused earlier in this pass.
-            // (`Running` cannot occur: a pass has one record per source,
-            // and passes do not nest.)
             return self.dispatch_own(token, state);
-        }
-        let Slot::Source(mut entry) = std::mem::replace(slot, Slot::Running) else {
-            unreachable!("matched above");
+        };
+        // The callback runs in place: the loop keeps the source's cell,
+        // which refuses the source to anyone else meanwhile and, if the
+        // callback drops it, lives until the run ends. (A run under way
+        // cannot occur: a pass has one record per source, and passes do
+        // not nest.)
+        let Some(mut run) = entry.run() else {
+            return;
         };
         self.stats.events_dispatched += 1;
-        let action = entry.dispatch(self, token, ready, state);
-        if let Some(key) = self.selector.key_by_token_mut(token) {
-            if action == PostAction::Continue {
-                if let slot @ Slot::Running = key.data_mut() {
-                    *slot = Slot::Source(entry);
-                }
-                return;
-            }
-            let fd = key.fd();
+        let action = run.get_mut().dispatch(self, token, ready, state);
+        drop(run);
+        if action != PostAction::Continue {
+            self.remove_after_callback(token);
+        }
+    }
+
+    /// `PostAction::Remove`: unregisters the source, unless its callback
+    /// discarded it already.
+    #[cold]
+    #[inline(never)]
+    fn remove_after_callback(&mut self, token: Token) {
+        if let Some(fd) = self.selector.key_by_token(token).map(|k| k.fd()) {
             log::trace!("loop=remove fd={fd} by=callback");
             let _ = self.selector.unregister(fd);
         }
-        // Otherwise discarded by its own callback: dropped here.
     }
 
     /// The loop's own keys: the wake-up fd and the signal pipe.
