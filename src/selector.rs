@@ -90,7 +90,14 @@ impl<T: fmt::Debug> fmt::Debug for SelectorKey<T> {
 
 struct Slot<T> {
     key: SelectorKey<T>,
-    /// The `select` round that last reported this slot, and where.
+}
+
+/// Where `select` put a slot's event in its latest round, to merge a second
+/// record into it. Kept beside the slab, not in it: only backends that may
+/// report an fd twice need it, and the slab entry stays small for the
+/// event loop's one-pass dispatch.
+#[derive(Clone, Copy, Default)]
+struct Merge {
     round: u64,
     pos: usize,
 }
@@ -149,6 +156,8 @@ pub struct Selector<T> {
     slots: Slab<Slot<T>>,
     /// Generation of each slab index; bumped when the index is freed.
     generations: Vec<u32>,
+    /// `Merge` of each slab index (as long as `generations`).
+    merges: Vec<Merge>,
     /// Slab index of each registered fd.
     by_fd: FdTable<usize>,
     /// Raw backend output, reused across calls.
@@ -229,6 +238,7 @@ impl<T> Selector<T> {
             name,
             slots: Slab::new(),
             generations: Vec::new(),
+            merges: Vec::new(),
             by_fd: FdTable::new(NO_SLOT),
             raw: Vec::new(),
             round: 0,
@@ -314,6 +324,7 @@ impl<T> Selector<T> {
         }
         if self.generations.len() <= index {
             self.generations.resize(index + 1, 0);
+            self.merges.resize(index + 1, Merge::default());
         }
         let token = Token::new(index, self.generations[index]);
         let name = self.name;
@@ -339,8 +350,6 @@ impl<T> Selector<T> {
                 data,
                 suspended: false,
             },
-            round: 0,
-            pos: 0,
         };
         let i = self.slots.insert(slot);
         Ok(&self.slots[i].key)
@@ -678,6 +687,7 @@ impl<T> Selector<T> {
             self.slots.clear();
             self.by_fd.clear();
             self.generations.clear();
+            self.merges.clear();
         }
     }
 
@@ -904,11 +914,14 @@ impl<T> Selector<T> {
             if ready.is_empty() {
                 continue;
             }
-            if slot.round == round {
-                events.list[slot.pos].ready |= ready;
+            // Rounds only grow, so an entry left by an earlier registration
+            // of this index never matches.
+            let merge = &mut self.merges[token.index()];
+            if merge.round == round {
+                events.list[merge.pos].ready |= ready;
             } else {
-                slot.round = round;
-                slot.pos = events.list.len();
+                merge.round = round;
+                merge.pos = events.list.len();
                 events.list.push(Event {
                     token,
                     fd: slot.key.fd,
