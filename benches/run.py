@@ -133,7 +133,7 @@ def bench_c(args):
                 system = after.ru_stime - before.ru_stime
                 samples[name]["run"].append(float(r["run_us"]))
                 samples[name]["setup"].append(float(r["setup_us"]))
-                samples[name]["user"].append(user / max(user + system, 1e-9))
+                samples[name]["user"].append((user, system))
         base_run = statistics.median(samples["libev"]["run"])
         base_setup = statistics.median(samples["libev"]["setup"])
         for name, _ in progs:
@@ -141,12 +141,15 @@ def bench_c(args):
             setup = statistics.median(samples[name]["setup"])
             total = statistics.median(r + s for r, s in zip(samples[name]["run"], samples[name]["setup"]))
             base_total = statistics.median(r + s for r, s in zip(samples["libev"]["run"], samples["libev"]["setup"]))
-            user = statistics.median(samples[name]["user"])
+            # Summed over the rounds: the kernel accounts CPU time in ticks,
+            # too coarse for one short run.
+            user = sum(u for u, _ in samples[name]["user"])
+            user /= max(user + sum(k for _, k in samples[name]["user"]), 1e-9)
             rows.append((" ".join(cfg), name, f"{run:.0f}", f"{run / base_run:.2f}x",
                          f"{setup:.0f}", f"{setup / base_setup:.2f}x", f"{total / base_total:.2f}x",
                          f"{100 * user:.0f}%"))
     table(f"bench.c method, medians of {args.rounds} interleaved rounds (each a median of 14 iterations); "
-          "user: the process's CPU time spent in user space (the rest is the kernel's)",
+          "user: the share of the process's CPU time spent in user space over all rounds (the rest is the kernel's)",
           ("config", "library", "run us", "vs libev", "setup us", "vs libev", "total vs libev", "user"), rows)
 
 
