@@ -630,6 +630,15 @@ mod cases {
             assert!(msg.contains("panicked"), "{msg}");
             assert!(!msg.contains("called from a callback"), "{msg}");
         }
+        // Dropping the loop closes the source whose callback panicked.
+        drop(lp);
+        b.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        b.set_nonblocking(false).unwrap();
+        // (Closed with the byte unread: a reset, or an end of file.)
+        match b.read(&mut [0; 8]) {
+            Ok(n) => assert_eq!(n, 0, "closed"),
+            Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset),
+        }
     }
 
     pub fn timer_rearmed_in_the_past_runs_once_per_iteration(kind: BackendKind) {

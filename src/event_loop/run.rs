@@ -138,9 +138,10 @@ impl<S> EventLoop<S> {
     ///
     /// A panic in a callback propagates out of the iteration. The loop
     /// stays memory-safe but not usable: the iteration was left half-done
-    /// and the source or timer whose callback panicked is gone, so later
-    /// calls to `run` and `run_once` return `ResourceBusy` saying so. Drop
-    /// the loop (its sources are closed).
+    /// (a timer whose callback panicked is gone; a source is kept, in
+    /// whatever state its callback left it), so later calls to `run` and
+    /// `run_once` return `ResourceBusy` saying so. Drop the loop (its
+    /// sources are closed).
     pub fn run_once(&mut self, timeout: Option<Duration>, state: &mut S) -> io::Result<usize> {
         let before = self.callbacks_run();
         self.iterate(Wait::Kernel(timeout), state)?;
