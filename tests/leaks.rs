@@ -1,14 +1,17 @@
 //! Nothing the event loop allocates outlives it: with a counting allocator,
 //! a loop that ran callbacks of every kind, dropped a source from inside its
-//! own callback, paused and resumed one, and was then dropped gives back
-//! every byte, on every backend.
+//! own callback, paused and resumed one — or served and made a stream
+//! connection — and was then dropped gives back every byte, on every
+//! backend.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::io::{Read, Write};
+use std::net::TcpListener;
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
+use muxloop::stream::{self, Protocol, ServeOptions, Transport};
 use muxloop::{BackendKind, EventLoop, Interest, PostAction};
 
 /// Counts the bytes live on each thread (the test allocates and frees on
@@ -119,6 +122,76 @@ fn exercise(kind: BackendKind) {
     drop(lp);
 }
 
+/// Echoes.
+struct Echo;
+
+impl Protocol<Seen> for Echo {
+    fn data_received(&mut self, t: &mut Transport<'_, Seen>, data: &[u8], _: &mut Seen) {
+        t.write(data);
+    }
+}
+
+/// Sends a greeting, closes once it is echoed.
+struct Greeter;
+
+impl Protocol<Seen> for Greeter {
+    fn connection_made(&mut self, t: &mut Transport<'_, Seen>, _: &mut Seen) {
+        t.write(b"hello");
+    }
+
+    fn data_received(&mut self, t: &mut Transport<'_, Seen>, data: &[u8], seen: &mut Seen) {
+        seen.echoed.extend_from_slice(data);
+        if seen.echoed.len() >= 5 {
+            t.close();
+        }
+    }
+
+    fn connection_lost(
+        &mut self,
+        _: &mut Transport<'_, Seen>,
+        _: Option<std::io::Error>,
+        seen: &mut Seen,
+    ) {
+        seen.lost += 1;
+    }
+}
+
+#[derive(Default)]
+struct Seen {
+    echoed: Vec<u8>,
+    lost: u32,
+}
+
+/// A server and a client on loopback, one exchange, the server closed, the
+/// loop dropped.
+fn exercise_streams(kind: BackendKind) {
+    let mut lp = EventLoop::<Seen>::with_backend(kind).expect("event loop");
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("address");
+    let server = stream::serve(&mut lp, listener, ServeOptions::default(), |_, _| {
+        Some(Box::new(Echo))
+    })
+    .expect("serve");
+    stream::connect(&mut lp, addr, Some(Duration::from_secs(5)), Greeter).expect("connect");
+    let mut seen = Seen::default();
+    for _ in 0..200 {
+        lp.run_once(Some(Duration::from_millis(10)), &mut seen)
+            .expect("run_once");
+        if seen.lost == 1 && server.connections_served() == 1 && server.connection_count() == 0 {
+            break;
+        }
+    }
+    assert_eq!(seen.echoed, b"hello");
+    assert_eq!(seen.lost, 1);
+    server.close(&mut lp, Duration::ZERO, |_, _| {});
+    for _ in 0..10 {
+        lp.run_once(Some(Duration::from_millis(1)), &mut seen)
+            .expect("run_once");
+    }
+    drop(server);
+    drop(lp);
+}
+
 #[test]
 fn a_dropped_event_loop_gives_back_every_byte() {
     for &kind in BackendKind::available() {
@@ -128,6 +201,23 @@ fn a_dropped_event_loop_gives_back_every_byte() {
         let before = live();
         exercise(kind);
         exercise(kind);
+        let after = live();
+        assert_eq!(
+            after,
+            before,
+            "{kind}: {} bytes outlived their loops",
+            after - before
+        );
+    }
+}
+
+#[test]
+fn a_dropped_event_loop_with_streams_gives_back_every_byte() {
+    for &kind in BackendKind::available() {
+        exercise_streams(kind);
+        let before = live();
+        exercise_streams(kind);
+        exercise_streams(kind);
         let after = live();
         assert_eq!(
             after,
