@@ -59,19 +59,8 @@ impl<V: Copy + PartialEq> FdTable<V> {
         }
     }
 
-    /// The entry of `fd`, or the vacant value where the dense part covers
-    /// `fd` but holds nothing: one bounds check and no comparison, for a
-    /// caller whose own check rejects the vacant value anyway (epoll's
-    /// per-event lookup).
-    #[cfg_attr(not(muxloop_epoll), allow(dead_code))]
-    #[inline]
-    pub(crate) fn get_or_vacant(&self, fd: RawFd) -> Option<&V> {
-        match self.dense.get(fd as usize) {
-            Some(v) => Some(v),
-            None => self.sparse_get(fd),
-        }
-    }
-
+    // (The epoll and uring backends' look-ups.)
+    #[cfg_attr(not(any(muxloop_epoll, muxloop_uring)), allow(dead_code))]
     #[inline]
     pub(crate) fn get_mut(&mut self, fd: RawFd) -> Option<&mut V> {
         if (fd as usize) < self.dense.len() {
@@ -177,6 +166,7 @@ impl<V: Copy + PartialEq> FdTable<V> {
 /// the hot path.
 #[cold]
 #[inline(never)]
+#[cfg_attr(not(any(muxloop_epoll, muxloop_uring)), allow(dead_code))]
 fn sparse_get_mut<V>(sparse: &mut HashMap<RawFd, V>, fd: RawFd) -> Option<&mut V> {
     if sparse.is_empty() {
         None

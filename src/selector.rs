@@ -90,16 +90,27 @@ impl<T: fmt::Debug> fmt::Debug for SelectorKey<T> {
 
 struct Slot<T> {
     key: SelectorKey<T>,
+    /// The token the backend knows the registration by: the key's token at
+    /// `register`, kept when [`renew_if`](Selector::renew_if) gives the key
+    /// a new one, so that a renewal needs no backend call. Raw records
+    /// carry it ([`key_by_raw_mut`](Selector::key_by_raw_mut)).
+    ktoken: Token,
+    /// The `round` in which the key was last renewed: the raw records of
+    /// that round were collected under its old token and are dropped.
+    renewed: u64,
 }
 
-/// Where `select` put a slot's event in its latest round, to merge a second
-/// record into it. Kept beside the slab, not in it: only backends that may
-/// report an fd twice need it, and the slab entry stays small for the
-/// event loop's one-pass dispatch.
+/// What a slab index needs besides its slot, kept beside the slab so that
+/// the entry the event loop's one-pass dispatch reads stays small: where
+/// `select` put the index's event in its latest round (to merge a second
+/// record into it), and the round its registration last ended or began
+/// (a raw record naming a registration gone in the current round was
+/// collected before that, and is no sign of an orphan).
 #[derive(Clone, Copy, Default)]
 struct Merge {
     round: u64,
     pos: usize,
+    changed: u64,
 }
 
 const NO_SLOT: usize = usize::MAX;
@@ -163,6 +174,8 @@ pub struct Selector<T> {
     /// Raw backend output, reused across calls.
     raw: Vec<(Token, Ready)>,
     round: u64,
+    /// The last round in which a stale record made the backend purge.
+    purged: u64,
 }
 
 fn closed_error() -> io::Error {
@@ -242,6 +255,7 @@ impl<T> Selector<T> {
             by_fd: FdTable::new(NO_SLOT),
             raw: Vec::new(),
             round: 0,
+            purged: 0,
         }
     }
 
@@ -350,7 +364,10 @@ impl<T> Selector<T> {
                 data,
                 suspended: false,
             },
+            ktoken: token,
+            renewed: self.round,
         };
+        self.merges[index].changed = self.round;
         let i = self.slots.insert(slot);
         Ok(&self.slots[i].key)
     }
@@ -388,8 +405,8 @@ impl<T> Selector<T> {
         }
         let index = self.slot_of(fd).ok_or_else(|| not_found(fd))?;
         let (token, interest) = {
-            let key = &self.slots[index].key;
-            (key.token, key.interest)
+            let slot = &self.slots[index];
+            (slot.ktoken, slot.key.interest)
         };
         if self.slots[index].key.suspended {
             log::trace!("selector=unregister backend={} fd={fd} suspended", self.name);
@@ -432,11 +449,13 @@ impl<T> Selector<T> {
 
     /// Retires the token of a registration and gives it a new one (and
     /// `interest`), as an `unregister` and a `register` of the same fd
-    /// would, but through [`Backend::retoken`]: no kernel call on backends
-    /// that translate tokens themselves, when the interest is unchanged.
-    /// Only for an fd whose open file is known not to have changed since
-    /// it was registered (the event loop's paused sources, which own their
-    /// fd). On error the fd is unregistered.
+    /// would, but without telling the backend: it keeps knowing the
+    /// registration by its first token (`ktoken`), and the records it
+    /// collected before the renewal, in this round, are dropped. So no
+    /// backend call at all when the interest is unchanged. Only for an fd
+    /// whose open file is known not to have changed since it was
+    /// registered (the event loop's paused sources, which own their fd).
+    /// On error the fd is unregistered.
     ///
     /// Only if `token` is registered and its key passes `check`; otherwise
     /// `data` comes back, nothing changed. On success the key gets `data`
@@ -458,28 +477,29 @@ impl<T> Selector<T> {
         if slot.key.token != token || !check(&slot.key) {
             return Err(data);
         }
-        let key = &mut slot.key;
         let generation = &mut self.generations[index];
         *generation = generation.wrapping_add(1);
         let new = Token::new(index, *generation);
-        let (fd, old) = (key.fd, key.interest);
-        let res = if key.suspended {
+        let (fd, old) = (slot.key.fd, slot.key.interest);
+        let res = if slot.key.suspended {
             // Not in the backend: watched anew, under the new token.
             backend.add(fd, new, interest).map(|()| {
-                key.suspended = false;
-                key.token = new;
+                slot.key.suspended = false;
+                slot.ktoken = new;
             })
         } else {
-            backend.retoken(fd, token, new, old).and_then(|()| {
-                // From here on the backend knows the fd by the new token.
-                key.token = new;
-                if interest == old {
-                    Ok(())
-                } else {
-                    backend.modify(fd, new, old, interest)
-                }
-            })
+            // Records collected under the old token in this round must
+            // not reach the renewed key (the backend still reports it by
+            // `ktoken`, in later rounds too).
+            slot.renewed = self.round;
+            if interest == old {
+                Ok(())
+            } else {
+                backend.modify(fd, slot.ktoken, old, interest)
+            }
         };
+        let key = &mut slot.key;
+        key.token = new;
         match res {
             Ok(()) => {
                 key.interest = interest;
@@ -504,7 +524,8 @@ impl<T> Selector<T> {
             return Ok(());
         }
         let (fd, interest) = (key.fd, key.interest);
-        self.backend_delete("suspend", fd, token, interest)?;
+        let ktoken = self.slots[index].ktoken;
+        self.backend_delete("suspend", fd, ktoken, interest)?;
         self.slots[index].key.suspended = true;
         Ok(())
     }
@@ -519,7 +540,8 @@ impl<T> Selector<T> {
             return Ok(());
         }
         let name = self.name;
-        self.backend()?.add(fd, token, interest)?;
+        let ktoken = self.slots[index].ktoken;
+        self.backend()?.add(fd, ktoken, interest)?;
         log::trace!("selector=unsuspend backend={name} fd={fd} interest={interest:?}");
         let slot = &mut self.slots[index];
         slot.key.suspended = false;
@@ -532,6 +554,7 @@ impl<T> Selector<T> {
         let slot = self.slots.remove(index);
         self.by_fd.remove(slot.key.fd);
         self.generations[index] = self.generations[index].wrapping_add(1);
+        self.merges[index].changed = self.round;
         slot.key
     }
 
@@ -608,8 +631,8 @@ impl<T> Selector<T> {
         }
         let index = self.slot_of(fd).ok_or_else(|| not_found(fd))?;
         let (token, old) = {
-            let key = &self.slots[index].key;
-            (key.token, key.interest)
+            let slot = &self.slots[index];
+            (slot.ktoken, slot.key.interest)
         };
         if old != interest && self.slots[index].key.suspended {
             self.slots[index].key.interest = interest;
@@ -651,6 +674,18 @@ impl<T> Selector<T> {
             .get_mut(token.index())
             .map(|s| &mut s.key)
             .filter(|k| k.token == token)
+    }
+
+    /// The key a raw record (from [`select_raw`](Selector::select_raw))
+    /// belongs to: the registration the backend knows by `token`, unless it
+    /// is gone or was renewed since the record was collected.
+    #[inline]
+    pub(crate) fn key_by_raw_mut(&mut self, token: Token) -> Option<&mut SelectorKey<T>> {
+        let round = self.round;
+        self.slots
+            .get_mut(token.index())
+            .filter(|s| s.ktoken == token && s.renewed != round)
+            .map(|s| &mut s.key)
     }
 
     /// Every registered key, in no particular order (Python's `get_map()`).
@@ -755,7 +790,7 @@ impl<T> Selector<T> {
             .slots
             .iter()
             .filter(|(_, s)| !s.key.suspended)
-            .map(|(_, s)| (s.key.fd, s.key.token, s.key.interest));
+            .map(|(_, s)| (s.key.fd, s.ktoken, s.key.interest));
         backend.after_fork(&mut live)?;
         log::debug!("selector=after-fork backend={}", self.name);
         Ok(())
@@ -778,9 +813,9 @@ impl<T> Selector<T> {
         self.raw.clear();
         for &(fd, ready) in observed {
             if let Some(index) = self.slot_of(fd) {
-                let key = &self.slots[index].key;
-                if !key.suspended {
-                    self.raw.push((key.token, ready));
+                let slot = &self.slots[index];
+                if !slot.key.suspended {
+                    self.raw.push((slot.ktoken, ready));
                 }
             }
         }
@@ -888,6 +923,8 @@ impl<T> Selector<T> {
         timeout: Option<Duration>,
     ) -> io::Result<Vec<(Token, Ready)>> {
         self.wait_until(timeout, |sel| !sel.raw.is_empty())?;
+        // A new round: renewals from now on drop these records.
+        self.round += 1;
         Ok(std::mem::take(&mut self.raw))
     }
 
@@ -906,10 +943,11 @@ impl<T> Selector<T> {
                 stale += 1;
                 continue;
             };
-            if slot.key.token != token {
+            if slot.ktoken != token {
                 stale += 1;
                 continue;
             }
+            let token = slot.key.token;
             let ready = ready.masked(slot.key.interest);
             if ready.is_empty() {
                 continue;
@@ -930,20 +968,45 @@ impl<T> Selector<T> {
             }
         }
         if stale > 0 {
-            log::warn!(
-                "selector=select backend={} dropped {stale} event(s) of registrations the kernel kept \
-                 (an fd closed while a dup keeps its file open); rebuilding the kernel set",
-                self.name
-            );
-            if let Some(backend) = self.backend.as_mut() {
-                let mut live = self
-                    .slots
-                    .iter()
-                    .filter(|(_, s)| !s.key.suspended)
-                    .map(|(_, s)| (s.key.fd, s.key.token, s.key.interest));
-                if let Err(e) = backend.purge(&mut live) {
-                    log::warn!("selector=select backend={} purge failed: {e}", self.name);
-                }
+            self.purge_backend(stale);
+        }
+    }
+
+    /// A raw record whose registration [`key_by_raw_mut`] did not find:
+    /// collected before its key was unregistered, re-registered or renewed
+    /// in this round — or from a registration the kernel kept after its fd
+    /// was closed, and then the backend is purged (once per round).
+    ///
+    /// [`key_by_raw_mut`]: Selector::key_by_raw_mut
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn stale_raw(&mut self, token: Token) {
+        let index = token.index();
+        let renewed = self.slots.get(index).is_some_and(|s| s.ktoken == token);
+        let changed = self.merges.get(index).is_some_and(|m| m.changed == self.round);
+        if renewed || changed || self.purged == self.round {
+            return;
+        }
+        self.purged = self.round;
+        self.purge_backend(1);
+    }
+
+    /// Records of registrations the kernel kept: the backend starts again
+    /// from the live registrations.
+    fn purge_backend(&mut self, stale: usize) {
+        log::warn!(
+            "selector=select backend={} dropped {stale} event(s) of registrations the kernel kept \
+             (an fd closed while a dup keeps its file open); rebuilding the kernel set",
+            self.name
+        );
+        if let Some(backend) = self.backend.as_mut() {
+            let mut live = self
+                .slots
+                .iter()
+                .filter(|(_, s)| !s.key.suspended)
+                .map(|(_, s)| (s.key.fd, s.ktoken, s.key.interest));
+            if let Err(e) = backend.purge(&mut live) {
+                log::warn!("selector=select backend={} purge failed: {e}", self.name);
             }
         }
     }

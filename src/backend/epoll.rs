@@ -6,21 +6,20 @@
 //!
 //! * **No truncation.** The event buffer always has room for every
 //!   registered fd (`maxevents` is a hard cap in epoll_wait(2)).
-//! * **Kernel data is `fd | generation << 32`**, not the selector's token.
-//!   The backend keeps, per fd, the selector token and the generation of the
-//!   live kernel registration, and translates each event. An event whose
-//!   generation is not the live one comes from a registration the kernel
-//!   kept after its fd was closed (see the last point).
+//! * **Kernel data is the selector's token**, which a registration keeps
+//!   for as long as it is added: a wait hands the kernel's records on as
+//!   they are, with no per-fd look-up. Tokens are never reused (their
+//!   generation half grows), so a record of a registration that is gone
+//!   names no live key, and the selector drops it (see the last point).
 //! * **Coalesced re-registration.** A delete only marks the fd; the
 //!   `EPOLL_CTL_DEL` is issued at the start of the next wait. An add of the
-//!   same fd before then first tries `EPOLL_CTL_ADD`: `EEXIST` proves the
-//!   very same open file is still registered (epoll keys registrations by
-//!   file *and* fd), so it is reused — with no further syscall if the
-//!   interest is unchanged, one `EPOLL_CTL_MOD` otherwise. If the number now
-//!   names another file, the ADD simply succeeds, with a new generation, so
-//!   a reused fd is never left unwatched. This is libev's scheme; it turns
-//!   the "stop watching, start again" pattern from two syscalls into one
-//!   cheap failing one.
+//!   same fd before then first tries `EPOLL_CTL_MOD` with the new token and
+//!   interest: it succeeds only if the very same open file is still
+//!   registered (epoll keys registrations by file *and* fd), which is then
+//!   reused. If the number now names another file (`ENOENT`), an
+//!   `EPOLL_CTL_ADD` registers it, so a reused fd is never left unwatched.
+//!   This is libev's scheme (which tries the add first); it turns the "stop
+//!   watching, start again" pattern from two syscalls into one.
 //! * `EPOLLRDHUP` is requested with read interest so a peer's half-close is
 //!   reported as a hang-up (epoll(7), since Linux 2.6.17).
 //! * Regular files and directories are refused by the kernel with `EPERM`
@@ -31,9 +30,11 @@
 //! * **Orphans.** Closing an fd removes its registration only when no other
 //!   descriptor refers to the same open file (epoll(7), Q6). Otherwise the
 //!   registration lives on, no `EPOLL_CTL_DEL` can name it any more, and,
-//!   level-triggered, it would wake every wait. When an event with a dead
-//!   generation shows up, the backend replaces the epoll instance with a
-//!   fresh one holding only the live registrations.
+//!   level-triggered, it would wake every wait. Its records carry a token
+//!   no key has; when the selector sees one that no change in the current
+//!   round explains, it [purges](Backend::purge) the backend, which replaces
+//!   the epoll instance with a fresh one holding only the live
+//!   registrations.
 
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -50,24 +51,22 @@ const MIN_EVENTS: usize = 64;
 /// What the kernel holds for one fd number.
 #[derive(Clone, Copy, PartialEq)]
 struct FdState {
+    /// The token (the kernel data) of the latest kernel registration.
     token: Token,
     interest: Interest,
-    /// Generation stored in the live kernel registration's data.
-    generation: u32,
-    /// The kernel data events of the active registration carry, or
-    /// `NOT_LIVE` if the fd is not registered with the selector: one
-    /// comparison checks both per event.
-    live: u64,
+    /// Registered with the selector.
+    active: bool,
     /// Deleted since the last wait; the kernel registration may remain.
     deferred: bool,
 }
 
 impl FdState {
+    /// The table's vacant value: no registration has its token (an index
+    /// above `Token::MAX_INDEX`), so no stored state equals it.
     const EMPTY: FdState = FdState {
-        token: Token(0),
+        token: Token(usize::MAX),
         interest: Interest::READABLE,
-        generation: 0,
-        live: NOT_LIVE,
+        active: false,
         deferred: false,
     };
 }
@@ -81,10 +80,6 @@ pub(crate) struct EpollBackend {
     /// Fds whose delete is deferred to the next wait.
     deferred: Vec<RawFd>,
     active: usize,
-    /// The generation of the last kernel registration made (any fd): each
-    /// new registration gets a fresh one, so an orphan's data never
-    /// matches a live registration's.
-    generation: u32,
     /// What a host program polls (see `HostFd`).
     host: HostFd,
 }
@@ -127,17 +122,9 @@ const READY_OF: [Ready; 64] = {
     table
 };
 
-/// No kernel data equals it: its fd half is not a valid fd.
-const NOT_LIVE: u64 = u64::MAX;
-
-impl FdState {
-    fn active(&self) -> bool {
-        self.live != NOT_LIVE
-    }
-}
-
-fn data(fd: RawFd, generation: u32) -> u64 {
-    u64::from(fd as u32) | (u64::from(generation) << 32)
+/// The kernel data of a registration: its token.
+fn data(token: Token) -> u64 {
+    token.0 as u64
 }
 
 impl EpollBackend {
@@ -150,15 +137,7 @@ impl EpollBackend {
             fds: FdTable::new(FdState::EMPTY),
             deferred: Vec::new(),
             active: 0,
-            generation: 0,
         })
-    }
-
-    /// A generation no live kernel registration carries (0 is the vacant
-    /// entry's).
-    fn next_generation(&mut self) -> u32 {
-        self.generation = self.generation.wrapping_add(1).max(1);
-        self.generation
     }
 
     fn state(&mut self, fd: RawFd) -> &mut FdState {
@@ -167,33 +146,20 @@ impl EpollBackend {
             .expect("the backend keeps an entry for every fd it was given")
     }
 
-    fn ctl(
-        &self,
-        op: libc::c_int,
-        fd: RawFd,
-        interest: Interest,
-        generation: u32,
-    ) -> io::Result<()> {
-        sys::epoll_ctl(&self.ep, op, fd, events_for(interest), data(fd, generation))
+    fn ctl(&self, op: libc::c_int, fd: RawFd, interest: Interest, token: Token) -> io::Result<()> {
+        sys::epoll_ctl(&self.ep, op, fd, events_for(interest), data(token))
     }
 
     /// Re-adds an fd deleted since the last wait, reusing its kernel
     /// registration if the same open file still holds it.
-    fn revive(&mut self, fd: RawFd, interest: Interest) -> io::Result<()> {
-        let st = *self.state(fd);
-        let fresh = self.next_generation();
-        match self.ctl(libc::EPOLL_CTL_ADD, fd, interest, fresh) {
+    fn revive(&mut self, fd: RawFd, token: Token, interest: Interest) -> io::Result<()> {
+        match self.ctl(libc::EPOLL_CTL_MOD, fd, interest, token) {
+            // The same open file was still registered: now with the new
+            // token and interest.
+            Ok(()) => Ok(()),
             // Another file (or none) is at this number now: registered anew.
-            Ok(()) => {
-                self.state(fd).generation = fresh;
-                Ok(())
-            }
-            // The same open file is still registered, with the old data.
-            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
-                if st.interest != interest {
-                    self.ctl(libc::EPOLL_CTL_MOD, fd, interest, st.generation)?;
-                }
-                Ok(())
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                self.ctl(libc::EPOLL_CTL_ADD, fd, interest, token)
             }
             Err(e) => Err(e),
         }
@@ -218,7 +184,7 @@ impl EpollBackend {
             };
             if st.deferred {
                 st.deferred = false;
-                if !st.active() {
+                if !st.active {
                     self.fds.remove(fd);
                 }
                 if let Err(e) = sys::epoll_ctl(&self.ep, libc::EPOLL_CTL_DEL, fd, 0, 0) {
@@ -227,26 +193,6 @@ impl EpollBackend {
             }
         }
         self.deferred.clear();
-    }
-
-    /// Replaces the epoll instance with one holding only the active
-    /// registrations, dropping orphans no `EPOLL_CTL_DEL` can reach.
-    fn rebuild(&mut self) -> io::Result<()> {
-        self.flush_deletes();
-        let live: Vec<(RawFd, Token, Interest)> = self
-            .fds
-            .iter()
-            .filter(|(_, st)| st.active())
-            .map(|(fd, st)| (fd, st.token, st.interest))
-            .collect();
-        let ep = self.fresh_set(&mut live.into_iter())?;
-        log::warn!(
-            "backend=epoll rebuilt the epoll set without registrations of closed fds \
-             (closed while registered, or after unregister while a dup kept the file open); \
-             registrations={}",
-            self.active
-        );
-        self.switch_to(ep)
     }
 
     /// Makes `ep` the instance (the old one closes) and tells the host fd.
@@ -268,14 +214,7 @@ impl EpollBackend {
         self.deferred.clear();
         self.active = 0;
         for (fd, token, interest) in live {
-            let generation = self.next_generation();
-            let res = sys::epoll_ctl(
-                &ep,
-                libc::EPOLL_CTL_ADD,
-                fd,
-                events_for(interest),
-                data(fd, generation),
-            );
+            let res = sys::epoll_ctl(&ep, libc::EPOLL_CTL_ADD, fd, events_for(interest), data(token));
             // A closed fd stays registered with the selector: keep its
             // entry (nothing to watch until it is unregistered).
             if let Err(e) = res {
@@ -286,8 +225,7 @@ impl EpollBackend {
                 FdState {
                     token,
                     interest,
-                    generation,
-                    live: data(fd, generation),
+                    active: true,
                     deferred: false,
                 },
             );
@@ -311,7 +249,7 @@ impl Backend for EpollBackend {
         // adds an fd twice.
         if self.fds.get(fd).is_some_and(|st| st.deferred) {
             self.state(fd).deferred = false;
-            if let Err(e) = self.revive(fd, interest) {
+            if let Err(e) = self.revive(fd, token, interest) {
                 // Nothing is registered any more; the deferred delete
                 // (still queued) drops whatever the kernel kept.
                 self.state(fd).deferred = true;
@@ -319,13 +257,12 @@ impl Backend for EpollBackend {
             }
         } else {
             // Nothing is recorded before the kernel accepts the fd.
-            let generation = self.next_generation();
-            self.ctl(libc::EPOLL_CTL_ADD, fd, interest, generation)
+            self.ctl(libc::EPOLL_CTL_ADD, fd, interest, token)
                 .map_err(|e| not_pollable("epoll", fd, e))?;
             self.fds.insert(
                 fd,
                 FdState {
-                    generation,
+                    active: true,
                     ..FdState::EMPTY
                 },
             );
@@ -333,37 +270,22 @@ impl Backend for EpollBackend {
         let st = self.state(fd);
         st.token = token;
         st.interest = interest;
-        st.live = data(fd, st.generation);
+        st.active = true;
         self.active += 1;
         Ok(())
     }
 
     fn modify(&mut self, fd: RawFd, token: Token, _: Interest, new: Interest) -> io::Result<()> {
-        let generation = self.state(fd).generation;
-        self.ctl(libc::EPOLL_CTL_MOD, fd, new, generation)?;
-        let st = self.state(fd);
-        st.token = token;
-        st.interest = new;
+        self.ctl(libc::EPOLL_CTL_MOD, fd, new, token)?;
+        self.state(fd).interest = new;
         Ok(())
-    }
-
-    /// The kernel data names the fd and the kernel generation, not the
-    /// token, so a new token needs no system call.
-    fn retoken(&mut self, fd: RawFd, _: Token, new: Token, _: Interest) -> io::Result<()> {
-        match self.fds.get_mut(fd) {
-            Some(st) if st.active() => {
-                st.token = new;
-                Ok(())
-            }
-            _ => Err(io::Error::from_raw_os_error(libc::ENOENT)),
-        }
     }
 
     fn delete(&mut self, fd: RawFd, _: Token, _: Interest) -> io::Result<()> {
         // Deferred to the next wait (see the module docs); no event can be
         // collected for the fd before then.
         let st = self.state(fd);
-        st.live = NOT_LIVE;
+        st.active = false;
         st.deferred = true;
         self.deferred.push(fd);
         self.active -= 1;
@@ -416,27 +338,13 @@ impl Backend for EpollBackend {
             self.events.reserve(want);
         }
         sys::epoll_wait(&self.ep, &mut self.events, timeout)?;
-        // Each record is written in place and kept only if it is the live
-        // registration's: no branch and no capacity check per event.
+        // The kernel data is the token: the records go on as they are
+        // (each is written in place: no capacity check per event).
         let start = events.len();
         let n = self.events.len();
         events.resize(start + n, (Token(0), Ready::EMPTY));
-        let out = &mut events[start..];
-        let mut kept = 0;
-        for ev in &self.events {
-            // A vacant entry's `live` is NOT_LIVE: the comparison rejects
-            // it, so no vacancy test is needed.
-            if let Some(st) = self.fds.get_or_vacant((ev.u64 & 0xffff_ffff) as RawFd) {
-                out[kept] = (st.token, ready_of(ev.events));
-                kept += usize::from(st.live == ev.u64);
-            }
-        }
-        events.truncate(start + kept);
-        // A record that is not the live registration's: an orphan (see
-        // above).
-        let orphans = kept < n;
-        if orphans {
-            self.rebuild()?;
+        for (ev, out) in self.events.iter().zip(&mut events[start..]) {
+            *out = (Token(ev.u64 as usize), ready_of(ev.events));
         }
         Ok(())
     }

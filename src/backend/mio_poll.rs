@@ -124,17 +124,6 @@ impl Backend for MioBackend {
         Ok(())
     }
 
-    fn retoken(&mut self, fd: RawFd, old: Token, new: Token, interest: Interest) -> io::Result<()> {
-        self.poll.registry().reregister(
-            &mut SourceFd(&fd),
-            mio::Token(new.0),
-            mio_interest(interest),
-        )?;
-        self.added.remove(&old);
-        self.added.insert(new, (fd, interest));
-        Ok(())
-    }
-
     fn delete(&mut self, fd: RawFd, token: Token, _: Interest) -> io::Result<()> {
         self.added.remove(&token);
         self.poll.registry().deregister(&mut SourceFd(&fd))

@@ -32,11 +32,11 @@ mod uring;
 /// readiness interface.
 ///
 /// The selector guarantees that it calls [`add`](Backend::add) only for an
-/// fd that is not currently added, [`modify`](Backend::modify),
-/// [`delete`](Backend::delete) and [`retoken`](Backend::retoken) only for
-/// one that is, always with its current token and interest (those it was
-/// added with, or last given by `modify`/`retoken`), and that `events` is
-/// empty when [`wait`](Backend::wait) is called.
+/// fd that is not currently added, [`modify`](Backend::modify) and
+/// [`delete`](Backend::delete) only for one that is, always with the token
+/// it was added with (a registration keeps its token for as long as it is
+/// added) and its current interest, and that `events` is empty when
+/// [`wait`](Backend::wait) is called.
 ///
 /// A backend must:
 ///
@@ -82,20 +82,6 @@ pub trait Backend: Send {
         events: &mut Vec<(Token, Ready)>,
         timeout: Option<Duration>,
     ) -> io::Result<()>;
-
-    /// Gives an added fd a new token: events carry `new` from now on, never
-    /// `old`. The interest stays the same.
-    ///
-    /// The selector uses it to re-register an fd whose open file cannot
-    /// have changed (its owner kept it open in between), so a backend that
-    /// translates kernel data to tokens itself can do it without a system
-    /// call. The default, a [`delete`](Backend::delete) then an
-    /// [`add`](Backend::add), is always correct. On error the selector
-    /// treats the fd as unregistered.
-    fn retoken(&mut self, fd: RawFd, old: Token, new: Token, interest: Interest) -> io::Result<()> {
-        self.delete(fd, old, interest)?;
-        self.add(fd, new, interest)
-    }
 
     /// Whether `wait` reports each fd at most once per call (true for
     /// select, poll and epoll; kqueue reports read and write apart). The

@@ -89,12 +89,6 @@ impl Backend for PollBackend {
         Ok(())
     }
 
-    fn retoken(&mut self, fd: RawFd, _: Token, new: Token, _: Interest) -> io::Result<()> {
-        let pos = self.position(fd)?;
-        self.tokens[pos] = new;
-        Ok(())
-    }
-
     fn delete(&mut self, fd: RawFd, _: Token, _: Interest) -> io::Result<()> {
         let pos = self.position(fd)?;
         self.fds.swap_remove(pos);

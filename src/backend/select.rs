@@ -118,16 +118,6 @@ impl Backend for SelectBackend {
         Ok(())
     }
 
-    fn retoken(&mut self, fd: RawFd, _: Token, new: Token, _: Interest) -> io::Result<()> {
-        match self.tokens.get_mut(fd) {
-            Some(Some(token)) => {
-                *token = new;
-                Ok(())
-            }
-            _ => Err(io::Error::from_raw_os_error(libc::ENOENT)),
-        }
-    }
-
     fn delete(&mut self, fd: RawFd, _: Token, _: Interest) -> io::Result<()> {
         self.read.remove(fd);
         self.write.remove(fd);

@@ -390,12 +390,6 @@ impl Backend for UringBackend {
         Ok(())
     }
 
-    /// `user_data` names the fd and the generation, not the token.
-    fn retoken(&mut self, fd: RawFd, _: Token, new: Token, _: Interest) -> io::Result<()> {
-        self.state(fd).token = new;
-        Ok(())
-    }
-
     fn delete(&mut self, fd: RawFd, _: Token, _: Interest) -> io::Result<()> {
         self.disarm(fd);
         self.fds.remove(fd);

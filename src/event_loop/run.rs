@@ -275,7 +275,7 @@ impl<S> EventLoop<S> {
             let raw = res?;
             log::trace!("loop=iterate events={} timeout={timeout:?}", raw.len());
             for &(token, ready) in &raw {
-                self.dispatch(token, ready, state);
+                self.dispatch::<true>(token, ready, state);
             }
             self.selector.restore_raw(raw);
             self.finish_iteration(woke, state);
@@ -297,7 +297,7 @@ impl<S> EventLoop<S> {
 
     fn dispatch_events(&mut self, events: &crate::Events, state: &mut S) {
         for ev in events.iter() {
-            self.dispatch(ev.token(), ev.ready(), state);
+            self.dispatch::<false>(ev.token(), ev.ready(), state);
         }
     }
 

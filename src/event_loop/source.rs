@@ -656,11 +656,23 @@ impl<S> EventLoop<S> {
     // Inlined into both dispatch loops: called once per event, it is the
     // hottest path of the loop.
     #[inline(always)]
-    pub(super) fn dispatch(&mut self, token: Token, ready: Ready, state: &mut S) {
-        // Gone already: removed by an earlier callback of this iteration.
-        let Some(key) = self.selector.key_by_token_mut(token) else {
+    pub(super) fn dispatch<const RAW: bool>(&mut self, token: Token, ready: Ready, state: &mut S) {
+        // Gone already: removed (or, for a raw record, renewed) by an
+        // earlier callback of this iteration. A raw record names the
+        // registration by the token the backend knows, an event by the
+        // key's.
+        let key = if RAW {
+            self.selector.key_by_raw_mut(token)
+        } else {
+            self.selector.key_by_token_mut(token)
+        };
+        let Some(key) = key else {
+            if RAW {
+                self.selector.stale_raw(token);
+            }
             return;
         };
+        let token = key.token();
         // Raw records are not masked yet (masking twice is harmless).
         let ready = ready.masked(key.interest());
         // Disabled by an earlier callback of this pass: its event is stale.

@@ -287,7 +287,6 @@ pub enum Call {
     Add,
     Modify,
     Delete,
-    Retoken,
     Wait,
     Purge,
 }
@@ -298,7 +297,6 @@ impl Call {
             Call::Add => "add",
             Call::Modify => "modify",
             Call::Delete => "delete",
-            Call::Retoken => "retoken",
             Call::Wait => "wait",
             Call::Purge => "purge",
         }
@@ -373,10 +371,6 @@ impl<H: Hooks> Backend for Hooked<H> {
         self.around(Call::Delete, |b| b.delete(fd, token, interest))
     }
 
-    fn retoken(&mut self, fd: RawFd, old: Token, new: Token, interest: Interest) -> io::Result<()> {
-        self.around(Call::Retoken, |b| b.retoken(fd, old, new, interest))
-    }
-
     fn reports_each_fd_once(&self) -> bool {
         self.inner.reports_each_fd_once()
     }
@@ -427,7 +421,7 @@ impl Hooks for Arc<Calls> {
             Call::Modify => &self.modify,
             Call::Delete => &self.delete,
             Call::Wait => &self.wait,
-            Call::Retoken | Call::Purge => return Ok(()),
+            Call::Purge => return Ok(()),
         };
         counter.fetch_add(1, Ordering::SeqCst);
         Ok(())
