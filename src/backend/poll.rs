@@ -19,10 +19,55 @@ const READ_EVENTS: libc::c_short = libc::POLLIN | libc::POLLRDHUP;
 #[cfg(not(any(target_os = "linux", target_os = "android")))]
 const READ_EVENTS: libc::c_short = libc::POLLIN;
 
+
+// The flag table below relies on the values every supported system gives
+// the six classic flags.
+const _: () = assert!(
+    libc::POLLIN == 0x1
+        && libc::POLLPRI == 0x2
+        && libc::POLLOUT == 0x4
+        && libc::POLLERR == 0x8
+        && libc::POLLHUP == 0x10
+        && libc::POLLNVAL == 0x20
+);
+
+/// Bit 6 of the table index: `POLLRDHUP` (Linux's 0x2000), or nothing.
 #[cfg(any(target_os = "linux", target_os = "android"))]
-const HUP_EVENTS: libc::c_short = libc::POLLHUP | libc::POLLRDHUP;
+#[inline]
+fn rdhup_bit(re: usize) -> usize {
+    const _: () = assert!(libc::POLLRDHUP == 0x2000);
+    (re >> 7) & 0x40
+}
+
 #[cfg(not(any(target_os = "linux", target_os = "android")))]
-const HUP_EVENTS: libc::c_short = libc::POLLHUP;
+#[inline]
+fn rdhup_bit(_: usize) -> usize {
+    0
+}
+
+/// The readiness of `revents`: a table indexed by the six classic flags and
+/// `POLLRDHUP`, computed at compile time (a shift, two masks and a load
+/// instead of five tests). `POLLNVAL` (a closed fd) is an error.
+#[inline]
+fn ready_of(re: libc::c_short) -> Ready {
+    let re = re as u16 as usize;
+    READY_OF[(re & 0x3f) | rdhup_bit(re)]
+}
+
+const READY_OF: [Ready; 128] = {
+    let mut table = [Ready::EMPTY; 128];
+    let mut i = 0;
+    while i < 128 {
+        table[i] = Ready::from_flags(
+            i & 0x3 != 0,
+            i & 0x4 != 0,
+            i & (0x8 | 0x20) != 0,
+            i & (0x10 | 0x40) != 0,
+        );
+        i += 1;
+    }
+    table
+};
 
 pub(crate) struct PollBackend {
     fds: Vec<libc::pollfd>,
@@ -105,31 +150,63 @@ impl Backend for PollBackend {
         events: &mut Vec<(Token, Ready)>,
         timeout: Option<Duration>,
     ) -> io::Result<()> {
-        let mut left = sys::poll(&mut self.fds, timeout)?;
+        let left = sys::poll(&mut self.fds, timeout)?;
+        // `left` records, each written in place: no capacity check per
+        // record.
+        let start = events.len();
+        events.resize(start + left, (Token(0), Ready::EMPTY));
+        let out = &mut events[start..];
+        let mut n = 0;
         for (pfd, &token) in self.fds.iter().zip(&self.tokens) {
-            if left == 0 {
+            if n == out.len() {
                 break;
             }
             let re = pfd.revents;
             if re == 0 {
                 continue;
             }
-            left -= 1;
-            let mut ready = Ready::from_flags(
-                re & (libc::POLLIN | libc::POLLPRI) != 0,
-                re & libc::POLLOUT != 0,
-                re & libc::POLLERR != 0,
-                re & HUP_EVENTS != 0,
-            );
             if re & libc::POLLNVAL != 0 {
-                log::warn!(
-                    "backend=poll fd={} closed while registered (unregister before close)",
-                    pfd.fd
-                );
-                ready |= Ready::ERROR;
+                closed_while_registered(pfd.fd);
             }
-            events.push((token, ready));
+            out[n] = (token, ready_of(re));
+            n += 1;
         }
+        events.truncate(start + n);
         Ok(())
+    }
+}
+
+#[cold]
+fn closed_while_registered(fd: RawFd) {
+    log::warn!("backend=poll fd={fd} closed while registered (unregister before close)");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_map_to_readiness() {
+        let cases = [
+            (libc::POLLIN, Ready::READABLE),
+            (libc::POLLPRI, Ready::READABLE),
+            (libc::POLLOUT, Ready::WRITABLE),
+            (libc::POLLIN | libc::POLLOUT, Ready::READABLE | Ready::WRITABLE),
+            (libc::POLLERR, Ready::ERROR),
+            (libc::POLLNVAL, Ready::ERROR),
+            (libc::POLLHUP, Ready::HUP),
+            (libc::POLLHUP | libc::POLLIN, Ready::HUP | Ready::READABLE),
+            (
+                libc::POLLERR | libc::POLLHUP | libc::POLLOUT,
+                Ready::ERROR | Ready::HUP | Ready::WRITABLE,
+            ),
+            // Flags muxloop never asks for do not leak into the result.
+            (libc::POLLRDNORM | libc::POLLWRBAND, Ready::EMPTY),
+        ];
+        for (flags, want) in cases {
+            assert_eq!(ready_of(flags), want, "flags {flags:#x}");
+        }
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        assert_eq!(ready_of(libc::POLLRDHUP | libc::POLLIN), Ready::HUP | Ready::READABLE);
     }
 }
