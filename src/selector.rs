@@ -482,7 +482,10 @@ impl<T> Selector<T> {
         let new = Token::new(index, *generation);
         let (fd, old) = (slot.key.fd, slot.key.interest);
         let res = if slot.key.suspended {
-            // Not in the backend: watched anew, under the new token.
+            // Not in the backend: watched anew, under the new token (a
+            // record of this round under the old one is then no sign of
+            // an orphan: the registration changed in this round).
+            self.merges[index].changed = self.round;
             backend.add(fd, new, interest).map(|()| {
                 slot.key.suspended = false;
                 slot.ktoken = new;

@@ -1409,6 +1409,51 @@ fn records_of_sources_removed_or_renewed_during_the_pass_are_no_orphans() {
 }
 
 #[test]
+fn a_source_disabled_paused_and_resumed_during_the_pass_is_no_orphan() {
+    // The first callback to run disables the other source, pauses it and
+    // resumes it: it is registered with the backend anew, and its record
+    // of this pass, collected before, is dropped without a purge.
+    let (mut lp, calls) = recording_loop_with(None);
+    let ids: std::rc::Rc<RefCell<Vec<SourceId<UnixStream>>>> = Default::default();
+    let mut peers = Vec::new();
+    for _ in 0..2 {
+        let (a, b) = pair();
+        let ids2 = ids.clone();
+        let id = lp
+            .add(a, Interest::READABLE, move |lp, sock, ev, n| {
+                drain(sock);
+                *n += 1;
+                let mut ids = ids2.borrow_mut();
+                for other in ids.iter_mut() {
+                    if *other != ev.id() {
+                        lp.disable(*other).unwrap();
+                        let paused = lp.pause(*other).unwrap();
+                        *other = lp.resume(paused, Interest::READABLE).unwrap();
+                    }
+                }
+                PostAction::Continue
+            })
+            .unwrap();
+        ids.borrow_mut().push(id);
+        peers.push(b);
+    }
+    for b in &mut peers {
+        b.write_all(b"x").unwrap();
+    }
+    let mut n = 0;
+    lp.run_once(Some(Duration::from_secs(1)), &mut n).unwrap();
+    assert_eq!(n, 1, "the renewed source's collected record is dropped");
+    assert!(
+        !calls.lock().unwrap().contains(&"purge"),
+        "{:?}",
+        calls.lock().unwrap()
+    );
+    // Still watched: its unread byte makes the next pass run it.
+    lp.run_once(Some(Duration::from_secs(1)), &mut n).unwrap();
+    assert_eq!(n, 2);
+}
+
+#[test]
 fn a_failed_renewal_drops_the_source_and_frees_its_fd() {
     // A resume with the same interest makes no backend call, so only the
     // interest change can fail.
