@@ -15,9 +15,9 @@
 //!   next wait's enter, and a one-shot poll on a still-ready fd completes
 //!   at once: a still-ready fd is reported by every wait.
 //! * **Late completions.** A poll can complete after its removal was
-//!   queued. `user_data` is `fd | generation << 32`, as the epoll backend's
-//!   kernel data, and a completion whose generation is not the fd's live
-//!   one is dropped: nothing reaches an unregistered or re-registered fd.
+//!   queued. `user_data` is `fd | generation << 32`, and a completion
+//!   whose generation is not the fd's live one is dropped: nothing reaches
+//!   an unregistered or re-registered fd.
 //! * **Removal cancels.** A poll request holds a reference on the file, so
 //!   a closed fd's peer sees no hang-up until the request goes: every
 //!   delete (and interest change) queues a `POLL_REMOVE`, without a
