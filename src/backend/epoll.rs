@@ -48,12 +48,10 @@ use crate::{Interest, Ready, Token};
 
 const MIN_EVENTS: usize = 64;
 
-/// What the kernel holds for one fd number.
+/// What the kernel holds for one fd number. (The token and interest are
+/// the selector's to give on every call; the kernel data is the token.)
 #[derive(Clone, Copy, PartialEq)]
 struct FdState {
-    /// The token (the kernel data) of the latest kernel registration.
-    token: Token,
-    interest: Interest,
     /// Registered with the selector.
     active: bool,
     /// Deleted since the last wait; the kernel registration may remain.
@@ -61,12 +59,13 @@ struct FdState {
 }
 
 impl FdState {
-    /// The table's vacant value: no registration has its token (an index
-    /// above `Token::MAX_INDEX`), so no stored state equals it.
+    /// The table's vacant value: neither registered nor awaiting a delete.
     const EMPTY: FdState = FdState {
-        token: Token(usize::MAX),
-        interest: Interest::READABLE,
         active: false,
+        deferred: false,
+    };
+    const ACTIVE: FdState = FdState {
+        active: true,
         deferred: false,
     };
 }
@@ -222,12 +221,7 @@ impl EpollBackend {
             }
             self.fds.insert(
                 fd,
-                FdState {
-                    token,
-                    interest,
-                    active: true,
-                    deferred: false,
-                },
+                FdState::ACTIVE,
             );
             self.active += 1;
         }
@@ -248,37 +242,22 @@ impl Backend for EpollBackend {
         // Only a deferred delete can have left an entry: the selector never
         // adds an fd twice.
         if self.fds.get(fd).is_some_and(|st| st.deferred) {
-            self.state(fd).deferred = false;
-            if let Err(e) = self.revive(fd, token, interest) {
-                // Nothing is registered any more; the deferred delete
-                // (still queued) drops whatever the kernel kept.
-                self.state(fd).deferred = true;
-                return Err(not_pollable("epoll", fd, e));
-            }
+            // On failure nothing is registered any more, and the deferred
+            // delete (still queued) drops whatever the kernel kept.
+            self.revive(fd, token, interest)
+                .map_err(|e| not_pollable("epoll", fd, e))?;
         } else {
             // Nothing is recorded before the kernel accepts the fd.
             self.ctl(libc::EPOLL_CTL_ADD, fd, interest, token)
                 .map_err(|e| not_pollable("epoll", fd, e))?;
-            self.fds.insert(
-                fd,
-                FdState {
-                    active: true,
-                    ..FdState::EMPTY
-                },
-            );
         }
-        let st = self.state(fd);
-        st.token = token;
-        st.interest = interest;
-        st.active = true;
+        self.fds.insert(fd, FdState::ACTIVE);
         self.active += 1;
         Ok(())
     }
 
     fn modify(&mut self, fd: RawFd, token: Token, _: Interest, new: Interest) -> io::Result<()> {
-        self.ctl(libc::EPOLL_CTL_MOD, fd, new, token)?;
-        self.state(fd).interest = new;
-        Ok(())
+        self.ctl(libc::EPOLL_CTL_MOD, fd, new, token)
     }
 
     fn delete(&mut self, fd: RawFd, _: Token, _: Interest) -> io::Result<()> {
