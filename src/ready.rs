@@ -9,12 +9,15 @@ use crate::Interest;
 ///
 /// `readable` and `writable` are what matters for control flow, and they are
 /// always masked by the registration's [`Interest`]: a key registered for
-/// reading never reports `writable`. `error` and `hup` are extra hints about
-/// *why* the fd woke up. An error or hang-up always wakes the fd for each
-/// direction it is registered for (so a reader sees `readable` and then
-/// `read` returns 0 or the error), but whether the hint bits themselves are
-/// set depends on the kernel interface: `select(2)` cannot tell, and sets
-/// neither. See `docs/backends.md`.
+/// reading never reports `writable`. `error`, `hup` and `write_closed` are
+/// extra hints about *why* the fd woke up. An error, or a connection closed
+/// both ways, wakes the fd for each direction it is registered for (so a
+/// reader sees `readable` and then `read` returns 0 or the error, a writer
+/// sees `writable` and then `write` fails at once). A half-close — the peer
+/// shut down only its writing side — wakes readers only: it is no reason to
+/// write, so a writer whose buffer is full keeps waiting for room. Whether
+/// the hint bits themselves are set depends on the kernel interface:
+/// `select(2)` cannot tell, and sets none. See `docs/backends.md`.
 ///
 /// [`Selector::select`]: crate::Selector::select
 ///
@@ -25,6 +28,7 @@ use crate::Interest;
 ///
 /// let r = Ready::READABLE | Ready::HUP;
 /// assert!(r.is_readable() && r.is_hup() && !r.is_writable());
+/// assert!(!r.is_write_closed());
 /// ```
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct Ready(u8);
@@ -33,6 +37,7 @@ const READABLE: u8 = 0b0001;
 const WRITABLE: u8 = 0b0010;
 const ERROR: u8 = 0b0100;
 const HUP: u8 = 0b1000;
+const WRITE_CLOSED: u8 = 0b1_0000;
 
 impl Ready {
     /// Nothing is ready.
@@ -47,8 +52,13 @@ impl Ready {
     /// The peer hung up, at least its writing side (`POLLHUP`,
     /// `EPOLLRDHUP`, `EV_EOF`): the next reads return what is left, then 0.
     pub const HUP: Ready = Ready(HUP);
+    /// The connection can no longer be written either (`POLLHUP`,
+    /// `EPOLLHUP`, `EV_EOF` on the write filter): a write fails at once.
+    /// Kernels report it with [`HUP`](Ready::HUP); it wakes writers, which a
+    /// half-close alone does not.
+    pub const WRITE_CLOSED: Ready = Ready(WRITE_CLOSED);
 
-    /// Builds a readiness from its four flags, without branches (backends
+    /// Builds a readiness from its five flags, without branches (backends
     /// call it once per kernel event).
     #[inline]
     pub(crate) const fn from_flags(
@@ -56,12 +66,14 @@ impl Ready {
         writable: bool,
         error: bool,
         hup: bool,
+        write_closed: bool,
     ) -> Ready {
         Ready(
             (readable as u8 * READABLE)
                 | (writable as u8 * WRITABLE)
                 | (error as u8 * ERROR)
-                | (hup as u8 * HUP),
+                | (hup as u8 * HUP)
+                | (write_closed as u8 * WRITE_CLOSED),
         )
     }
 
@@ -80,9 +92,16 @@ impl Ready {
         self.0 & ERROR != 0
     }
 
-    /// Whether the kernel flagged a hang-up.
+    /// Whether the kernel flagged a hang-up (at least the peer's writing
+    /// side).
     pub const fn is_hup(self) -> bool {
         self.0 & HUP != 0
+    }
+
+    /// Whether the kernel flagged that writing is over too (see
+    /// [`WRITE_CLOSED`](Ready::WRITE_CLOSED)).
+    pub const fn is_write_closed(self) -> bool {
+        self.0 & WRITE_CLOSED != 0
     }
 
     /// Whether no bit is set.
@@ -97,19 +116,18 @@ impl Ready {
 
     /// The readiness a registration with `interest` sees.
     ///
-    /// An error or hang-up wakes every registered direction; then the
-    /// directions are masked by `interest`. The result is empty when nothing
-    /// the registration asked for happened.
+    /// An error or a closed write side wakes every registered direction, a
+    /// hang-up of the peer's writing side wakes readers; then the
+    /// directions are masked by `interest`. The result is empty when
+    /// nothing the registration asked for happened.
     #[inline]
     pub(crate) fn masked(self, interest: Interest) -> Ready {
-        let hints = self.0 & (ERROR | HUP);
-        // An error or hang-up wakes both directions; then mask.
-        let dirs = if hints != 0 {
-            READABLE | WRITABLE
-        } else {
-            self.0
-        };
-        let dirs = dirs & interest.bits();
+        let bits = self.0;
+        let hints = bits & (ERROR | HUP | WRITE_CLOSED);
+        // Branch-free: ERROR or WRITE_CLOSED wake both, HUP wakes reading.
+        let both = ((bits & (ERROR | WRITE_CLOSED) != 0) as u8) * (READABLE | WRITABLE);
+        let read = ((bits & HUP != 0) as u8) * READABLE;
+        let dirs = (bits | both | read) & interest.bits();
         if dirs == 0 {
             Ready::EMPTY
         } else {
@@ -145,6 +163,7 @@ impl fmt::Debug for Ready {
             (WRITABLE, "WRITABLE"),
             (ERROR, "ERROR"),
             (HUP, "HUP"),
+            (WRITE_CLOSED, "WRITE_CLOSED"),
         ];
         let mut first = true;
         for (bit, name) in names {
@@ -181,22 +200,37 @@ mod tests {
         assert_eq!(r, Ready::READABLE | Ready::HUP);
         let e = Ready::ERROR.masked(Interest::WRITABLE);
         assert_eq!(e, Ready::WRITABLE | Ready::ERROR);
+        let closed = Ready::HUP | Ready::WRITE_CLOSED;
+        assert_eq!(closed.masked(Interest::WRITABLE), Ready::WRITABLE | closed);
+    }
+
+    #[test]
+    fn half_close_does_not_wake_a_writer() {
+        assert_eq!(Ready::HUP.masked(Interest::WRITABLE), Ready::EMPTY);
+        let eof = Ready::READABLE | Ready::HUP;
+        assert_eq!(eof.masked(Interest::BOTH), eof);
+        let room = Ready::WRITABLE | Ready::HUP;
+        assert_eq!(room.masked(Interest::WRITABLE), room);
     }
 
     #[test]
     fn masking_rules_hold_for_every_combination() {
-        for bits in 0..16u8 {
+        for bits in 0..32u8 {
             let ready = Ready(bits);
             for interest in [Interest::READABLE, Interest::WRITABLE, Interest::BOTH] {
                 let got = ready.masked(interest);
-                let dirs = Ready(interest.bits());
-                let hints = Ready(bits & (ERROR | HUP));
-                let want = if !hints.is_empty() {
-                    dirs | hints
-                } else if bits & interest.bits() == 0 {
+                let mut woken = bits & (READABLE | WRITABLE);
+                if bits & (ERROR | WRITE_CLOSED) != 0 {
+                    woken = READABLE | WRITABLE;
+                }
+                if bits & HUP != 0 {
+                    woken |= READABLE;
+                }
+                let dirs = woken & interest.bits();
+                let want = if dirs == 0 {
                     Ready::EMPTY
                 } else {
-                    Ready(bits & interest.bits())
+                    Ready(dirs | (bits & (ERROR | HUP | WRITE_CLOSED)))
                 };
                 assert_eq!(got, want, "{ready:?} masked by {interest:?}");
             }

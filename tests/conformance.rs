@@ -416,6 +416,119 @@ mod cases {
         assert_eq!(err.kind(), io::ErrorKind::BrokenPipe);
     }
 
+    /// A full send buffer whose peer shut its write side down: a
+    /// half-close is not a hang-up, so a socket watched for writing is not
+    /// ready until the peer reads, whether its EOF was read or not.
+    pub fn full_writer_whose_peer_half_closed_waits_for_room(kind: BackendKind) {
+        let (a, b) = pair();
+        half_closed_full_writer(kind, a, b, "unix");
+        let (a, b) = tcp_pair();
+        half_closed_full_writer(kind, a, b, "tcp");
+    }
+
+    fn half_closed_full_writer<S>(kind: BackendKind, mut a: S, mut b: S, what: &str)
+    where
+        S: Read + Write + AsRawFd + HalfClose,
+    {
+        fill_any(&mut a);
+        b.shut_write();
+        let (mut sel, calls) = counting_selector(kind);
+        sel.register(a.as_raw_fd(), W, ()).unwrap();
+        // Nothing to report, and no wake-ups: a backend that keeps
+        // answering "hang-up" spins through the whole wait.
+        let quiet = |sel: &mut muxloop::Selector<()>, stage: &str| {
+            let before = calls.waits();
+            let started = Instant::now();
+            let got = ready(sel, Some(Duration::from_millis(150)));
+            assert!(got.is_empty(), "{what}, {stage}: {got:?}");
+            assert!(
+                started.elapsed() >= Duration::from_millis(150),
+                "{what}, {stage}"
+            );
+            let waits = calls.waits() - before;
+            assert!(
+                waits <= 3,
+                "{what}, {stage}: {waits} backend waits in 150 ms"
+            );
+        };
+        quiet(&mut sel, "EOF unread");
+        // Watched for both: the EOF is readable, the full buffer still not
+        // writable.
+        sel.modify(a.as_raw_fd(), RW, ()).unwrap();
+        let got = poll_now(&mut sel);
+        assert_eq!(got.len(), 1, "{what}: {got:?}");
+        assert!(
+            got[0].1.is_readable() && !got[0].1.is_writable(),
+            "{what}: {got:?}"
+        );
+        assert_eq!(a.read(&mut [0; 8]).unwrap(), 0, "{what}: EOF");
+        sel.modify(a.as_raw_fd(), W, ()).unwrap();
+        quiet(&mut sel, "EOF read");
+        // The peer reads: now a write makes progress.
+        let mut buf = vec![0; 1 << 20];
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            while b.read(&mut buf).is_ok_and(|n| n > 0) {}
+            let got = ready(&mut sel, Some(Duration::from_millis(50)));
+            if let Some(&(fd, r)) = got.first() {
+                assert_eq!(fd, a.as_raw_fd());
+                assert!(r.is_writable(), "{what}: {r:?}");
+                assert!(a.write(b"x").is_ok(), "{what}: reported writable");
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: never writable after the drain"
+            );
+        }
+    }
+
+    /// The same writer, closed while a duplicate keeps its file open and
+    /// only then unregistered: when the peer reads, nothing is reported
+    /// and nothing spins (the kernel kept its registration under a number
+    /// that no longer names it).
+    pub fn half_closed_writer_closed_while_a_dup_lives_does_not_spin(kind: BackendKind) {
+        let (mut a, mut b) = pair();
+        fill(&mut a);
+        b.shutdown(std::net::Shutdown::Write).unwrap();
+        let (mut sel, calls) = counting_selector(kind);
+        let fd = a.as_raw_fd();
+        sel.register(fd, W, ()).unwrap();
+        assert!(ready(&mut sel, Some(Duration::from_millis(30))).is_empty());
+        let dup = a.try_clone().unwrap();
+        drop(a);
+        sel.unregister(fd).unwrap();
+        drain(&mut b);
+        let before = calls.waits();
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_millis(150) {
+            let got = ready(&mut sel, Some(Duration::from_millis(50)));
+            assert!(got.is_empty(), "{got:?}");
+        }
+        let waits = calls.waits() - before;
+        assert!(waits <= 12, "{waits} backend waits in 150 ms");
+        // Another writer in the same state is quiet too, and wakes when its
+        // peer reads.
+        let (mut c, mut d) = pair();
+        fill(&mut c);
+        d.shutdown(std::net::Shutdown::Write).unwrap();
+        sel.register(c.as_raw_fd(), W, ()).unwrap();
+        let before = calls.waits();
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_millis(150) {
+            let got = ready(&mut sel, Some(Duration::from_millis(50)));
+            assert!(got.is_empty(), "{got:?}");
+        }
+        let waits = calls.waits() - before;
+        assert!(waits <= 12, "{waits} backend waits in 150 ms");
+        drain(&mut d);
+        let got = ready(&mut sel, Some(Duration::from_secs(5)));
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert_eq!(got[0].0, c.as_raw_fd());
+        assert!(got[0].1.is_writable());
+        drop(dup);
+    }
+
     pub fn pipe_writer_close_wakes_reader(kind: BackendKind) {
         let (r, w) = pipe();
         let mut sel = selector(kind);
@@ -851,6 +964,8 @@ per_backend!(
     no_event_after_unregister,
     peer_close_is_readable_then_eof,
     peer_close_wakes_a_writer,
+    full_writer_whose_peer_half_closed_waits_for_room,
+    half_closed_writer_closed_while_a_dup_lives_does_not_spin,
     pipe_writer_close_wakes_reader,
     unregister_closed_fd_succeeds,
     closed_and_reused_fd_number_can_be_unregistered_and_registered,

@@ -220,6 +220,56 @@ mod cases {
         }
     }
 
+    /// A stop, from a callback or from another thread, reaches a host
+    /// that drives the loop with `run_once`: it sees `is_stopped` once,
+    /// and a host that goes on is not made to spin.
+    pub fn a_stop_reaches_the_host_which_may_go_on_without_spinning(kind: BackendKind) {
+        for mode in modes(kind) {
+            for from_thread in [false, true] {
+                let mut lp = EventLoop::<()>::with_backend(kind).unwrap();
+                if from_thread {
+                    let handle = lp.handle();
+                    std::thread::spawn(move || handle.stop().unwrap())
+                        .join()
+                        .unwrap();
+                } else {
+                    lp.call_soon(|lp, _| lp.stop());
+                }
+                let mut turns = 0;
+                let start = Instant::now();
+                while !lp.is_stopped() && start.elapsed() < Duration::from_secs(5) {
+                    host_turn(&mut lp, mode, Duration::from_secs(5), &mut ());
+                    turns += 1;
+                }
+                let what = format!("{kind} {mode:?} from_thread={from_thread}");
+                assert!(lp.is_stopped(), "{what}: the host never saw the stop");
+                assert!(turns <= 2, "{what}: {turns} turns to see the stop");
+                assert_eq!(lp.next_timeout(), None, "{what}");
+                // Going on: the host sleeps as it asks, and the stop is
+                // answered.
+                let start = Instant::now();
+                let mut turns = 0;
+                while start.elapsed() < Duration::from_millis(100) {
+                    host_turn(&mut lp, mode, Duration::from_millis(25), &mut ());
+                    turns += 1;
+                }
+                assert!(
+                    turns <= 6,
+                    "{what}: {turns} host turns in 100 ms after a stop"
+                );
+                assert!(!lp.is_stopped(), "{what}");
+                let t = Instant::now();
+                lp.run_once(Some(Duration::from_millis(30)), &mut ())
+                    .unwrap();
+                assert!(t.elapsed() >= Duration::from_millis(30), "{what}");
+                // And `run` still answers a new stop.
+                lp.call_soon(|lp, _| lp.stop());
+                lp.run(&mut ()).unwrap();
+                assert!(!lp.is_stopped(), "{what}");
+            }
+        }
+    }
+
     pub fn handle_call_from_another_thread_wakes_the_host(kind: BackendKind) {
         for mode in modes(kind) {
             let mut lp = EventLoop::<u32>::with_backend(kind).unwrap();
@@ -376,6 +426,7 @@ per_backend!(
     host_is_woken_by_an_inner_socket,
     inner_timer_wakes_the_host_never_early_nor_busily,
     handle_call_from_another_thread_wakes_the_host,
+    a_stop_reaches_the_host_which_may_go_on_without_spinning,
     paused_disabled_and_removed_sources_do_not_wake_the_host,
     many_ready_fds_are_dispatched_in_one_host_turn,
     a_rebuilt_kernel_set_keeps_the_backend_fd,
@@ -397,6 +448,9 @@ fn next_timeout_follows_timers_calls_and_stop() {
     lp.stop();
     assert_eq!(lp.next_timeout(), Some(Duration::ZERO));
     lp.run_once(Some(Duration::ZERO), &mut ()).unwrap();
+    // Seen: the host may sleep again.
+    assert!(lp.is_stopped());
+    assert_eq!(lp.next_timeout(), None);
     lp.handle().stop().unwrap();
     assert_eq!(lp.next_timeout(), Some(Duration::ZERO));
 }

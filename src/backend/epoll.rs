@@ -115,6 +115,7 @@ const READY_OF: [Ready; 64] = {
             bits & libc::EPOLLOUT as u32 != 0,
             bits & libc::EPOLLERR as u32 != 0,
             bits & (libc::EPOLLHUP | libc::EPOLLRDHUP) as u32 != 0,
+            bits & libc::EPOLLHUP as u32 != 0,
         );
         i += 1;
     }
@@ -344,14 +345,14 @@ mod tests {
                 Ready::READABLE | Ready::WRITABLE,
             ),
             (libc::EPOLLERR, Ready::ERROR),
-            (libc::EPOLLHUP, Ready::HUP),
+            (libc::EPOLLHUP, Ready::HUP | Ready::WRITE_CLOSED),
             (
                 libc::EPOLLRDHUP | libc::EPOLLIN,
                 Ready::HUP | Ready::READABLE,
             ),
             (
                 libc::EPOLLERR | libc::EPOLLHUP | libc::EPOLLOUT,
-                Ready::ERROR | Ready::HUP | Ready::WRITABLE,
+                Ready::ERROR | Ready::HUP | Ready::WRITE_CLOSED | Ready::WRITABLE,
             ),
             // Flags muxloop never asks for do not leak into the result.
             (

@@ -326,8 +326,13 @@ impl<K: Kernel> Backend for KqueueBackend<K> {
             } else if kev.filter == EVFILT_WRITE {
                 ready |= Ready::WRITABLE;
             }
+            // EOF on the read filter is the peer's half-close; on the write
+            // filter, no more writing (the connection is gone).
             if kev.flags & EV_EOF != 0 {
                 ready |= Ready::HUP;
+                if kev.filter == EVFILT_WRITE {
+                    ready |= Ready::WRITE_CLOSED;
+                }
             }
             if kev.flags & EV_ERROR != 0 {
                 ready |= Ready::ERROR;
@@ -566,7 +571,7 @@ mod tests {
             events,
             [
                 (Token(4), Ready::READABLE),
-                (Token(4), Ready::WRITABLE | Ready::HUP),
+                (Token(4), Ready::WRITABLE | Ready::HUP | Ready::WRITE_CLOSED),
                 (Token(4), Ready::READABLE | Ready::ERROR),
             ]
         );

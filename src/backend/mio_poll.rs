@@ -198,8 +198,11 @@ impl Backend for MioBackend {
             if ev.is_writable() {
                 ready |= Ready::WRITABLE;
             }
-            if ev.is_read_closed() || ev.is_write_closed() {
+            if ev.is_read_closed() {
                 ready |= Ready::HUP;
+            }
+            if ev.is_write_closed() {
+                ready |= Ready::HUP | Ready::WRITE_CLOSED;
             }
             if ev.is_error() {
                 ready |= Ready::ERROR;

@@ -43,9 +43,11 @@ mod uring;
 /// * be **level-triggered**: an fd that is still ready is reported again by
 ///   the next `wait`, however it is implemented underneath;
 /// * report error and hang-up conditions as [`Ready::ERROR`] /
-///   [`Ready::HUP`] (the selector turns them into readable/writable and masks
-///   them by interest), and never report a direction the fd was not added
-///   for unless one of those is set;
+///   [`Ready::HUP`] (the peer's half-close) / [`Ready::HUP`] with
+///   [`Ready::WRITE_CLOSED`] (no more writing either) — the selector turns
+///   them into readable/writable and masks them by interest —, and never
+///   report a direction the fd was not added for unless one of those is
+///   set;
 /// * leave the kernel unchanged when `add` or `modify` fails (roll back any
 ///   partial change it made);
 /// * report every ready fd of one wait in one call (no truncation), though it

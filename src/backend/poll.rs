@@ -63,6 +63,7 @@ const READY_OF: [Ready; 128] = {
             i & 0x4 != 0,
             i & (0x8 | 0x20) != 0,
             i & (0x10 | 0x40) != 0,
+            i & 0x10 != 0,
         );
         i += 1;
     }
@@ -194,11 +195,14 @@ mod tests {
             (libc::POLLIN | libc::POLLOUT, Ready::READABLE | Ready::WRITABLE),
             (libc::POLLERR, Ready::ERROR),
             (libc::POLLNVAL, Ready::ERROR),
-            (libc::POLLHUP, Ready::HUP),
-            (libc::POLLHUP | libc::POLLIN, Ready::HUP | Ready::READABLE),
+            (libc::POLLHUP, Ready::HUP | Ready::WRITE_CLOSED),
+            (
+                libc::POLLHUP | libc::POLLIN,
+                Ready::HUP | Ready::WRITE_CLOSED | Ready::READABLE,
+            ),
             (
                 libc::POLLERR | libc::POLLHUP | libc::POLLOUT,
-                Ready::ERROR | Ready::HUP | Ready::WRITABLE,
+                Ready::ERROR | Ready::HUP | Ready::WRITE_CLOSED | Ready::WRITABLE,
             ),
             // Flags muxloop never asks for do not leak into the result.
             (libc::POLLRDNORM | libc::POLLWRBAND, Ready::EMPTY),

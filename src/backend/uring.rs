@@ -34,6 +34,14 @@
 //!   (`IORING_FEAT_NODROP`, required) and the wait flushes them in before
 //!   it returns, so one wait reports every ready fd. No `DEFER_TASKRUN`
 //!   (completions would wait for the next enter), no SQPOLL.
+//! * **A half-closed peer keeps a one-shot poll completing.** The kernel
+//!   adds `POLLRDHUP` (with `POLLERR`, `POLLHUP`) to every poll's mask, so
+//!   a socket watched for writing only, its buffer full and its peer's
+//!   write side shut, completes each poll at once with nothing to report.
+//!   Such an fd is *parked*: it waits for room in a small epoll set, which
+//!   honours the mask, and the ring polls that set's fd. Costs one
+//!   `epoll_ctl` to park and an `epoll_wait(0)` per wait the set is ready;
+//!   nothing for any other fd.
 //! * **Availability.** io_uring may be missing (`ENOSYS`), blocked
 //!   (`EPERM`: seccomp, `kernel.io_uring_disabled`) or short of locked
 //!   memory (`ENOMEM`); creating the backend then fails naming the cause,
@@ -41,7 +49,7 @@
 //!   only where a probe ring could be made.
 
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
 use io_uring::{EnterFlags, IoUring, opcode, squeue, types};
@@ -57,6 +65,12 @@ const CQ_ENTRIES: u32 = 4096;
 /// `user_data` of `POLL_REMOVE` requests (their rare failure completions
 /// are ignored); generations stay below it.
 const REMOVE: u64 = 1 << 63;
+/// Bit 0 with `REMOVE` marks the poll on the parked fds' epoll set; the
+/// bits above carry the set's generation (see `Parked::poll_data`).
+const PARKED: u64 = REMOVE | 1;
+/// Poll bits that make a completion worth reporting to a registration
+/// watching for writing only (`POLLRDHUP` alone is not one).
+const WRITER_WAKES: u32 = (libc::POLLOUT | libc::POLLERR | libc::POLLHUP | libc::POLLNVAL) as u32;
 
 #[derive(Clone, Copy, PartialEq)]
 struct FdState {
@@ -67,6 +81,8 @@ struct FdState {
     armed: bool,
     /// In `arm`, waiting to be armed by the next enter.
     queued: bool,
+    /// Watched through the parked set instead of a poll request.
+    parked: bool,
 }
 
 impl FdState {
@@ -76,7 +92,33 @@ impl FdState {
         generation: 0,
         armed: false,
         queued: false,
+        parked: false,
     };
+}
+
+/// Fds watched for writing only whose polls kept completing for the
+/// always-added `POLLRDHUP`: an epoll set (level-triggered, `EPOLLOUT`)
+/// that the ring polls for readability. Made on first use.
+#[derive(Default)]
+struct Parked {
+    epfd: Option<OwnedFd>,
+    /// Live fds in the set.
+    count: usize,
+    /// The ring's poll on `epfd` is in the kernel.
+    armed: bool,
+    /// Counts the sets made: a completion of an earlier set's poll is
+    /// stale.
+    generation: u64,
+    /// Fds to park once the completion queue is released.
+    pending: Vec<RawFd>,
+    records: Vec<libc::epoll_event>,
+}
+
+impl Parked {
+    /// `user_data` of the ring's poll on this set.
+    fn poll_data(&self) -> u64 {
+        PARKED | ((self.generation & 0x3fff_ffff_ffff_ffff) << 1)
+    }
 }
 
 pub(crate) struct UringBackend {
@@ -90,6 +132,7 @@ pub(crate) struct UringBackend {
     /// `user_data` of requests to remove at the next enter.
     remove: Vec<u64>,
     no_iowait: bool,
+    parked: Parked,
     host: HostFd,
     /// `sys::forks()` when the ring was made: in a forked child the ring's
     /// memory is not mapped (`dontfork`), and using it would fault.
@@ -118,6 +161,7 @@ fn ready_of(revents: u32) -> Ready {
         has(libc::POLLOUT),
         has(libc::POLLERR),
         has(libc::POLLHUP | libc::POLLRDHUP),
+        has(libc::POLLHUP),
     );
     if has(libc::POLLNVAL) {
         ready |= Ready::ERROR;
@@ -186,6 +230,7 @@ impl UringBackend {
             arm: Vec::new(),
             remove: Vec::new(),
             no_iowait,
+            parked: Parked::default(),
             forks: sys::forks(),
         })
     }
@@ -242,6 +287,7 @@ impl UringBackend {
                 generation,
                 armed: false,
                 queued: false,
+                parked: false,
             },
         );
         self.queue_arm(fd);
@@ -277,7 +323,118 @@ impl UringBackend {
             self.push(&entry)?;
         }
         self.arm.clear();
+        if self.parked.count > 0 && !self.parked.armed {
+            if let Some(epfd) = &self.parked.epfd {
+                let entry = opcode::PollAdd::new(types::Fd(epfd.as_raw_fd()), libc::POLLIN as u32)
+                    .build()
+                    .user_data(self.parked.poll_data());
+                self.parked.armed = true;
+                self.push(&entry)?;
+            }
+        }
         Ok(())
+    }
+
+    /// Moves `fd` from poll requests to the parked set, where it waits for
+    /// room (or an error or hang-up) without the always-added `POLLRDHUP`.
+    fn park(&mut self, fd: RawFd) {
+        let Some(st) = self.fds.get_mut(fd) else {
+            return;
+        };
+        if st.parked || st.armed || st.interest.is_readable() {
+            return; // changed since its completion
+        }
+        let ud = data(fd, st.generation);
+        if self.parked.epfd.is_none() {
+            match sys::epoll_create() {
+                Ok(epfd) => {
+                    self.parked.epfd = Some(epfd);
+                    self.parked.generation += 1;
+                }
+                Err(e) => {
+                    log::warn!("backend=uring fd={fd} cannot park a half-closed writer: {e}");
+                    return;
+                }
+            }
+        }
+        let epfd = self.parked.epfd.as_ref().expect("made above");
+        let events = (libc::EPOLLOUT) as u32;
+        if let Err(e) = sys::epoll_ctl(epfd, libc::EPOLL_CTL_ADD, fd, events, ud) {
+            // Watched by polls as before (correct, only not quiet).
+            log::warn!("backend=uring fd={fd} cannot park a half-closed writer: {e}");
+            return;
+        }
+        log::trace!("backend=uring fd={fd} parked (peer half-closed, watched for writing)");
+        let st = self.state(fd);
+        st.parked = true;
+        st.queued = false; // no poll request for it from now on
+        self.parked.count += 1;
+    }
+
+    /// Takes `fd` out of the parked set (before a change or a delete).
+    fn unpark(&mut self, fd: RawFd) {
+        let st = self.state(fd);
+        if !st.parked {
+            return;
+        }
+        st.parked = false;
+        self.parked.count -= 1;
+        if let Some(epfd) = &self.parked.epfd {
+            // Fails only if the fd was closed first: then the kernel dropped
+            // it, or a duplicate keeps it, which `collect_parked` notices.
+            if let Err(e) = sys::epoll_ctl(epfd, libc::EPOLL_CTL_DEL, fd, 0, 0) {
+                log::debug!("backend=uring fd={fd} unpark: {e}");
+            }
+        }
+    }
+
+    /// Reports the parked fds that are ready (the set's poll completed).
+    fn collect_parked(&mut self, events: &mut Vec<(Token, Ready)>) {
+        let Some(epfd) = &self.parked.epfd else {
+            return;
+        };
+        let records = &mut self.parked.records;
+        records.clear();
+        records.reserve(self.parked.count.max(16));
+        if let Err(e) = sys::epoll_wait(epfd, records, Some(Duration::ZERO)) {
+            log::warn!("backend=uring reading the parked set: {e}");
+            return;
+        }
+        let mut orphans = false;
+        for rec in records.iter() {
+            let ud = rec.u64;
+            let fd = (ud & 0xffff_ffff) as u32 as RawFd;
+            match self.fds.get(fd) {
+                Some(st) if st.parked && data(fd, st.generation) == ud => {
+                    events.push((st.token, ready_of(rec.events)));
+                }
+                // A registration the kernel kept after its fd was closed
+                // while a duplicate lives: it cannot be deleted by number.
+                _ => orphans = true,
+            }
+        }
+        if orphans {
+            self.rebuild_parked();
+        }
+    }
+
+    /// A fresh parked set holding exactly the live parked fds.
+    fn rebuild_parked(&mut self) {
+        log::debug!("backend=uring rebuilding the parked set (an fd was closed while parked)");
+        if self.parked.armed {
+            self.remove.push(self.parked.poll_data());
+        }
+        self.parked.epfd = None;
+        self.parked.armed = false;
+        let parked: Vec<RawFd> = self.fds.iter().filter(|(_, st)| st.parked).map(|(fd, _)| fd).collect();
+        self.parked.count = 0;
+        for fd in parked {
+            self.state(fd).parked = false;
+            self.park(fd);
+            if !self.state(fd).parked {
+                self.queue_arm(fd); // could not park: back to polls
+            }
+        }
     }
 
     fn push(&mut self, entry: &squeue::Entry) -> io::Result<()> {
@@ -311,13 +468,20 @@ impl UringBackend {
     /// armed again; with `events`, also reports them (completions that came
     /// during the enter are as fresh as a wait's answer).
     fn reap(&mut self, mut events: Option<&mut Vec<(Token, Ready)>>) {
+        let mut parked_ready = false;
         loop {
             let mut cq = self.ring.completion();
             cq.sync();
             for cqe in &mut cq {
                 let ud = cqe.user_data();
                 if ud & REMOVE != 0 {
-                    continue; // a removal that found its poll already done
+                    if ud & PARKED == PARKED && ud == self.parked.poll_data() && self.parked.armed {
+                        // The parked set has ready fds (or had, for a
+                        // completion from before this wait: armed again).
+                        self.parked.armed = false;
+                        parked_ready = events.is_some();
+                    }
+                    continue; // or a removal that found its poll already done
                 }
                 let fd = (ud & 0xffff_ffff) as u32 as RawFd;
                 let generation = (ud >> 32) as u32;
@@ -329,6 +493,13 @@ impl UringBackend {
                 }
                 st.armed = false;
                 let res = cqe.result();
+                if res >= 0 && res as u32 & WRITER_WAKES == 0 && !st.interest.is_readable() {
+                    // Nothing a writer waits for: the always-added
+                    // POLLRDHUP (a half-closed peer), which would complete
+                    // every poll at once.
+                    self.parked.pending.push(fd);
+                    continue;
+                }
                 let ready = if res >= 0 {
                     ready_of(res as u32)
                 } else if res == -libc::ECANCELED {
@@ -349,14 +520,25 @@ impl UringBackend {
                 }
             }
             drop(cq);
+            while let Some(fd) = self.parked.pending.pop() {
+                self.park(fd);
+                if !self.state(fd).parked {
+                    self.queue_arm(fd);
+                }
+            }
             // Completions the kernel kept aside while the queue was full:
             // bring them in, so this wait reports every ready fd.
             if !self.ring.submission().cq_overflow() {
-                return;
+                break;
             }
             if let Err(e) = self.submit_now() {
                 log::warn!("backend=uring flushing overflowed completions: {e}");
-                return;
+                break;
+            }
+        }
+        if parked_ready {
+            if let Some(events) = events {
+                self.collect_parked(events);
             }
         }
     }
@@ -380,6 +562,7 @@ impl Backend for UringBackend {
     }
 
     fn modify(&mut self, fd: RawFd, token: Token, _: Interest, new: Interest) -> io::Result<()> {
+        self.unpark(fd);
         self.disarm(fd);
         let generation = self.next_generation();
         let st = self.state(fd);
@@ -391,6 +574,7 @@ impl Backend for UringBackend {
     }
 
     fn delete(&mut self, fd: RawFd, _: Token, _: Interest) -> io::Result<()> {
+        self.unpark(fd);
         self.disarm(fd);
         self.fds.remove(fd);
         Ok(())
@@ -460,7 +644,9 @@ impl Backend for UringBackend {
     }
 
     fn has_deferred(&self) -> bool {
-        !self.arm.is_empty() || !self.remove.is_empty()
+        !self.arm.is_empty()
+            || !self.remove.is_empty()
+            || (self.parked.count > 0 && !self.parked.armed)
     }
 
     /// The ring's memory is not mapped in a child (`dontfork`), and its fd
@@ -480,6 +666,12 @@ impl Backend for UringBackend {
         self.fds.clear();
         self.arm.clear();
         self.remove.clear();
+        // The parked set is shared with the parent: closing this process's
+        // reference leaves the parent's intact; the re-added fds start over.
+        self.parked = Parked {
+            generation: self.parked.generation + 1,
+            ..Parked::default()
+        };
         // Without the fd check: one closed meanwhile stays registered with
         // the selector, and its poll fails in its completion (an error
         // event), as poll(2) reports POLLNVAL.

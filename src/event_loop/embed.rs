@@ -60,7 +60,8 @@ impl<S> EventLoop<S> {
     /// How long a host may sleep before it must call
     /// [`run_once`](EventLoop::run_once) even if the
     /// [backend fd](EventLoop::backend_fd) stays quiet: the time to the
-    /// next timer; `Some(ZERO)` when calls are queued, a stop is pending,
+    /// next timer; `Some(ZERO)` when calls are queued, a stop is pending
+    /// (one no iteration has seen yet: see [`stop`](EventLoop::stop)),
     /// or (once the [backend fd](EventLoop::backend_fd) was taken) changes
     /// made outside an iteration still have to reach the kernel;
     /// `None` when only I/O, a [`LoopHandle`](crate::LoopHandle) or a signal
@@ -85,7 +86,7 @@ impl<S> EventLoop<S> {
     /// ```
     pub fn next_timeout(&self) -> Option<Duration> {
         if !self.soon.is_empty()
-            || self.stopped
+            || self.stop_pending()
             || self.remote.stop.load(Ordering::Acquire)
             || (self.host_polls.get() && (self.parked_live > 0 || self.selector.needs_flush()))
         {

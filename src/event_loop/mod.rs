@@ -140,7 +140,11 @@ pub struct EventLoop<S = ()> {
     /// Children not in `children` and not yet reported: watched by a pidfd
     /// source, or reaped already and waiting for their callback.
     unlisted_children: usize,
+    /// A stop was requested (`stopped`) and an iteration has run since
+    /// (`stop_seen`): a seen stop no longer shortens waits, and the next
+    /// `run_once` or `run` clears it.
     stopped: bool,
+    stop_seen: bool,
     /// An iteration is under way (its callbacks may not start another).
     iterating: bool,
     /// A callback panicked: the iteration it was in never finished, and
@@ -219,6 +223,7 @@ impl<S> EventLoop<S> {
             children: Vec::new(),
             unlisted_children: 0,
             stopped: false,
+            stop_seen: false,
             iterating: false,
             poisoned: Default::default(),
             before_sleep: None,

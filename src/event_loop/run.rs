@@ -56,14 +56,57 @@ impl<S> EventLoop<S> {
     /// Makes [`run`](EventLoop::run) return after the current iteration.
     /// Called before `run`, it makes the next `run` poll once without
     /// waiting, run what is ready and due, and return (asyncio's rule).
+    ///
+    /// For a loop driven by [`run_once`](EventLoop::run_once) (embedded in
+    /// a host's loop) a stop is a message to the host: the iteration that
+    /// sees it does not wait, and when that `run_once` returns
+    /// [`is_stopped`](EventLoop::is_stopped) is true. The host then drops
+    /// the loop, or goes on: the stop no longer shortens anything
+    /// ([`next_timeout`](EventLoop::next_timeout) is as without it), and
+    /// the next `run_once` clears it and waits as asked. A host that never
+    /// looks does not spin.
     pub fn stop(&mut self) {
         self.stopped = true;
+        self.stop_seen = false;
     }
 
-    /// Whether [`stop`](EventLoop::stop) was called and `run` has not yet
-    /// returned for it.
+    /// Whether [`stop`](EventLoop::stop) (or
+    /// [`LoopHandle::stop`](crate::LoopHandle::stop)) was called and not
+    /// yet answered: `run` returning for it clears it, and for a loop
+    /// driven by [`run_once`](EventLoop::run_once), the `run_once` after
+    /// the one that saw it.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use muxloop::EventLoop;
+    /// use std::time::Duration;
+    ///
+    /// let mut lp = EventLoop::<()>::new()?;
+    /// lp.call_soon(|lp, _| lp.stop());
+    /// lp.run_once(Some(Duration::ZERO), &mut ())?;
+    /// assert!(lp.is_stopped()); // the host sees it
+    /// assert_eq!(lp.next_timeout(), None); // and is not made to spin
+    /// lp.run_once(Some(Duration::ZERO), &mut ())?; // going on clears it
+    /// assert!(!lp.is_stopped());
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn is_stopped(&self) -> bool {
         self.stopped
+    }
+
+    /// A requested stop no iteration has run with yet: the next wait is
+    /// zero.
+    pub(super) fn stop_pending(&self) -> bool {
+        self.stopped && !self.stop_seen
+    }
+
+    /// Clears a stop an earlier `run_once` already reported.
+    fn clear_seen_stop(&mut self) {
+        if self.stop_seen {
+            self.stopped = false;
+            self.stop_seen = false;
+        }
     }
 
     /// Runs iterations until [`stop`](EventLoop::stop) (or
@@ -92,6 +135,7 @@ impl<S> EventLoop<S> {
     /// ```
     pub fn run(&mut self, state: &mut S) -> io::Result<()> {
         self.check_runnable()?;
+        self.clear_seen_stop();
         log::debug!("loop=run backend={}", self.backend_name());
         let res = loop {
             if let Err(e) = self.iterate(Wait::Kernel(None), state) {
@@ -102,6 +146,7 @@ impl<S> EventLoop<S> {
             }
         };
         self.stopped = false;
+        self.stop_seen = false;
         log::debug!("loop=stopped");
         res
     }
@@ -143,8 +188,12 @@ impl<S> EventLoop<S> {
     /// `run_once` return `ResourceBusy` saying so. Drop the loop (its
     /// sources are closed).
     pub fn run_once(&mut self, timeout: Option<Duration>, state: &mut S) -> io::Result<usize> {
+        self.check_runnable()?;
+        self.clear_seen_stop();
         let before = self.callbacks_run();
-        self.iterate(Wait::Kernel(timeout), state)?;
+        let res = self.iterate(Wait::Kernel(timeout), state);
+        self.stop_seen = self.stopped;
+        res?;
         self.flush_for_host()?;
         Ok((self.callbacks_run() - before) as usize)
     }
@@ -192,8 +241,12 @@ impl<S> EventLoop<S> {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn run_ready(&mut self, observed: &[(RawFd, Ready)], state: &mut S) -> io::Result<usize> {
+        self.check_runnable()?;
+        self.clear_seen_stop();
         let before = self.callbacks_run();
-        self.iterate(Wait::Observed(observed), state)?;
+        let res = self.iterate(Wait::Observed(observed), state);
+        self.stop_seen = self.stopped;
+        res?;
         self.flush_changes()?;
         Ok((self.callbacks_run() - before) as usize)
     }
@@ -256,7 +309,7 @@ impl<S> EventLoop<S> {
                 return Ok(());
             }
         };
-        let timeout = if !self.soon.is_empty() || self.stopped {
+        let timeout = if !self.soon.is_empty() || self.stop_pending() {
             Some(Duration::ZERO)
         } else {
             match self.timers.next_deadline() {

@@ -79,6 +79,46 @@ pub fn pair() -> (UnixStream, UnixStream) {
     (a, b)
 }
 
+/// A connected, non-blocking TCP pair on loopback.
+pub fn tcp_pair() -> (std::net::TcpStream, std::net::TcpStream) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let a = std::net::TcpStream::connect(listener.local_addr().unwrap()).expect("connect");
+    let (b, _) = listener.accept().expect("accept");
+    a.set_nonblocking(true).unwrap();
+    b.set_nonblocking(true).unwrap();
+    (a, b)
+}
+
+/// Shutting a stream socket's write side down, for both socket kinds.
+pub trait HalfClose {
+    fn shut_write(&self);
+}
+
+impl HalfClose for UnixStream {
+    fn shut_write(&self) {
+        self.shutdown(std::net::Shutdown::Write).expect("shutdown");
+    }
+}
+
+impl HalfClose for std::net::TcpStream {
+    fn shut_write(&self) {
+        self.shutdown(std::net::Shutdown::Write).expect("shutdown");
+    }
+}
+
+/// Writes until a non-blocking stream's buffers are full; the byte count.
+pub fn fill_any(s: &mut impl Write) -> usize {
+    let buf = [0x5a; 65536];
+    let mut total = 0;
+    loop {
+        match s.write(&buf) {
+            Ok(n) => total += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return total,
+            Err(e) => panic!("fill: {e}"),
+        }
+    }
+}
+
 /// A non-blocking pipe: (read end, write end).
 pub fn pipe() -> (OwnedFd, OwnedFd) {
     let mut fds = [0; 2];
@@ -109,15 +149,7 @@ pub fn renumber(sock: UnixStream, number: RawFd) -> UnixStream {
 
 /// Writes until the socket's buffer is full.
 pub fn fill(s: &mut UnixStream) -> usize {
-    let buf = [0x5a; 65536];
-    let mut total = 0;
-    loop {
-        match s.write(&buf) {
-            Ok(n) => total += n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return total,
-            Err(e) => panic!("fill: {e}"),
-        }
-    }
+    fill_any(s)
 }
 
 /// Reads until the socket would block; returns the byte count.
