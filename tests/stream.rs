@@ -417,6 +417,42 @@ mod cases {
         );
     }
 
+    /// Reading paused, the peer resets, and only then the protocol closes
+    /// (nothing pending): the close ends with `None` or the reset, never
+    /// with the `NotConnected` of shutdown(2) on a reset socket.
+    pub fn close_after_an_unread_reset_ends_with_none_or_the_reset(kind: BackendKind) {
+        for write_eof in [false, true] {
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let peer = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+            let (a, _) = listener.accept().unwrap();
+            a.set_nonblocking(true).unwrap();
+            let mut lp = new_loop(kind);
+            let mut p = Probe::new("c");
+            p.on_made = Some(Box::new(|t, _| t.pause_reading()));
+            let id = stream::attach(&mut lp, a, p).unwrap();
+            let mut log = Log::default();
+            lp.run_once(Some(Duration::ZERO), &mut log).unwrap();
+            linger_zero(&peer);
+            drop(peer); // RST, unread: nobody watches the socket
+            for _ in 0..3 {
+                lp.run_once(Some(Duration::from_millis(10)), &mut log)
+                    .unwrap();
+            }
+            if write_eof {
+                stream::with_transport(&mut lp, id, |t| t.write_eof());
+            } else {
+                stream::close(&mut lp, id);
+            }
+            run_until(&mut lp, &mut log, |l| l.lost("c"));
+            let events = log.of("c");
+            assert_order(&events);
+            let last = events.last().unwrap();
+            let ok = *last == Ev::Lost(None)
+                || *last == Ev::Lost(Some(io::ErrorKind::ConnectionReset));
+            assert!(ok, "write_eof={write_eof}: {events:?}");
+        }
+    }
+
     pub fn half_open_keeps_writing_after_the_peers_eof(kind: BackendKind) {
         let (a, mut peer) = conn_pair();
         let mut lp = new_loop(kind);
@@ -855,6 +891,7 @@ per_backend!(
     invalid_watermarks_are_refused,
     abort_drops_the_buffer_and_closes_at_once,
     a_reset_reaches_connection_lost_as_an_error,
+    close_after_an_unread_reset_ends_with_none_or_the_reset,
     half_open_keeps_writing_after_the_peers_eof,
     write_eof_half_closes_and_reading_goes_on,
     pause_reading_is_idempotent_and_loses_nothing,

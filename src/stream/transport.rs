@@ -343,6 +343,25 @@ impl<S> Io<S> {
         }
     }
 
+    /// shutdown(2) failed. On a socket the peer reset (`ENOTCONN`) the
+    /// reason is the reset, while the socket still holds it; after a close
+    /// with nothing pending there is then nothing to report: the peer is
+    /// gone, and nothing it could read is left to lose.
+    #[inline(never)]
+    fn shutdown_failed(&mut self, e: io::Error) {
+        if e.raw_os_error() == Some(libc::ENOTCONN) {
+            match crate::sys::take_socket_error(self.sock.as_fd().as_raw_fd()) {
+                Ok(Some(reset)) => return self.fail(reset),
+                _ if self.is(CLOSING) => {
+                    log::debug!("stream=closed peer already gone");
+                    return self.set(LINGER_OVER);
+                }
+                _ => {}
+            }
+        }
+        self.fail(e)
+    }
+
     /// Writes `bufs` at once if nothing is pending, buffering the rest.
     /// One buffer, the common case: straight to the socket when nothing
     /// is pending, no slices to build.
@@ -806,9 +825,9 @@ impl<S: 'static> Connection<S> {
         if (io.is(EOF_WANTED) || io.is(CLOSING)) && !io.is(EOF_SENT) && flushed {
             io.set(EOF_SENT);
             if let Err(e) = io.sock.shutdown_write() {
-                io.fail(e);
+                io.shutdown_failed(e);
             }
-            if io.is(CLOSING) && !io.is(EOF_RECEIVED) && !io.finishing() {
+            if io.is(CLOSING) && !io.is(EOF_RECEIVED | LINGER_OVER) && !io.finishing() {
                 io.timers.push(linger(lp, id));
             }
         }
