@@ -40,12 +40,19 @@ struct Args {
     /// Run for this many seconds instead of a fixed count.
     #[arg(long)]
     duration: Option<f64>,
+    /// Short connections: each round trip on a connection of its own
+    /// (connect, send, read the echo, close), as HTTP with
+    /// `Connection: close` does.
+    #[arg(long)]
+    short: bool,
     /// The load generator's own backend.
     #[arg(long, default_value_t = BackendKind::platform_default())]
     backend: BackendKind,
 }
 
 struct Load {
+    addr: SocketAddr,
+    short: bool,
     size: usize,
     count: u64,
     deadline: Option<Instant>,
@@ -169,6 +176,13 @@ fn on_event(
         st.finished += 1;
         return PostAction::Remove;
     }
+    if st.short {
+        // This connection is done; the next round trip gets a new one.
+        if let Err(e) = start_conn(lp, st, c.id, c.k) {
+            return fail(lp, st, format!("conn {}: reconnect: {e}", c.id));
+        }
+        return PostAction::Remove;
+    }
     c.next_message(st.size);
     match c.flush(sock) {
         Ok(true) => PostAction::Continue,
@@ -178,6 +192,43 @@ fn on_event(
         },
         Err(e) => fail(lp, st, format!("conn {}: write: {e}", c.id)),
     }
+}
+
+/// Connects connection `id` for its message `k` and sends it.
+fn start_conn(lp: &mut EventLoop<Load>, st: &Load, id: usize, k: u64) -> io::Result<()> {
+    let sock = TcpStream::connect(st.addr)?;
+    sock.set_nodelay(true)?;
+    sock.set_nonblocking(true)?;
+    watch(lp, sock, id, k, st.size, Instant::now())
+}
+
+/// Sends message `k` of connection `id` and watches for the echo.
+fn watch(
+    lp: &mut EventLoop<Load>,
+    mut sock: TcpStream,
+    id: usize,
+    k: u64,
+    size: usize,
+    now: Instant,
+) -> io::Result<()> {
+    let mut c = Conn {
+        id,
+        k,
+        out: Vec::with_capacity(size),
+        sent: 0,
+        received: 0,
+        sent_at: now,
+    };
+    c.next_message(size);
+    let interest = if c.flush(&mut sock)? {
+        Interest::READABLE
+    } else {
+        Interest::WRITABLE
+    };
+    lp.add(sock, interest, move |lp, sock, ev, st| {
+        on_event(&mut c, lp, sock, ev, st)
+    })?;
+    Ok(())
 }
 
 fn raise_fd_limit() {
@@ -208,6 +259,8 @@ fn main() -> io::Result<()> {
     }
     let mut lp = EventLoop::<Load>::with_backend(args.backend)?;
     let mut st = Load {
+        addr: args.addr,
+        short: args.short,
         size: args.size,
         count: args.count,
         deadline: None,
@@ -225,24 +278,8 @@ fn main() -> io::Result<()> {
     }
     let start = Instant::now();
     st.deadline = args.duration.map(|d| start + Duration::from_secs_f64(d));
-    for (id, mut sock) in socks.into_iter().enumerate() {
-        let mut c = Conn {
-            id,
-            k: 0,
-            out: Vec::with_capacity(args.size),
-            sent: 0,
-            received: 0,
-            sent_at: start,
-        };
-        c.next_message(args.size);
-        let interest = if c.flush(&mut sock)? {
-            Interest::READABLE
-        } else {
-            Interest::WRITABLE
-        };
-        lp.add(sock, interest, move |lp, sock, ev, st| {
-            on_event(&mut c, lp, sock, ev, st)
-        })?;
+    for (id, sock) in socks.into_iter().enumerate() {
+        watch(&mut lp, sock, id, 0, args.size, start)?;
     }
     // A hard stop, whatever the server does.
     let limit = args.duration.map_or(Duration::from_secs(600), |d| {
@@ -263,10 +300,11 @@ fn main() -> io::Result<()> {
     drop(idle);
     let h = &st.hist;
     println!(
-        "RESULT load conns={} idle={} size={} round_trips={} secs={:.3} rt_per_s={:.0} p50_us={} p99_us={} p999_us={} max_us={} errors={}",
+        "RESULT load conns={} idle={} size={} short={} round_trips={} secs={:.3} rt_per_s={:.0} p50_us={} p99_us={} p999_us={} max_us={} errors={}",
         args.conns,
         args.idle,
         args.size,
+        args.short,
         st.round_trips,
         secs,
         st.round_trips as f64 / secs,

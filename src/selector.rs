@@ -176,6 +176,9 @@ pub struct Selector<T> {
     round: u64,
     /// The last round in which a stale record made the backend purge.
     purged: u64,
+    /// An `unregister_closing` left its delete with the backend (uring
+    /// queues the cancel of the fd's poll, which holds the file open).
+    closing_deferred: bool,
 }
 
 fn closed_error() -> io::Error {
@@ -256,6 +259,7 @@ impl<T> Selector<T> {
             raw: Vec::new(),
             round: 0,
             purged: 0,
+            closing_deferred: false,
         }
     }
 
@@ -400,6 +404,42 @@ impl<T> Selector<T> {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn unregister(&mut self, fd: RawFd) -> io::Result<SelectorKey<T>> {
+        self.unregister_as(fd, false)
+    }
+
+    /// [`unregister`](Selector::unregister) for an fd the caller closes
+    /// right after (Python's rule: unregister, then close). A backend that
+    /// batches deletes (epoll) applies this one at once, while the number
+    /// still names the file, instead of failing after the close or, where
+    /// a duplicate keeps the file open, leaving a registration no call can
+    /// reach. Costs the one system call the deferred delete would have.
+    /// On uring the cancel of the fd's poll request, which keeps the file
+    /// open, is queued: the next `select` or [`flush`](Selector::flush)
+    /// submits it, so a peer sees the close then.
+    ///
+    /// # Errors
+    ///
+    /// As [`unregister`](Selector::unregister).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use muxloop::{Interest, Selector};
+    /// use std::os::fd::AsRawFd;
+    /// use std::os::unix::net::UnixStream;
+    ///
+    /// let (a, _b) = UnixStream::pair()?;
+    /// let mut sel = Selector::new()?;
+    /// sel.register(a.as_raw_fd(), Interest::READABLE, ())?;
+    /// sel.unregister_closing(a.as_raw_fd())?;
+    /// drop(a);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn unregister_closing(&mut self, fd: RawFd) -> io::Result<SelectorKey<T>> {
+        self.unregister_as(fd, true)
+    }
+
+    fn unregister_as(&mut self, fd: RawFd, closing: bool) -> io::Result<SelectorKey<T>> {
         if self.backend.is_none() {
             return Err(closed_error());
         }
@@ -411,7 +451,10 @@ impl<T> Selector<T> {
         if self.slots[index].key.suspended {
             log::trace!("selector=unregister backend={} fd={fd} suspended", self.name);
         } else {
-            self.backend_delete("unregister", fd, token, interest)?;
+            self.backend_delete("unregister", fd, token, interest, closing)?;
+            if closing && self.needs_flush() {
+                self.closing_deferred = true;
+            }
         }
         Ok(self.forget(index))
     }
@@ -425,9 +468,16 @@ impl<T> Selector<T> {
         fd: RawFd,
         token: Token,
         interest: Interest,
+        closing: bool,
     ) -> io::Result<()> {
         let name = self.name;
-        match self.backend()?.delete(fd, token, interest) {
+        let backend = self.backend()?;
+        let res = if closing {
+            backend.delete_closing(fd, token, interest)
+        } else {
+            backend.delete(fd, token, interest)
+        };
+        match res {
             Ok(()) => log::trace!("selector={what} backend={name} fd={fd}"),
             Err(e) if matches!(e.raw_os_error(), Some(libc::EBADF | libc::ENOENT)) => {
                 log::debug!("selector={what} backend={name} fd={fd} already gone in kernel: {e}");
@@ -528,7 +578,7 @@ impl<T> Selector<T> {
         }
         let (fd, interest) = (key.fd, key.interest);
         let ktoken = self.slots[index].ktoken;
-        self.backend_delete("suspend", fd, ktoken, interest)?;
+        self.backend_delete("suspend", fd, ktoken, interest, false)?;
         self.slots[index].key.suspended = true;
         Ok(())
     }
@@ -768,6 +818,16 @@ impl<T> Selector<T> {
     /// The backend's error; an error if the selector is closed.
     pub fn flush(&mut self) -> io::Result<()> {
         self.backend()?.flush()
+    }
+
+    /// Flushes the backend if an `unregister_closing` left a delete
+    /// queued there, so the closed file is released now and not at the
+    /// next wait (the event loop calls it after each iteration).
+    pub(crate) fn flush_closing(&mut self) -> io::Result<()> {
+        if std::mem::take(&mut self.closing_deferred) {
+            self.flush()?;
+        }
+        Ok(())
     }
 
     /// Whether [`flush`](Selector::flush) has something to apply.

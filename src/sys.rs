@@ -683,9 +683,9 @@ pub(crate) fn read(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
 
 /// `send`'s flags: never SIGPIPE where the flag exists (elsewhere the
 /// socket gets `SO_NOSIGPIPE` instead, see `no_sigpipe`).
-#[cfg(not(any(target_os = "macos", target_os = "ios", target_os = "tvos", target_os = "watchos")))]
+#[cfg(not(muxloop_apple))]
 const SEND_FLAGS: libc::c_int = libc::MSG_NOSIGNAL;
-#[cfg(any(target_os = "macos", target_os = "ios", target_os = "tvos", target_os = "watchos"))]
+#[cfg(muxloop_apple)]
 const SEND_FLAGS: libc::c_int = 0;
 
 /// send(2) of `buf` on a connected socket, returning `EPIPE` instead of
@@ -750,7 +750,7 @@ pub(crate) fn send_vectored(fd: RawFd, bufs: &[std::io::IoSlice<'_>]) -> io::Res
 
 /// Sets `SO_NOSIGPIPE` where sends have no `MSG_NOSIGNAL`; nothing elsewhere.
 pub(crate) fn no_sigpipe(fd: RawFd) -> io::Result<()> {
-    #[cfg(any(target_os = "macos", target_os = "ios", target_os = "tvos", target_os = "watchos"))]
+    #[cfg(muxloop_apple)]
     {
         let on: libc::c_int = 1;
         // SAFETY: `on` is a live c_int and the length says so.
@@ -869,7 +869,7 @@ pub(crate) fn stream_socket(family: libc::c_int) -> io::Result<OwnedFd> {
     Ok(fd)
 }
 
-#[cfg(any(target_os = "linux", target_os = "android", target_os = "freebsd", target_os = "netbsd", target_os = "openbsd", target_os = "dragonfly"))]
+#[cfg(muxloop_sock_flags)]
 fn new_stream_socket(family: libc::c_int) -> io::Result<OwnedFd> {
     // SAFETY: no pointers involved.
     let fd = syscall!(socket(
@@ -880,7 +880,7 @@ fn new_stream_socket(family: libc::c_int) -> io::Result<OwnedFd> {
     Ok(owned(fd))
 }
 
-#[cfg(not(any(target_os = "linux", target_os = "android", target_os = "freebsd", target_os = "netbsd", target_os = "openbsd", target_os = "dragonfly")))]
+#[cfg(not(muxloop_sock_flags))]
 fn new_stream_socket(family: libc::c_int) -> io::Result<OwnedFd> {
     // SAFETY: no pointers involved.
     let fd = owned(syscall!(socket(family, libc::SOCK_STREAM, 0))?);
@@ -889,6 +889,58 @@ fn new_stream_socket(family: libc::c_int) -> io::Result<OwnedFd> {
     // SAFETY: as above.
     syscall!(fcntl(fd.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC))?;
     Ok(fd)
+}
+
+/// Accepts a TCP connection on the listening socket `fd` as a
+/// non-blocking, close-on-exec socket (one `accept4`, where std's accept
+/// needs an `ioctl(FIONBIO)` after it), with the peer's address.
+#[cfg(muxloop_sock_flags)]
+pub(crate) fn accept_inet(fd: RawFd) -> io::Result<(OwnedFd, std::net::SocketAddr)> {
+    // SAFETY: a zeroed sockaddr_storage is a valid, empty address.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: `storage` and `len` are live and describe the buffer the
+    // kernel may write the address into.
+    let conn = syscall!(accept4(
+        fd,
+        (&mut storage as *mut libc::sockaddr_storage).cast(),
+        &mut len,
+        libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC
+    ))?;
+    let conn = owned(conn);
+    let peer = inet_of(&storage).ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("accept returned an address of family {}, not IPv4 or IPv6", storage.ss_family),
+        )
+    })?;
+    Ok((conn, peer))
+}
+
+/// The IPv4 or IPv6 address in `storage`, if it holds one.
+#[cfg(muxloop_sock_flags)]
+fn inet_of(storage: &libc::sockaddr_storage) -> Option<std::net::SocketAddr> {
+    match libc::c_int::from(storage.ss_family) {
+        libc::AF_INET => {
+            // SAFETY: the family says the storage holds a sockaddr_in, and
+            // sockaddr_storage is large and aligned enough for it.
+            let sin = unsafe { &*(storage as *const _ as *const libc::sockaddr_in) };
+            let ip = std::net::Ipv4Addr::from(sin.sin_addr.s_addr.to_ne_bytes());
+            Some(std::net::SocketAddr::from((ip, u16::from_be(sin.sin_port))))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: as above, for sockaddr_in6.
+            let sin6 = unsafe { &*(storage as *const _ as *const libc::sockaddr_in6) };
+            let ip = std::net::Ipv6Addr::from(sin6.sin6_addr.s6_addr);
+            Some(std::net::SocketAddr::V6(std::net::SocketAddrV6::new(
+                ip,
+                u16::from_be(sin6.sin6_port),
+                sin6.sin6_flowinfo,
+                sin6.sin6_scope_id,
+            )))
+        }
+        _ => None,
+    }
 }
 
 /// The pending error of a socket (`SO_ERROR`, which reading clears): how a
@@ -915,13 +967,13 @@ pub(crate) fn take_socket_error(fd: RawFd) -> io::Result<Option<io::Error>> {
 /// it referred to, atomically), then closes `fresh`: the kernel object is
 /// replaced while the number a host watches stays the same.
 pub(crate) fn replace_fd(target: RawFd, fresh: OwnedFd) -> io::Result<()> {
-    #[cfg(any(target_os = "linux", target_os = "android", target_os = "freebsd", target_os = "netbsd", target_os = "openbsd", target_os = "dragonfly"))]
+    #[cfg(muxloop_sock_flags)]
     {
         // SAFETY: dup3 only manipulates the descriptor table; `fresh` is
         // live and `target` is a number the caller owns.
         syscall!(dup3(fresh.as_raw_fd(), target, libc::O_CLOEXEC))?;
     }
-    #[cfg(not(any(target_os = "linux", target_os = "android", target_os = "freebsd", target_os = "netbsd", target_os = "openbsd", target_os = "dragonfly")))]
+    #[cfg(not(muxloop_sock_flags))]
     {
         // SAFETY: as above, for dup2.
         syscall!(dup2(fresh.as_raw_fd(), target))?;

@@ -272,6 +272,57 @@ mod cases {
         drop(dup);
     }
 
+    /// A source the loop drops (its callback returns `Remove`, or it is
+    /// discarded) leaves the kernel's set before its fd is closed: a
+    /// duplicate that keeps the file open and ready leaves no registration
+    /// behind for the backend to purge.
+    pub fn a_source_the_loop_closes_leaves_the_kernel_set_first(kind: BackendKind) {
+        #[derive(Default)]
+        struct Purges(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+        impl Hooks for Purges {
+            fn before(&mut self, call: Call) -> std::io::Result<()> {
+                if call == Call::Purge {
+                    self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+                Ok(())
+            }
+        }
+        for by_callback in [true, false] {
+            let purges = Purges::default();
+            let count = purges.0.clone();
+            init_logging();
+            let mut lp =
+                EventLoop::<()>::from_backend(Box::new(Hooked::new(kind, purges))).unwrap();
+            let (a, mut b) = pair();
+            let dup = a.try_clone().unwrap();
+            let id = lp
+                .add(a, Interest::READABLE, move |_, _, _, _| {
+                    if by_callback {
+                        PostAction::Remove
+                    } else {
+                        PostAction::Continue
+                    }
+                })
+                .unwrap();
+            b.write_all(b"x").unwrap();
+            lp.run_once(Some(Duration::from_secs(1)), &mut ()).unwrap();
+            if !by_callback {
+                lp.discard(id).unwrap();
+            }
+            // The file stays open (the dup) and readable.
+            for _ in 0..5 {
+                lp.run_once(Some(Duration::from_millis(5)), &mut ())
+                    .unwrap();
+            }
+            let purged = count.load(std::sync::atomic::Ordering::SeqCst);
+            assert_eq!(
+                purged, 0,
+                "{kind} by_callback={by_callback}: the set was rebuilt"
+            );
+            drop(dup);
+        }
+    }
+
     pub fn modify_inside_callback_switches_interest(kind: BackendKind) {
         let (a, mut b) = pair();
         let mut lp = new_loop::<Vec<&'static str>>(kind);
@@ -1201,6 +1252,7 @@ per_backend!(
     own_removal_is_busy_but_discard_works,
     a_callback_keeps_its_source_until_it_returns_after_discarding_it,
     a_source_removed_and_closed_while_a_dup_lives_does_not_spin,
+    a_source_the_loop_closes_leaves_the_kernel_set_first,
     modify_inside_callback_switches_interest,
     run_once_returns_after_its_timeout,
     stats_time_the_wait_and_the_callbacks,

@@ -447,10 +447,91 @@ mod cases {
             let events = log.of("c");
             assert_order(&events);
             let last = events.last().unwrap();
-            let ok = *last == Ev::Lost(None)
-                || *last == Ev::Lost(Some(io::ErrorKind::ConnectionReset));
+            let ok =
+                *last == Ev::Lost(None) || *last == Ev::Lost(Some(io::ErrorKind::ConnectionReset));
             assert!(ok, "write_eof={write_eof}: {events:?}");
         }
+    }
+
+    /// After the peer's EOF a close sends everything and closes the
+    /// socket, whose FIN is the half-close: no shutdown(2) first.
+    pub fn a_close_after_the_peers_eof_needs_no_half_close(kind: BackendKind) {
+        let (a, mut peer) = conn_pair();
+        let shutdowns = std::rc::Rc::new(std::cell::Cell::new(0));
+        let sock = Counted {
+            inner: a,
+            calls: Default::default(),
+            shutdowns: shutdowns.clone(),
+        };
+        let mut lp = new_loop(kind);
+        let mut p = Probe::new("q");
+        p.echo = true;
+        stream::attach(&mut lp, sock, p).unwrap();
+        peer.write_all(b"last words").unwrap();
+        peer.shutdown(Shutdown::Write).unwrap();
+        let mut log = Log::default();
+        run_until(&mut lp, &mut log, |l| l.lost("q"));
+        let events = log.of("q");
+        assert_order(&events);
+        assert_eq!(events.last(), Some(&Ev::Lost(None)), "{events:?}");
+        let mut got = Vec::new();
+        peer.read_to_end(&mut got).unwrap();
+        assert_eq!(got, b"last words");
+        assert_eq!(shutdowns.get(), 0, "a half-close before the close");
+    }
+
+    /// The close linger is a setting: zero closes at once, a short one
+    /// bounds the wait for a peer that never sends its EOF.
+    pub fn the_close_linger_bounds_the_wait_for_the_peers_eof(kind: BackendKind) {
+        for linger in [Duration::ZERO, Duration::from_millis(300)] {
+            let (a, mut peer) = conn_pair();
+            let mut lp = new_loop(kind);
+            let mut p = Probe::new("l");
+            p.on_made = Some(Box::new(move |t, _| {
+                assert_eq!(t.close_linger(), Duration::from_secs(2), "the default");
+                t.set_close_linger(linger);
+                t.write(b"bye");
+                t.close();
+            }));
+            stream::attach(&mut lp, a, p).unwrap();
+            let mut log = Log::default();
+            let start = Instant::now();
+            run_until(&mut lp, &mut log, |l| l.lost("l"));
+            let took = start.elapsed();
+            assert!(took >= linger, "{linger:?}: closed after {took:?}");
+            let bound = linger + Duration::from_millis(1000);
+            assert!(took < bound, "{linger:?}: closed after {took:?}");
+            assert_eq!(log.of("l").last(), Some(&Ev::Lost(None)));
+            let mut got = Vec::new();
+            peer.read_to_end(&mut got).unwrap();
+            assert_eq!(got, b"bye", "{linger:?}");
+        }
+    }
+
+    /// A close that cannot send its buffer (the peer never reads) ends at
+    /// the close timeout, reported as `TimedOut`.
+    pub fn the_close_timeout_aborts_a_close_the_peer_does_not_read(kind: BackendKind) {
+        let (a, _peer) = conn_pair();
+        let mut lp = new_loop(kind);
+        let mut p = Probe::new("t");
+        p.on_made = Some(Box::new(|t, _| {
+            t.set_close_timeout(Some(Duration::from_millis(200)));
+            t.write(&vec![7; 8 << 20]);
+            t.close();
+        }));
+        stream::attach(&mut lp, a, p).unwrap();
+        let mut log = Log::default();
+        let start = Instant::now();
+        run_until(&mut lp, &mut log, |l| l.lost("t"));
+        let took = start.elapsed();
+        assert!(took >= Duration::from_millis(200), "{took:?}");
+        assert!(took < Duration::from_secs(3), "{took:?}");
+        let events = log.of("t");
+        assert_eq!(
+            events.last(),
+            Some(&Ev::Lost(Some(io::ErrorKind::TimedOut))),
+            "{events:?}"
+        );
     }
 
     pub fn half_open_keeps_writing_after_the_peers_eof(kind: BackendKind) {
@@ -823,6 +904,7 @@ fn full_listener() -> Option<(std::net::SocketAddr, TcpListener, Vec<TcpStream>)
 struct Counted {
     inner: UnixStream,
     calls: std::rc::Rc<std::cell::Cell<usize>>,
+    shutdowns: std::rc::Rc<std::cell::Cell<usize>>,
 }
 
 impl std::os::fd::AsFd for Counted {
@@ -843,6 +925,7 @@ impl stream::StreamSocket for Counted {
     }
 
     fn shutdown_write(&mut self) -> io::Result<()> {
+        self.shutdowns.set(self.shutdowns.get() + 1);
         self.inner.shutdown(Shutdown::Write)
     }
 
@@ -869,6 +952,7 @@ fn a_wrapper_socket_is_never_bypassed() {
     let sock = Counted {
         inner: a,
         calls: calls.clone(),
+        shutdowns: Default::default(),
     };
     let mut lp = new_loop(BackendKind::platform_default());
     let mut p = Probe::new("w");
@@ -892,6 +976,9 @@ per_backend!(
     abort_drops_the_buffer_and_closes_at_once,
     a_reset_reaches_connection_lost_as_an_error,
     close_after_an_unread_reset_ends_with_none_or_the_reset,
+    a_close_after_the_peers_eof_needs_no_half_close,
+    the_close_linger_bounds_the_wait_for_the_peers_eof,
+    the_close_timeout_aborts_a_close_the_peer_does_not_read,
     half_open_keeps_writing_after_the_peers_eof,
     write_eof_half_closes_and_reading_goes_on,
     pause_reading_is_idempotent_and_loses_nothing,

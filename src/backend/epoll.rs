@@ -272,6 +272,19 @@ impl Backend for EpollBackend {
         Ok(())
     }
 
+    /// The fd is closed next: deleted now, while its number still names
+    /// the registration (a delete deferred past the close would fail, or
+    /// leave an orphan where a duplicate lives).
+    fn delete_closing(&mut self, fd: RawFd, _: Token, _: Interest) -> io::Result<()> {
+        let st = self.state(fd);
+        st.active = false;
+        if !st.deferred {
+            self.fds.remove(fd);
+        }
+        self.active -= 1;
+        sys::epoll_ctl(&self.ep, libc::EPOLL_CTL_DEL, fd, 0, 0)
+    }
+
     /// Re-synchronises with the selector's registrations: a fresh epoll
     /// instance holding exactly `live`. Needed if the kernel and the
     /// backend's table disagree, e.g. after a wrapper dropped a delete.

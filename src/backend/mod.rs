@@ -78,6 +78,15 @@ pub trait Backend: Send {
     /// Stops watching `fd`, which was added with `interest`.
     fn delete(&mut self, fd: RawFd, token: Token, interest: Interest) -> io::Result<()>;
 
+    /// As [`delete`](Backend::delete), for an fd its owner closes right
+    /// after: a backend that defers deletes applies this one now, while
+    /// the number still names the file (after the close a deferred delete
+    /// fails, and where a duplicate keeps the file open it can no longer
+    /// reach the registration). The default is `delete`.
+    fn delete_closing(&mut self, fd: RawFd, token: Token, interest: Interest) -> io::Result<()> {
+        self.delete(fd, token, interest)
+    }
+
     /// Waits for readiness and appends `(token, ready)` pairs to `events`.
     fn wait(
         &mut self,

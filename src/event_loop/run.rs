@@ -369,6 +369,11 @@ impl<S> EventLoop<S> {
     fn finish_iteration(&mut self, woke: u64, state: &mut S) {
         self.run_timers(state);
         self.run_soon(state);
+        // Sources closed in this iteration release their files now, also
+        // where the backend queues their deletes (uring).
+        if let Err(e) = self.selector.flush_closing() {
+            log::warn!("loop=flush of closed sources failed: {e}");
+        }
         self.stats.iterations += 1;
         self.callback_ns += crate::sys::monotonic_ns().saturating_sub(woke);
     }

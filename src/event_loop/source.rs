@@ -368,7 +368,7 @@ impl<S> EventLoop<S> {
     /// `NotFound` if already removed.
     pub fn discard<Src>(&mut self, id: SourceId<Src>) -> io::Result<()> {
         let fd = self.source_fd(self.own(id)?)?;
-        drop(self.selector.unregister(fd)?);
+        drop(self.selector.unregister_closing(fd)?);
         log::trace!("loop=discard fd={fd}");
         Ok(())
     }
@@ -706,7 +706,7 @@ impl<S> EventLoop<S> {
     fn remove_after_callback(&mut self, token: Token) {
         if let Some(fd) = self.selector.key_by_token(token).map(|k| k.fd()) {
             log::trace!("loop=remove fd={fd} by=callback");
-            let _ = self.selector.unregister(fd);
+            let _ = self.selector.unregister_closing(fd);
         }
     }
 

@@ -102,7 +102,7 @@ pub fn connect<S: 'static>(
         Err(e) => Some(Some(e)),
     };
     log::trace!("stream=connect to={to:?} in_progress={}", connecting.is_some());
-    let id = transport::register(lp, sock, Box::new(protocol), connecting, None)?;
+    let id = transport::register(lp, sock, Box::new(protocol), connecting, None, Default::default())?;
     if let Some(timeout) = timeout {
         transport::connect_timeout(lp, id, timeout);
     }

@@ -4,7 +4,7 @@ use std::cell::RefCell;
 use std::collections::HashSet;
 use std::fs::File;
 use std::io;
-use std::net::TcpListener;
+use std::net::{TcpListener, TcpStream};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::unix::net::UnixListener;
 use std::rc::Rc;
@@ -63,8 +63,7 @@ impl Listener {
     fn accept(&self, nodelay: bool) -> io::Result<(Sock, Addr)> {
         let (sock, peer) = match self {
             Listener::Tcp(l) => {
-                let (s, peer) = l.accept()?;
-                s.set_nonblocking(true)?;
+                let (s, peer) = accept_tcp(l)?;
                 if nodelay {
                     s.set_nodelay(true)?;
                 }
@@ -81,6 +80,21 @@ impl Listener {
     }
 }
 
+/// A TCP connection, non-blocking from the start where the system has
+/// accept4(2) (one system call instead of two).
+#[cfg(muxloop_sock_flags)]
+fn accept_tcp(l: &TcpListener) -> io::Result<(TcpStream, std::net::SocketAddr)> {
+    let (fd, peer) = crate::sys::accept_inet(l.as_raw_fd())?;
+    Ok((TcpStream::from(fd), peer))
+}
+
+#[cfg(not(muxloop_sock_flags))]
+fn accept_tcp(l: &TcpListener) -> io::Result<(TcpStream, std::net::SocketAddr)> {
+    let (s, peer) = l.accept()?;
+    s.set_nonblocking(true)?;
+    Ok((s, peer))
+}
+
 /// How a server accepts. `ServeOptions::default()`, then change fields.
 #[derive(Clone, Debug)]
 #[non_exhaustive]
@@ -95,6 +109,19 @@ pub struct ServeOptions {
     /// `TCP_NODELAY` on accepted TCP connections (no Nagle delay for small
     /// writes). Default: true.
     pub nodelay: bool,
+    /// How long a connection's [`close`](super::Transport::close) waits,
+    /// once everything is sent, for the peer's EOF (reading and
+    /// discarding what it still sends) before closing the socket; zero
+    /// closes at once. Default: 2 s. Per connection:
+    /// [`Transport::set_close_linger`](super::Transport::set_close_linger).
+    pub close_linger: Duration,
+    /// At most this long for a close to send what is buffered, then the
+    /// connection is aborted (`connection_lost` reports `TimedOut`), so a
+    /// peer that never reads cannot hold a closed connection's fd and
+    /// buffer. Default: `None` (as long as the peer takes). Per
+    /// connection:
+    /// [`Transport::set_close_timeout`](super::Transport::set_close_timeout).
+    pub close_timeout: Option<Duration>,
 }
 
 impl Default for ServeOptions {
@@ -103,6 +130,8 @@ impl Default for ServeOptions {
             max_connections: None,
             accept_batch: 64,
             nodelay: true,
+            close_linger: transport::LINGER,
+            close_timeout: None,
         }
     }
 }
@@ -262,7 +291,11 @@ fn accept_batch<S: 'static, F>(
                     log::debug!("stream=refused peer={peer}");
                     continue;
                 };
-                match transport::register(lp, sock, protocol, None, Some(shared.clone())) {
+                let closing = transport::CloseSettings {
+                    linger: options.close_linger,
+                    timeout: options.close_timeout,
+                };
+                match transport::register(lp, sock, protocol, None, Some(shared.clone()), closing) {
                     Ok(id) => {
                         let mut sh = shared.borrow_mut();
                         sh.conns.insert(id);

@@ -29,9 +29,9 @@ use crate::{EventLoop, Interest, PostAction, SourceEvent, SourceId, TimerId};
 const READ_SIZE: usize = 64 * 1024;
 
 /// How long a closed connection waits for the peer's EOF (reading and
-/// discarding meanwhile) before the socket is closed; see
-/// [`Transport::close`].
-const LINGER: Duration = Duration::from_secs(2);
+/// discarding meanwhile) before the socket is closed, unless set
+/// otherwise; see [`Transport::close`].
+pub(super) const LINGER: Duration = Duration::from_secs(2);
 
 /// The read buffer every connection of a thread shares: reads land here
 /// and are handed to `data_received`, so 10,000 idle connections hold no
@@ -191,6 +191,12 @@ pub(crate) struct Io<S> {
     /// Timers of this connection, cancelled when it goes.
     timers: Vec<TimerId>,
     idle: Option<(TimerId, Duration)>,
+    /// After a close: how long to wait for the peer's EOF once everything
+    /// is sent, and how long the sending may take at most.
+    linger: Duration,
+    close_timeout: Option<Duration>,
+    /// The close timeout's timer runs.
+    close_timed: bool,
     /// The server that accepted it.
     pub(super) server: Option<Rc<RefCell<Shared<S>>>>,
 }
@@ -292,6 +298,9 @@ impl<S> Io<S> {
             error: None,
             timers: Vec::new(),
             idle: None,
+            linger: LINGER,
+            close_timeout: None,
+            close_timed: false,
             server: None,
         }
     }
@@ -638,12 +647,45 @@ impl<S> Transport<'_, S> {
     /// closes the socket and calls `connection_lost(None)`. Idempotent.
     ///
     /// Between the half-close and the close it waits for the peer's EOF,
-    /// at most 2 s, reading and discarding what the peer still sends:
-    /// closing a socket with unread input makes the kernel send a reset,
-    /// which can destroy data the peer has not read yet — exactly the
-    /// bytes `close` promises to deliver.
+    /// at most the [close linger](Transport::set_close_linger) (2 s unless
+    /// set), reading and discarding what the peer still sends: closing a
+    /// socket with unread input makes the kernel send a reset, which can
+    /// destroy data the peer has not read yet — exactly the bytes `close`
+    /// promises to deliver. If the peer's EOF came already, the socket is
+    /// closed as soon as everything is sent (its FIN is the half-close).
+    /// A peer that never reads holds the close until the
+    /// [close timeout](Transport::set_close_timeout), if one is set.
     pub fn close(&mut self) {
         self.io.set(CLOSING);
+    }
+
+    /// How long a [`close`](Transport::close) waits, once everything is
+    /// sent, for the peer's EOF before it closes the socket: 2 s unless
+    /// set (or the server's [`ServeOptions::close_linger`]). Zero closes
+    /// at once, as asyncio and tokio do — at the risk that a peer which
+    /// is still sending gets a reset that destroys the last bytes before
+    /// it reads them.
+    ///
+    /// [`ServeOptions::close_linger`]: super::ServeOptions::close_linger
+    pub fn set_close_linger(&mut self, linger: Duration) {
+        self.io.linger = linger;
+    }
+
+    /// The [close linger](Transport::set_close_linger).
+    pub fn close_linger(&self) -> Duration {
+        self.io.linger
+    }
+
+    /// Bounds how long a [`close`](Transport::close) may take to send what
+    /// is buffered: past it, the connection is aborted and
+    /// `connection_lost` reports `TimedOut` (a peer that never reads
+    /// cannot hold its fd and buffer for ever). `None`, the default (or
+    /// the server's [`ServeOptions::close_timeout`]), waits as long as the
+    /// peer takes. Counted from the first settle after the close.
+    ///
+    /// [`ServeOptions::close_timeout`]: super::ServeOptions::close_timeout
+    pub fn set_close_timeout(&mut self, timeout: Option<Duration>) {
+        self.io.close_timeout = timeout;
     }
 
     /// Closes now, dropping whatever is not sent yet; `connection_lost`
@@ -822,13 +864,24 @@ impl<S: 'static> Connection<S> {
         }
         let io = &mut self.io;
         let flushed = io.pending() == 0 && !io.finishing();
+        if io.is(CLOSING) && !flushed && !io.close_timed && !io.finishing() {
+            if let Some(timeout) = io.close_timeout {
+                io.close_timed = true;
+                io.timers.push(close_deadline(lp, id, timeout));
+            }
+        }
         if (io.is(EOF_WANTED) || io.is(CLOSING)) && !io.is(EOF_SENT) && flushed {
             io.set(EOF_SENT);
-            if let Err(e) = io.sock.shutdown_write() {
+            if io.is(CLOSING) && (io.is(EOF_RECEIVED) || io.linger.is_zero()) {
+                // Closed right below: the close itself sends the FIN, and
+                // there is no EOF to wait for (it came, or no wait).
+                io.set(LINGER_OVER);
+            } else if let Err(e) = io.sock.shutdown_write() {
                 io.shutdown_failed(e);
             }
             if io.is(CLOSING) && !io.is(EOF_RECEIVED | LINGER_OVER) && !io.finishing() {
-                io.timers.push(linger(lp, id));
+                let linger = io.linger;
+                io.timers.push(linger_timer(lp, id, linger));
             }
         }
         let done = io.finishing()
@@ -1123,15 +1176,35 @@ fn run_conn<S: 'static>(
 }
 
 /// Registers a connection with the loop and queues its `connection_made`.
+/// How a connection's close ends (see [`Transport::set_close_linger`] and
+/// [`Transport::set_close_timeout`]).
+#[derive(Clone, Copy)]
+pub(super) struct CloseSettings {
+    pub(super) linger: Duration,
+    pub(super) timeout: Option<Duration>,
+}
+
+impl Default for CloseSettings {
+    fn default() -> CloseSettings {
+        CloseSettings {
+            linger: LINGER,
+            timeout: None,
+        }
+    }
+}
+
 pub(super) fn register<S: 'static>(
     lp: &mut EventLoop<S>,
     sock: Sock,
     protocol: Box<dyn Protocol<S>>,
     connecting: Option<Option<io::Error>>,
     server: Option<Rc<RefCell<Shared<S>>>>,
+    closing: CloseSettings,
 ) -> io::Result<ConnId<S>> {
     let mut conn = Connection::new(sock, protocol);
     conn.io.server = server;
+    conn.io.linger = closing.linger;
+    conn.io.close_timeout = closing.timeout;
     let interest = match connecting {
         Some(failed) => {
             conn.io.set(CONNECTING);
@@ -1193,7 +1266,7 @@ pub fn attach<S: 'static>(
     socket: impl StreamSocket,
     protocol: impl Protocol<S>,
 ) -> io::Result<ConnId<S>> {
-    register(lp, Sock::of(socket), Box::new(protocol), None, None)
+    register(lp, Sock::of(socket), Box::new(protocol), None, None, CloseSettings::default())
 }
 
 /// Runs `f` on a connection from outside its own callbacks, then queues
@@ -1327,11 +1400,27 @@ pub fn abort<S: 'static>(lp: &mut EventLoop<S>, id: ConnId<S>) {
     });
 }
 
-/// Ends the wait for the peer's EOF after a close, `LINGER` from now.
-fn linger<S: 'static>(lp: &mut EventLoop<S>, id: ConnId<S>) -> TimerId {
-    lp.call_later(LINGER, move |lp, state| {
+/// Ends the wait for the peer's EOF after a close, `linger` from now.
+fn linger_timer<S: 'static>(lp: &mut EventLoop<S>, id: ConnId<S>, linger: Duration) -> TimerId {
+    lp.call_later(linger, move |lp, state| {
         run_conn(lp, id, |lp, conn| {
             conn.io.set(LINGER_OVER);
+            conn.settle(lp, id, state)
+        });
+    })
+}
+
+/// Aborts a close that has not sent everything `timeout` from now.
+fn close_deadline<S: 'static>(lp: &mut EventLoop<S>, id: ConnId<S>, timeout: Duration) -> TimerId {
+    lp.call_later(timeout, move |lp, state| {
+        run_conn(lp, id, |lp, conn| {
+            let left = conn.io.pending();
+            if left > 0 && !conn.io.is(LOST) {
+                conn.io.fail(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("close timed out after {timeout:?} with {left} bytes unsent (the peer does not read)"),
+                ));
+            }
             conn.settle(lp, id, state)
         });
     })

@@ -403,6 +403,10 @@ impl<H: Hooks> Backend for Hooked<H> {
         self.around(Call::Delete, |b| b.delete(fd, token, interest))
     }
 
+    fn delete_closing(&mut self, fd: RawFd, token: Token, interest: Interest) -> io::Result<()> {
+        self.around(Call::Delete, |b| b.delete_closing(fd, token, interest))
+    }
+
     fn reports_each_fd_once(&self) -> bool {
         self.inner.reports_each_fd_once()
     }
