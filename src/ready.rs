@@ -124,10 +124,17 @@ impl Ready {
     pub(crate) fn masked(self, interest: Interest) -> Ready {
         let bits = self.0;
         let hints = bits & (ERROR | HUP | WRITE_CLOSED);
-        // Branch-free: ERROR or WRITE_CLOSED wake both, HUP wakes reading.
-        let both = ((bits & (ERROR | WRITE_CLOSED) != 0) as u8) * (READABLE | WRITABLE);
-        let read = ((bits & HUP != 0) as u8) * READABLE;
-        let dirs = (bits | both | read) & interest.bits();
+        if hints == 0 {
+            // The usual record: directions only.
+            return Ready(bits & interest.bits());
+        }
+        // ERROR or WRITE_CLOSED wake both directions, HUP wakes reading.
+        let woken = if hints & (ERROR | WRITE_CLOSED) != 0 {
+            READABLE | WRITABLE
+        } else {
+            bits | READABLE
+        };
+        let dirs = woken & interest.bits();
         if dirs == 0 {
             Ready::EMPTY
         } else {

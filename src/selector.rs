@@ -176,9 +176,6 @@ pub struct Selector<T> {
     round: u64,
     /// The last round in which a stale record made the backend purge.
     purged: u64,
-    /// An `unregister_closing` left its delete with the backend (uring
-    /// queues the cancel of the fd's poll, which holds the file open).
-    closing_deferred: bool,
 }
 
 fn closed_error() -> io::Error {
@@ -259,7 +256,6 @@ impl<T> Selector<T> {
             raw: Vec::new(),
             round: 0,
             purged: 0,
-            closing_deferred: false,
         }
     }
 
@@ -412,10 +408,9 @@ impl<T> Selector<T> {
     /// batches deletes (epoll) applies this one at once, while the number
     /// still names the file, instead of failing after the close or, where
     /// a duplicate keeps the file open, leaving a registration no call can
-    /// reach. Costs the one system call the deferred delete would have.
-    /// On uring the cancel of the fd's poll request, which keeps the file
-    /// open, is queued: the next `select` or [`flush`](Selector::flush)
-    /// submits it, so a peer sees the close then.
+    /// reach. Costs the one system call the deferred delete would have
+    /// (on uring, the submission of the cancel of the fd's poll request,
+    /// which keeps the file open: the peer sees the close at once).
     ///
     /// # Errors
     ///
@@ -452,9 +447,6 @@ impl<T> Selector<T> {
             log::trace!("selector=unregister backend={} fd={fd} suspended", self.name);
         } else {
             self.backend_delete("unregister", fd, token, interest, closing)?;
-            if closing && self.needs_flush() {
-                self.closing_deferred = true;
-            }
         }
         Ok(self.forget(index))
     }
@@ -818,16 +810,6 @@ impl<T> Selector<T> {
     /// The backend's error; an error if the selector is closed.
     pub fn flush(&mut self) -> io::Result<()> {
         self.backend()?.flush()
-    }
-
-    /// Flushes the backend if an `unregister_closing` left a delete
-    /// queued there, so the closed file is released now and not at the
-    /// next wait (the event loop calls it after each iteration).
-    pub(crate) fn flush_closing(&mut self) -> io::Result<()> {
-        if std::mem::take(&mut self.closing_deferred) {
-            self.flush()?;
-        }
-        Ok(())
     }
 
     /// Whether [`flush`](Selector::flush) has something to apply.

@@ -462,6 +462,7 @@ mod cases {
             inner: a,
             calls: Default::default(),
             shutdowns: shutdowns.clone(),
+            sends: Default::default(),
         };
         let mut lp = new_loop(kind);
         let mut p = Probe::new("q");
@@ -531,6 +532,72 @@ mod cases {
             events.last(),
             Some(&Ev::Lost(Some(io::ErrorKind::TimedOut))),
             "{events:?}"
+        );
+    }
+
+    /// Sixteen writes in one callback (a pipelined protocol's answers) go
+    /// out in at most two sends, in order; so do sixteen writes to another
+    /// connection; the buffer size asked in between is the exact one.
+    pub fn the_writes_of_one_callback_go_out_together(kind: BackendKind) {
+        let counted = |inner| {
+            let sends = std::rc::Rc::new(std::cell::Cell::new(0));
+            let sock = Counted {
+                inner,
+                calls: Default::default(),
+                shutdowns: Default::default(),
+                sends: sends.clone(),
+            };
+            (sock, sends)
+        };
+        let (a, mut peer_a) = conn_pair();
+        let (b, mut peer_b) = conn_pair();
+        let (a, sends_a) = counted(a);
+        let (b, sends_b) = counted(b);
+        let mut lp = new_loop(kind);
+        let id_b = stream::attach(&mut lp, b, Probe::new("b")).unwrap();
+        let mut p = Probe::new("a");
+        p.on_data = Some(Box::new(move |t, _| {
+            for i in 0..16u8 {
+                t.write(&[b'a' + i; 10]);
+            }
+            assert_eq!(t.write_buffer_size(), 0, "the socket took it all");
+            for i in 0..16u8 {
+                t.write(&[b'A' + i; 10]);
+                t.write_to(id_b, &[b'A' + i; 10]).unwrap();
+            }
+        }));
+        stream::attach(&mut lp, a, p).unwrap();
+        let mut log = Log::default();
+        run_until(&mut lp, &mut log, |l| l.of("b").contains(&Ev::Made));
+        let (before_a, before_b) = (sends_a.get(), sends_b.get());
+        peer_a.write_all(b"go").unwrap();
+        run_until(&mut lp, &mut log, |l| l.received.len() == 2);
+        for _ in 0..3 {
+            lp.run_once(Some(Duration::from_millis(5)), &mut log)
+                .unwrap();
+        }
+        let mut want_a = Vec::new();
+        for i in 0..16u8 {
+            want_a.extend_from_slice(&[b'a' + i; 10]);
+        }
+        let mut want_b = Vec::new();
+        for i in 0..16u8 {
+            want_a.extend_from_slice(&[b'A' + i; 10]);
+            want_b.extend_from_slice(&[b'A' + i; 10]);
+        }
+        let mut got = vec![0; want_a.len()];
+        peer_a.read_exact(&mut got).unwrap();
+        assert_eq!(got, want_a);
+        let mut got = vec![0; want_b.len()];
+        peer_b.read_exact(&mut got).unwrap();
+        assert_eq!(got, want_b);
+        // a: the first write, the fifteen held before the size was asked,
+        // the sixteen after it.
+        let (sent_a, sent_b) = (sends_a.get() - before_a, sends_b.get() - before_b);
+        assert!(sent_a <= 3, "{sent_a} sends for 32 writes");
+        assert!(
+            sent_b <= 2,
+            "{sent_b} sends for 16 writes to another connection"
         );
     }
 
@@ -905,6 +972,7 @@ struct Counted {
     inner: UnixStream,
     calls: std::rc::Rc<std::cell::Cell<usize>>,
     shutdowns: std::rc::Rc<std::cell::Cell<usize>>,
+    sends: std::rc::Rc<std::cell::Cell<usize>>,
 }
 
 impl std::os::fd::AsFd for Counted {
@@ -921,6 +989,7 @@ impl stream::StreamSocket for Counted {
 
     fn send_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
         self.calls.set(self.calls.get() + 1);
+        self.sends.set(self.sends.get() + 1);
         self.inner.write_vectored(bufs)
     }
 
@@ -953,6 +1022,7 @@ fn a_wrapper_socket_is_never_bypassed() {
         inner: a,
         calls: calls.clone(),
         shutdowns: Default::default(),
+        sends: Default::default(),
     };
     let mut lp = new_loop(BackendKind::platform_default());
     let mut p = Probe::new("w");
@@ -977,6 +1047,7 @@ per_backend!(
     a_reset_reaches_connection_lost_as_an_error,
     close_after_an_unread_reset_ends_with_none_or_the_reset,
     a_close_after_the_peers_eof_needs_no_half_close,
+    the_writes_of_one_callback_go_out_together,
     the_close_linger_bounds_the_wait_for_the_peers_eof,
     the_close_timeout_aborts_a_close_the_peer_does_not_read,
     half_open_keeps_writing_after_the_peers_eof,

@@ -580,6 +580,17 @@ impl Backend for UringBackend {
         Ok(())
     }
 
+    /// A poll request holds a reference on its file: for an fd closed
+    /// next, the cancel is submitted at once (one `io_uring_enter`, as
+    /// epoll's one `EPOLL_CTL_DEL`), or the peer would see the close only
+    /// at the next wait.
+    fn delete_closing(&mut self, fd: RawFd, token: Token, interest: Interest) -> io::Result<()> {
+        self.delete(fd, token, interest)?;
+        self.check_process()?;
+        self.fill()?;
+        self.submit_now()
+    }
+
     fn wait(
         &mut self,
         events: &mut Vec<(Token, Ready)>,

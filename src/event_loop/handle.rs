@@ -39,7 +39,7 @@ impl<S> EventLoop<S> {
     pub(super) fn run_remote(&mut self, state: &mut S) {
         self.remote.waker.reset();
         if self.remote.stop.swap(false, Ordering::AcqRel) {
-            self.stopped = true;
+            self.stop = super::Stop::Pending;
         }
         let calls =
             std::mem::take(&mut *self.remote.queue.lock().unwrap_or_else(|e| e.into_inner()));

@@ -140,11 +140,9 @@ pub struct EventLoop<S = ()> {
     /// Children not in `children` and not yet reported: watched by a pidfd
     /// source, or reaped already and waiting for their callback.
     unlisted_children: usize,
-    /// A stop was requested (`stopped`) and an iteration has run since
-    /// (`stop_seen`): a seen stop no longer shortens waits, and the next
-    /// `run_once` or `run` clears it.
-    stopped: bool,
-    stop_seen: bool,
+    /// Whether a stop was requested, and whether an iteration has run
+    /// since (see [`Stop`]).
+    stop: Stop,
     /// An iteration is under way (its callbacks may not start another).
     iterating: bool,
     /// A callback panicked: the iteration it was in never finished, and
@@ -159,6 +157,16 @@ pub struct EventLoop<S = ()> {
     callback_ns: u64,
     /// A host asked for the backend fd, and so polls the kernel object.
     host_polls: std::cell::Cell<bool>,
+}
+
+/// A requested stop: `Pending` until an iteration has run with it, then
+/// `Seen` (it no longer shortens waits; the next `run_once` or `run`
+/// clears it).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Stop {
+    No,
+    Pending,
+    Seen,
 }
 
 impl<S> EventLoop<S> {
@@ -222,8 +230,7 @@ impl<S> EventLoop<S> {
             signals: None,
             children: Vec::new(),
             unlisted_children: 0,
-            stopped: false,
-            stop_seen: false,
+            stop: Stop::No,
             iterating: false,
             poisoned: Default::default(),
             before_sleep: None,

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use std::cell::Cell;
 use std::rc::Rc;
 
-use super::{EventLoop, LoopStats};
+use super::{EventLoop, LoopStats, Stop};
 use crate::Ready;
 
 /// Where an iteration's readiness comes from.
@@ -66,8 +66,7 @@ impl<S> EventLoop<S> {
     /// the next `run_once` clears it and waits as asked. A host that never
     /// looks does not spin.
     pub fn stop(&mut self) {
-        self.stopped = true;
-        self.stop_seen = false;
+        self.stop = Stop::Pending;
     }
 
     /// Whether [`stop`](EventLoop::stop) (or
@@ -92,20 +91,26 @@ impl<S> EventLoop<S> {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn is_stopped(&self) -> bool {
-        self.stopped
+        self.stop != Stop::No
     }
 
     /// A requested stop no iteration has run with yet: the next wait is
     /// zero.
     pub(super) fn stop_pending(&self) -> bool {
-        self.stopped && !self.stop_seen
+        self.stop == Stop::Pending
+    }
+
+    /// After a host-driven iteration: a stop requested is now seen.
+    fn see_stop(&mut self) {
+        if self.stop != Stop::No {
+            self.stop = Stop::Seen;
+        }
     }
 
     /// Clears a stop an earlier `run_once` already reported.
     fn clear_seen_stop(&mut self) {
-        if self.stop_seen {
-            self.stopped = false;
-            self.stop_seen = false;
+        if self.stop == Stop::Seen {
+            self.stop = Stop::No;
         }
     }
 
@@ -141,12 +146,11 @@ impl<S> EventLoop<S> {
             if let Err(e) = self.iterate(Wait::Kernel(None), state) {
                 break Err(e);
             }
-            if self.stopped {
+            if self.stop != Stop::No {
                 break Ok(());
             }
         };
-        self.stopped = false;
-        self.stop_seen = false;
+        self.stop = Stop::No;
         log::debug!("loop=stopped");
         res
     }
@@ -192,7 +196,7 @@ impl<S> EventLoop<S> {
         self.clear_seen_stop();
         let before = self.callbacks_run();
         let res = self.iterate(Wait::Kernel(timeout), state);
-        self.stop_seen = self.stopped;
+        self.see_stop();
         res?;
         self.flush_for_host()?;
         Ok((self.callbacks_run() - before) as usize)
@@ -245,7 +249,7 @@ impl<S> EventLoop<S> {
         self.clear_seen_stop();
         let before = self.callbacks_run();
         let res = self.iterate(Wait::Observed(observed), state);
-        self.stop_seen = self.stopped;
+        self.see_stop();
         res?;
         self.flush_changes()?;
         Ok((self.callbacks_run() - before) as usize)
@@ -369,11 +373,6 @@ impl<S> EventLoop<S> {
     fn finish_iteration(&mut self, woke: u64, state: &mut S) {
         self.run_timers(state);
         self.run_soon(state);
-        // Sources closed in this iteration release their files now, also
-        // where the backend queues their deletes (uring).
-        if let Err(e) = self.selector.flush_closing() {
-            log::warn!("loop=flush of closed sources failed: {e}");
-        }
         self.stats.iterations += 1;
         self.callback_ns += crate::sys::monotonic_ns().saturating_sub(woke);
     }

@@ -183,7 +183,7 @@ pub(crate) struct Io<S> {
     low: usize,
     /// What the connection is doing and has done: the bits below, one
     /// word so that the hot path tests them together.
-    flags: u16,
+    flags: u32,
     /// A client connect that failed at once, to be reported.
     connect_failed: Option<io::Error>,
     /// The socket failed: finish now, reporting this.
@@ -203,42 +203,49 @@ pub(crate) struct Io<S> {
 
 // The bits of `Io::flags`.
 /// The protocol wants to read (pause/resume reading).
-const READING: u16 = 1 << 0;
+const READING: u32 = 1 << 0;
 /// A client socket whose connect has not completed.
-const CONNECTING: u16 = 1 << 1;
+const CONNECTING: u32 = 1 << 1;
 /// `connection_made` was called.
-const MADE: u16 = 1 << 2;
+const MADE: u32 = 1 << 2;
 /// The peer's EOF was read.
-const EOF_RECEIVED: u16 = 1 << 3;
+const EOF_RECEIVED: u32 = 1 << 3;
 /// `write_eof` was called; `EOF_SENT` once the socket is shut down.
-const EOF_WANTED: u16 = 1 << 4;
-const EOF_SENT: u16 = 1 << 5;
+const EOF_WANTED: u32 = 1 << 4;
+const EOF_SENT: u32 = 1 << 5;
 /// `close` was called: flush, half-close, wait for the peer's EOF
 /// (discarding what it sends), then finish.
-const CLOSING: u16 = 1 << 6;
+const CLOSING: u32 = 1 << 6;
 /// The wait for the peer's EOF after a close is over.
-const LINGER_OVER: u16 = 1 << 7;
+const LINGER_OVER: u32 = 1 << 7;
 /// `abort` was called: finish now, dropping the buffer.
-const ABORTED: u16 = 1 << 8;
+const ABORTED: u32 = 1 << 8;
 /// `connection_lost` was called (or `connection_failed`).
-const LOST: u16 = 1 << 9;
+const LOST: u32 = 1 << 9;
 /// Above the high-water mark, and what the protocol was last told.
-const WRITING_PAUSED: u16 = 1 << 10;
-const TOLD_PAUSED: u16 = 1 << 11;
+const WRITING_PAUSED: u32 = 1 << 10;
+const TOLD_PAUSED: u32 = 1 << 11;
 /// A deferred settle is queued.
-const SETTLE_QUEUED: u16 = 1 << 12;
+const SETTLE_QUEUED: u32 = 1 << 12;
 /// The socket failed (`Io::error` says how): finish now.
-const FAILED: u16 = 1 << 13;
+const FAILED: u32 = 1 << 13;
 /// The interest the loop watches (neither: disabled).
-const WATCH_READ: u16 = 1 << 14;
-const WATCH_WRITE: u16 = 1 << 15;
+const WATCH_READ: u32 = 1 << 14;
+const WATCH_WRITE: u32 = 1 << 15;
+/// A write of the current context went to the socket: the next ones are
+/// held in the buffer and sent together when the context ends (one send
+/// per connection per callback, however many writes).
+const WROTE: u32 = 1 << 16;
+/// The buffer holds bytes not yet offered to the socket (held by
+/// `WROTE`, not refused by a full socket).
+const HELD: u32 = 1 << 17;
 /// A write cannot go straight to the socket: not connected yet, or
 /// refused (see `Io::refuses_writes`).
-const NO_DIRECT_WRITE: u16 = CONNECTING | LOST | ABORTED | FAILED | CLOSING | EOF_WANTED;
+const NO_DIRECT_WRITE: u32 = CONNECTING | LOST | ABORTED | FAILED | CLOSING | EOF_WANTED;
 /// What a connection that only reads and has nothing to do shows (of
 /// `STEADY_MASK`'s bits): see `Io::is_steady`.
-const STEADY: u16 = READING | WATCH_READ;
-const STEADY_MASK: u16 = READING
+const STEADY: u32 = READING | WATCH_READ;
+const STEADY_MASK: u32 = READING
     | WATCH_READ
     | WATCH_WRITE
     | CLOSING
@@ -251,8 +258,8 @@ const STEADY_MASK: u16 = READING
     | TOLD_PAUSED;
 /// What an event of a connection that is up and reading shows (of
 /// `HOT_MASK`'s bits): `on_ready` then sends and reads at once.
-const HOT: u16 = MADE | READING;
-const HOT_MASK: u16 = MADE | READING | CONNECTING | LOST | ABORTED | FAILED | CLOSING | EOF_RECEIVED;
+const HOT: u32 = MADE | READING;
+const HOT_MASK: u32 = MADE | READING | CONNECTING | LOST | ABORTED | FAILED | CLOSING | EOF_RECEIVED;
 
 fn is_retry(e: &io::Error) -> bool {
     matches!(
@@ -263,22 +270,22 @@ fn is_retry(e: &io::Error) -> bool {
 
 impl<S> Io<S> {
     #[inline]
-    fn is(&self, flag: u16) -> bool {
+    fn is(&self, flag: u32) -> bool {
         self.flags & flag != 0
     }
 
     #[inline]
-    fn set(&mut self, flag: u16) {
+    fn set(&mut self, flag: u32) {
         self.flags |= flag;
     }
 
     #[inline]
-    fn unset(&mut self, flag: u16) {
+    fn unset(&mut self, flag: u32) {
         self.flags &= !flag;
     }
 
     #[inline]
-    fn put(&mut self, flag: u16, on: bool) {
+    fn put(&mut self, flag: u32, on: bool) {
         if on {
             self.set(flag);
         } else {
@@ -373,14 +380,23 @@ impl<S> Io<S> {
 
     /// Writes `bufs` at once if nothing is pending, buffering the rest.
     /// One buffer, the common case: straight to the socket when nothing
-    /// is pending, no slices to build.
+    /// is pending and it is the context's first write, no slices to build.
     #[inline]
     fn write_one(&mut self, data: &[u8]) {
-        if self.flags & NO_DIRECT_WRITE != 0 || self.pending() != 0 {
+        if self.flags & (NO_DIRECT_WRITE | WROTE) != 0 || self.pending() != 0 {
             return self.write(&[data]);
         }
+        self.flags |= WROTE;
         if let Err(res) = self.sock.send_all(data) {
             self.after_short_send(data, res);
+        }
+    }
+
+    /// Offers the held bytes to the socket (see `WROTE`).
+    #[inline]
+    fn send_held(&mut self) {
+        if self.is(HELD) {
+            self.flush();
         }
     }
 
@@ -402,11 +418,16 @@ impl<S> Io<S> {
     }
 
     /// Pauses writing (for `settle` to tell) once the buffer is above the
-    /// high mark.
+    /// high mark. Held bytes are offered to the socket first: holding
+    /// writes back never makes the protocol pause where sending each at
+    /// once would not have, and never holds more than the high mark.
     #[inline]
     fn note_high(&mut self) {
         if !self.is(WRITING_PAUSED) && self.pending() > self.high {
-            self.set(WRITING_PAUSED);
+            self.send_held();
+            if self.pending() > self.high {
+                self.set(WRITING_PAUSED);
+            }
         }
     }
 
@@ -418,7 +439,13 @@ impl<S> Io<S> {
             return;
         }
         let mut skip = 0;
-        if self.pending() == 0 && !self.is(CONNECTING) {
+        let first = self.pending() == 0 && !self.is(CONNECTING);
+        if first && self.is(WROTE) {
+            // The context wrote already: held, to go out with its other
+            // writes when it ends.
+            self.set(HELD);
+        } else if first {
+            self.set(WROTE);
             // On the stack for the usual few buffers: no allocation per write.
             let mut few = [IoSlice::new(&[]); 8];
             let many: Vec<IoSlice<'_>>;
@@ -454,6 +481,7 @@ impl<S> Io<S> {
 
     /// Sends what is pending, as far as the socket takes it.
     fn flush(&mut self) {
+        self.unset(HELD);
         while self.pending() > 0 && !self.is(FAILED) {
             match self.sock.send(&self.out[self.sent..]) {
                 Ok(0) => self.fail(io::ErrorKind::WriteZero.into()),
@@ -565,11 +593,17 @@ impl<S> Transport<'_, S> {
         self.lp
     }
 
-    /// Writes `data`: at once what the socket takes if nothing is pending,
-    /// the rest into the write buffer. Ignored (and logged at debug level)
-    /// once the transport is closing, aborted, lost or after
-    /// [`write_eof`](Transport::write_eof); see
-    /// [`is_closing`](Transport::is_closing).
+    /// Writes `data`. A callback's first write goes to the socket at once
+    /// if nothing is pending (no copy); later writes of the same callback
+    /// are buffered and sent together, in one system call, when the
+    /// callback returns — a protocol answering sixteen pipelined requests
+    /// with sixteen writes makes two sends, not sixteen. Order, flow
+    /// control and [`write_buffer_size`](Transport::write_buffer_size) are
+    /// as if each write were sent at once; [`flush`](Transport::flush)
+    /// sends earlier. What the socket does not take waits in the write
+    /// buffer. Ignored (and logged at debug level) once the transport is
+    /// closing, aborted, lost or after [`write_eof`](Transport::write_eof);
+    /// see [`is_closing`](Transport::is_closing).
     pub fn write(&mut self, data: &[u8]) {
         self.io.write_one(data);
     }
@@ -580,9 +614,21 @@ impl<S> Transport<'_, S> {
         self.io.write(bufs);
     }
 
-    /// Bytes written but not yet sent.
-    pub fn write_buffer_size(&self) -> usize {
+    /// Bytes written but not yet sent: what the socket has not taken.
+    /// (Writes after a callback's first are held and sent together when
+    /// it returns; asking offers them to the socket first, so the answer
+    /// is the one sending each write at once would give.)
+    pub fn write_buffer_size(&mut self) -> usize {
+        self.io.send_held();
         self.io.pending()
+    }
+
+    /// Sends what this callback has written so far now, instead of when
+    /// it returns (see [`write`](Transport::write)): for a write that must
+    /// reach the peer before something slow that the callback does next.
+    /// What the socket does not take stays buffered, as always.
+    pub fn flush(&mut self) {
+        self.io.send_held();
     }
 
     /// The watermarks: `pause_writing` when the buffer goes above `high`,
@@ -735,7 +781,10 @@ impl<S: 'static> Transport<'_, S> {
     /// iteration, in that connection's own context). To this connection itself, the same as
     /// [`write`](Transport::write). Returns the other connection's write
     /// buffer size afterwards, so a broadcaster can cut off a consumer
-    /// that does not keep up.
+    /// that does not keep up. (Writes to one connection from the same
+    /// loop iteration after the first are held and sent together at its
+    /// end; the size counts them, at most the high-water mark of them:
+    /// above it everything has been offered to the socket.)
     ///
     /// # Errors
     ///
@@ -845,12 +894,16 @@ impl<S: 'static> Connection<S> {
     /// should watch. Returns whether the connection lives on.
     #[inline]
     fn settle(&mut self, lp: &mut EventLoop<S>, id: ConnId<S>, state: &mut S) -> bool {
+        // The context is over: its next write goes straight out again.
+        self.io.flags &= !WROTE;
         self.io.is_steady() || self.settle_changed(lp, id, state)
     }
 
     /// `settle` when the connection is not simply reading.
     #[inline(never)]
     fn settle_changed(&mut self, lp: &mut EventLoop<S>, id: ConnId<S>, state: &mut S) -> bool {
+        // What the context's writes held back goes out together now.
+        self.io.send_held();
         while !self.io.finishing() && self.io.is(WRITING_PAUSED) != self.io.is(TOLD_PAUSED) {
             let pause = self.io.is(WRITING_PAUSED);
             self.io.put(TOLD_PAUSED, pause);
@@ -861,6 +914,8 @@ impl<S: 'static> Connection<S> {
                     p.resume_writing(t, state)
                 }
             });
+            self.io.flags &= !WROTE;
+            self.io.send_held();
         }
         let io = &mut self.io;
         let flushed = io.pending() == 0 && !io.finishing();
