@@ -309,6 +309,14 @@ impl BackendKind {
         if kind.is_available() {
             Ok(kind)
         } else {
+            // Built in, but this process cannot have it: the cause, as
+            // `create` gives it.
+            #[cfg(muxloop_uring)]
+            if kind == BackendKind::Uring {
+                if let Err(e) = uring::probe() {
+                    return Err(e);
+                }
+            }
             Err(io::Error::new(
                 io::ErrorKind::Unsupported,
                 format!(
