@@ -444,7 +444,10 @@ impl<T> Selector<T> {
             (slot.ktoken, slot.key.interest)
         };
         if self.slots[index].key.suspended {
-            log::trace!("selector=unregister backend={} fd={fd} suspended", self.name);
+            log::trace!(
+                "selector=unregister backend={} fd={fd} suspended",
+                self.name
+            );
         } else {
             self.backend_delete("unregister", fd, token, interest, closing)?;
         }
@@ -1028,7 +1031,10 @@ impl<T> Selector<T> {
     pub(crate) fn stale_raw(&mut self, token: Token) {
         let index = token.index();
         let renewed = self.slots.get(index).is_some_and(|s| s.ktoken == token);
-        let changed = self.merges.get(index).is_some_and(|m| m.changed == self.round);
+        let changed = self
+            .merges
+            .get(index)
+            .is_some_and(|m| m.changed == self.round);
         if renewed || changed || self.purged == self.round {
             return;
         }

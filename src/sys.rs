@@ -911,7 +911,10 @@ pub(crate) fn accept_inet(fd: RawFd) -> io::Result<(OwnedFd, std::net::SocketAdd
     let peer = inet_of(&storage).ok_or_else(|| {
         io::Error::new(
             io::ErrorKind::InvalidData,
-            format!("accept returned an address of family {}, not IPv4 or IPv6", storage.ss_family),
+            format!(
+                "accept returned an address of family {}, not IPv4 or IPv6",
+                storage.ss_family
+            ),
         )
     })?;
     Ok((conn, peer))
@@ -1364,7 +1367,10 @@ mod tests {
         assert_eq!(ms(2_000_000_000_000), 2_000_000);
         let max = libc::c_int::MAX;
         let secs = max as u64 / 1_000;
-        assert_eq!(timeout_ms(Some(Duration::from_secs(secs))), (secs * 1_000) as libc::c_int);
+        assert_eq!(
+            timeout_ms(Some(Duration::from_secs(secs))),
+            (secs * 1_000) as libc::c_int
+        );
         assert_eq!(timeout_ms(Some(Duration::new(secs, 999_999_999))), max);
         assert_eq!(timeout_ms(Some(Duration::from_secs(secs + 1))), max);
         assert_eq!(timeout_ms(Some(Duration::MAX)), max);

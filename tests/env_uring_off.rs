@@ -21,6 +21,9 @@ fn uring_from_the_environment_names_the_cause_as_with_backend_does() {
     let direct = Selector::<()>::with_backend(BackendKind::Uring).unwrap_err();
     let from_env = Selector::<()>::new().unwrap_err();
     assert_eq!(from_env.kind(), direct.kind(), "{from_env} / {direct}");
-    assert_eq!(from_env.to_string(), format!("MUXLOOP_BACKEND=uring: {direct}"));
+    assert_eq!(
+        from_env.to_string(),
+        format!("MUXLOOP_BACKEND=uring: {direct}")
+    );
     assert!(direct.to_string().contains("switched off"), "{direct}");
 }

@@ -214,16 +214,19 @@ impl EpollBackend {
         self.deferred.clear();
         self.active = 0;
         for (fd, token, interest) in live {
-            let res = sys::epoll_ctl(&ep, libc::EPOLL_CTL_ADD, fd, events_for(interest), data(token));
+            let res = sys::epoll_ctl(
+                &ep,
+                libc::EPOLL_CTL_ADD,
+                fd,
+                events_for(interest),
+                data(token),
+            );
             // A closed fd stays registered with the selector: keep its
             // entry (nothing to watch until it is unregistered).
             if let Err(e) = res {
                 log::warn!("backend=epoll fd={fd} not re-added: {e}");
             }
-            self.fds.insert(
-                fd,
-                FdState::ACTIVE,
-            );
+            self.fds.insert(fd, FdState::ACTIVE);
             self.active += 1;
         }
         Ok(ep)

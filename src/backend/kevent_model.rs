@@ -146,7 +146,14 @@ impl KeventModel {
                 let mut kept = *kev;
                 kept.flags &= !ACTIONS;
                 kept.data = 0;
-                self.knotes.insert(key, Knote { kev: kept, file, seq });
+                self.knotes.insert(
+                    key,
+                    Knote {
+                        kev: kept,
+                        file,
+                        seq,
+                    },
+                );
                 Ok(())
             }
             None => Err(libc::ENOENT),

@@ -464,7 +464,10 @@ mod tests {
         peer.write_all(b"x").unwrap();
         let mut got = wait(&mut b);
         got.sort_by_key(|&(_, r)| r.is_writable());
-        assert_eq!(got, [(Token(1), Ready::READABLE), (Token(1), Ready::WRITABLE)]);
+        assert_eq!(
+            got,
+            [(Token(1), Ready::READABLE), (Token(1), Ready::WRITABLE)]
+        );
     }
 
     #[test]
@@ -527,10 +530,7 @@ mod tests {
         b.add(fd, Token(1), R).unwrap();
         b.after_fork(&mut [(fd, Token(5), Interest::BOTH)].into_iter())
             .unwrap();
-        assert_eq!(
-            b.kq.knotes(),
-            [(fd, EVFILT_WRITE, 5), (fd, EVFILT_READ, 5)]
-        );
+        assert_eq!(b.kq.knotes(), [(fd, EVFILT_WRITE, 5), (fd, EVFILT_READ, 5)]);
         assert_eq!(b.added, 1);
     }
 
@@ -539,7 +539,12 @@ mod tests {
     struct Scripted(Vec<Kev>);
 
     impl Kernel for Scripted {
-        fn kevent(&mut self, _: &[Kev], events: &mut Vec<Kev>, _: Option<Duration>) -> io::Result<()> {
+        fn kevent(
+            &mut self,
+            _: &[Kev],
+            events: &mut Vec<Kev>,
+            _: Option<Duration>,
+        ) -> io::Result<()> {
             events.append(&mut self.0);
             Ok(())
         }

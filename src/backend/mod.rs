@@ -356,9 +356,9 @@ impl BackendKind {
             BackendKind::Kqueue => Box::new(kqueue::KqueueBackend::new()?),
             // The kqueue backend's logic on the model of kevent(2).
             #[cfg(all(not(muxloop_kqueue), feature = "kqueue-model"))]
-            BackendKind::Kqueue => Box::new(kqueue::KqueueBackend::on(
-                kevent_model::KeventModel::new(),
-            )),
+            BackendKind::Kqueue => {
+                Box::new(kqueue::KqueueBackend::on(kevent_model::KeventModel::new()))
+            }
             #[cfg(feature = "mio")]
             BackendKind::Mio => Box::new(mio_poll::MioBackend::new()?),
             // Created even where the probe failed: the error names the cause.

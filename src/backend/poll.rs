@@ -19,7 +19,6 @@ const READ_EVENTS: libc::c_short = libc::POLLIN | libc::POLLRDHUP;
 #[cfg(not(any(target_os = "linux", target_os = "android")))]
 const READ_EVENTS: libc::c_short = libc::POLLIN;
 
-
 // The flag table below relies on the values every supported system gives
 // the six classic flags.
 const _: () = assert!(
@@ -192,7 +191,10 @@ mod tests {
             (libc::POLLIN, Ready::READABLE),
             (libc::POLLPRI, Ready::READABLE),
             (libc::POLLOUT, Ready::WRITABLE),
-            (libc::POLLIN | libc::POLLOUT, Ready::READABLE | Ready::WRITABLE),
+            (
+                libc::POLLIN | libc::POLLOUT,
+                Ready::READABLE | Ready::WRITABLE,
+            ),
             (libc::POLLERR, Ready::ERROR),
             (libc::POLLNVAL, Ready::ERROR),
             (libc::POLLHUP, Ready::HUP | Ready::WRITE_CLOSED),
@@ -211,6 +213,9 @@ mod tests {
             assert_eq!(ready_of(flags), want, "flags {flags:#x}");
         }
         #[cfg(any(target_os = "linux", target_os = "android"))]
-        assert_eq!(ready_of(libc::POLLRDHUP | libc::POLLIN), Ready::HUP | Ready::READABLE);
+        assert_eq!(
+            ready_of(libc::POLLRDHUP | libc::POLLIN),
+            Ready::HUP | Ready::READABLE
+        );
     }
 }

@@ -426,7 +426,12 @@ impl UringBackend {
         }
         self.parked.epfd = None;
         self.parked.armed = false;
-        let parked: Vec<RawFd> = self.fds.iter().filter(|(_, st)| st.parked).map(|(fd, _)| fd).collect();
+        let parked: Vec<RawFd> = self
+            .fds
+            .iter()
+            .filter(|(_, st)| st.parked)
+            .map(|(fd, _)| fd)
+            .collect();
         self.parked.count = 0;
         for fd in parked {
             self.state(fd).parked = false;
@@ -505,7 +510,10 @@ impl UringBackend {
                 } else if res == -libc::ECANCELED {
                     Ready::EMPTY
                 } else {
-                    log::debug!("backend=uring fd={fd} poll failed: {}", io::Error::from_raw_os_error(-res));
+                    log::debug!(
+                        "backend=uring fd={fd} poll failed: {}",
+                        io::Error::from_raw_os_error(-res)
+                    );
                     Ready::ERROR
                 };
                 let token = st.token;
@@ -615,11 +623,17 @@ impl Backend for UringBackend {
                 let t = t.min(Duration::from_secs(30 * 86_400));
                 let ts = types::Timespec::from(t);
                 let args = types::SubmitArgs::new().timespec(&ts);
-                self.ring.submitter().submit_with_args_and_flags(1, &args, flags).map(drop)
+                self.ring
+                    .submitter()
+                    .submit_with_args_and_flags(1, &args, flags)
+                    .map(drop)
             }
             None => {
                 let args = types::SubmitArgs::new();
-                self.ring.submitter().submit_with_args_and_flags(1, &args, flags).map(drop)
+                self.ring
+                    .submitter()
+                    .submit_with_args_and_flags(1, &args, flags)
+                    .map(drop)
             }
         };
         match res {

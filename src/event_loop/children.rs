@@ -25,7 +25,8 @@ use crate::sys;
 use crate::{Interest, PostAction};
 
 /// The callback of a watched child.
-pub(super) type ChildCallback<S> = Box<dyn FnOnce(&mut EventLoop<S>, &mut S, io::Result<ExitStatus>)>;
+pub(super) type ChildCallback<S> =
+    Box<dyn FnOnce(&mut EventLoop<S>, &mut S, io::Result<ExitStatus>)>;
 
 /// A process to reap: a `std` child (which then records its status) or a
 /// bare pid.
@@ -132,7 +133,9 @@ impl<S: 'static> EventLoop<S> {
         if std::env::var_os("MUXLOOP_CHILD_WATCH").is_none_or(|v| v != "sigchld") {
             match sys::pidfd_open(process.pid()) {
                 Ok(pidfd) => return self.watch_pidfd(pidfd, process, callback),
-                Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return Err(reaped(process.pid())),
+                Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {
+                    return Err(reaped(process.pid()));
+                }
                 Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => {
                     log::debug!("loop=child pid={} no pidfd, using SIGCHLD", process.pid());
                 }
@@ -169,7 +172,11 @@ impl<S: 'static> EventLoop<S> {
         Ok(())
     }
 
-    fn watch_sigchld(&mut self, mut process: Process, callback: ChildCallback<S>) -> io::Result<()> {
+    fn watch_sigchld(
+        &mut self,
+        mut process: Process,
+        callback: ChildCallback<S>,
+    ) -> io::Result<()> {
         let pid = process.pid();
         match process.try_reap() {
             Ok(None) => {}
@@ -199,7 +206,6 @@ impl<S: 'static> EventLoop<S> {
         log::debug!("loop=child pid={pid} watched by SIGCHLD");
         Ok(())
     }
-
 }
 
 impl<S> EventLoop<S> {

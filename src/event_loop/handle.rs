@@ -48,7 +48,6 @@ impl<S> EventLoop<S> {
             call(self, state);
         }
     }
-
 }
 
 /// A thread-safe handle to an [`EventLoop`]: queue work for it and stop it
@@ -150,4 +149,3 @@ impl<S> fmt::Debug for LoopHandle<S> {
             .finish()
     }
 }
-

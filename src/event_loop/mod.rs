@@ -285,4 +285,3 @@ mod tests {
         assert!(lp.parked.len() <= 64, "{} parked tokens", lp.parked.len());
     }
 }
-

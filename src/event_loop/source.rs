@@ -288,7 +288,12 @@ impl<S> EventLoop<S> {
     /// Registers with the selector, after dropping the registrations of
     /// paused sources: one of them may have been closed since, and `fd`
     /// be its number reused.
-    pub(super) fn register(&mut self, fd: RawFd, interest: Interest, slot: Slot<S>) -> io::Result<Token> {
+    pub(super) fn register(
+        &mut self,
+        fd: RawFd,
+        interest: Interest,
+        slot: Slot<S>,
+    ) -> io::Result<Token> {
         self.check_process()?;
         self.unpark_all();
         Ok(self.selector.register(fd, interest, slot)?.token())
@@ -652,7 +657,6 @@ impl<S> EventLoop<S> {
             .count()
     }
 
-
     // Inlined into both dispatch loops: called once per event, it is the
     // hottest path of the loop.
     #[inline(always)]
@@ -719,5 +723,4 @@ impl<S> EventLoop<S> {
             _ => {}
         }
     }
-
 }

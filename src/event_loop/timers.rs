@@ -162,11 +162,9 @@ impl<S> EventLoop<S> {
             call(self, state);
         }
     }
-
 }
 
 fn far_future(now: Instant) -> Instant {
     // About 30 years: as good as never, and safe to add to.
     now + Duration::from_secs(30 * 365 * 86_400)
 }
-

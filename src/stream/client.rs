@@ -7,8 +7,8 @@ use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::transport::{self, ConnId, Sock};
 use super::Protocol;
+use super::transport::{self, ConnId, Sock};
 use crate::EventLoop;
 use crate::sys::{self, SockAddr};
 
@@ -101,8 +101,18 @@ pub fn connect<S: 'static>(
         Ok(false) => Some(None),
         Err(e) => Some(Some(e)),
     };
-    log::trace!("stream=connect to={to:?} in_progress={}", connecting.is_some());
-    let id = transport::register(lp, sock, Box::new(protocol), connecting, None, Default::default())?;
+    log::trace!(
+        "stream=connect to={to:?} in_progress={}",
+        connecting.is_some()
+    );
+    let id = transport::register(
+        lp,
+        sock,
+        Box::new(protocol),
+        connecting,
+        None,
+        Default::default(),
+    )?;
     if let Some(timeout) = timeout {
         transport::connect_timeout(lp, id, timeout);
     }

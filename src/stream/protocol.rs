@@ -54,7 +54,12 @@ pub trait Protocol<S>: 'static {
     /// (`error` then says why). Called exactly once, last. The transport
     /// still tells the id and addresses, but writes to it are ignored; the
     /// connection's timers are already cancelled.
-    fn connection_lost(&mut self, t: &mut Transport<'_, S>, error: Option<io::Error>, state: &mut S) {
+    fn connection_lost(
+        &mut self,
+        t: &mut Transport<'_, S>,
+        error: Option<io::Error>,
+        state: &mut S,
+    ) {
         let _ = (t, error, state);
     }
 

@@ -250,10 +250,14 @@ where
         last_warning: None,
     }));
     let sh = shared.clone();
-    let id = lp.add(listener, Interest::READABLE, move |lp, listener, _, state| {
-        accept_batch(lp, &sh, listener, &options, &mut factory, state);
-        PostAction::Continue
-    })?;
+    let id = lp.add(
+        listener,
+        Interest::READABLE,
+        move |lp, listener, _, state| {
+            accept_batch(lp, &sh, listener, &options, &mut factory, state);
+            PostAction::Continue
+        },
+    )?;
     shared.borrow_mut().listener = Some(id);
     log::debug!("stream=serve addr={:?}", shared.borrow().local_addr);
     Ok(Server { shared })
@@ -301,9 +305,9 @@ fn accept_batch<S: 'static, F>(
                         sh.conns.insert(id);
                         sh.served += 1;
                     }
-                    Err(e) => shared
-                        .borrow_mut()
-                        .warn(format_args!("stream=accept peer={peer} not registered: {e}")),
+                    Err(e) => shared.borrow_mut().warn(format_args!(
+                        "stream=accept peer={peer} not registered: {e}"
+                    )),
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,

@@ -22,7 +22,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use super::server::Shared;
-use super::{DEFAULT_HIGH_WATER, DEFAULT_LOW_WATER, Addr, Protocol, StreamSocket};
+use super::{Addr, DEFAULT_HIGH_WATER, DEFAULT_LOW_WATER, Protocol, StreamSocket};
 use crate::{EventLoop, Interest, PostAction, SourceEvent, SourceId, TimerId};
 
 /// At most this much is read per readiness event.
@@ -91,7 +91,8 @@ impl Sock {
     }
 
     fn send(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.send_all(buf).map_or_else(|res| res, |()| Ok(buf.len()))
+        self.send_all(buf)
+            .map_or_else(|res| res, |()| Ok(buf.len()))
     }
 
     /// Sends all of `buf` or says what happened instead, as `recv_data`.
@@ -259,7 +260,8 @@ const STEADY_MASK: u32 = READING
 /// What an event of a connection that is up and reading shows (of
 /// `HOT_MASK`'s bits): `on_ready` then sends and reads at once.
 const HOT: u32 = MADE | READING;
-const HOT_MASK: u32 = MADE | READING | CONNECTING | LOST | ABORTED | FAILED | CLOSING | EOF_RECEIVED;
+const HOT_MASK: u32 =
+    MADE | READING | CONNECTING | LOST | ABORTED | FAILED | CLOSING | EOF_RECEIVED;
 
 fn is_retry(e: &io::Error) -> bool {
     matches!(
@@ -679,7 +681,10 @@ impl<S> Transport<'_, S> {
     /// Whether the transport reads (not paused, peer not at EOF, not
     /// closing).
     pub fn is_reading(&self) -> bool {
-        self.io.is(READING) && !self.io.is(EOF_RECEIVED) && !self.io.is(CLOSING) && !self.io.is(LOST)
+        self.io.is(READING)
+            && !self.io.is(EOF_RECEIVED)
+            && !self.io.is(CLOSING)
+            && !self.io.is(LOST)
     }
 
     /// Half-closes: once everything written is sent, the writing side is
@@ -841,7 +846,6 @@ impl<S: 'static> Transport<'_, S> {
             (None, None) => {}
         }
     }
-
 }
 
 impl<S: 'static> Connection<S> {
@@ -1110,7 +1114,6 @@ impl<S: 'static> Connection<S> {
     }
 }
 
-
 /// What readiness asks of a connection that is up: send what is pending,
 /// then read once, or discard input while lingering after a close.
 #[inline(never)]
@@ -1321,7 +1324,14 @@ pub fn attach<S: 'static>(
     socket: impl StreamSocket,
     protocol: impl Protocol<S>,
 ) -> io::Result<ConnId<S>> {
-    register(lp, Sock::of(socket), Box::new(protocol), None, None, CloseSettings::default())
+    register(
+        lp,
+        Sock::of(socket),
+        Box::new(protocol),
+        None,
+        None,
+        CloseSettings::default(),
+    )
 }
 
 /// Runs `f` on a connection from outside its own callbacks, then queues
