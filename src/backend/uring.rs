@@ -32,8 +32,16 @@
 //! * **Nothing lost on overflow.** The completion queue holds 4,096
 //!   entries; beyond that the kernel keeps completions aside
 //!   (`IORING_FEAT_NODROP`, required) and the wait flushes them in before
-//!   it returns, so one wait reports every ready fd. No `DEFER_TASKRUN`
-//!   (completions would wait for the next enter), no SQPOLL.
+//!   it returns, so one wait reports every ready fd.
+//! * **`IORING_SETUP_COOP_TASKRUN`** (with `TASKRUN_FLAG`) where the
+//!   kernel has it (5.19; the ring is made without it before): a poll's
+//!   completion is posted when this thread next enters the kernel instead
+//!   of by interrupting it. Completions still arrive before the next wait
+//!   reaps them (any system call posts them), so the stale-completion
+//!   check above holds. Not `DEFER_TASKRUN`: completions would be posted
+//!   only inside the waiting enter, too late for that check, and its
+//!   single-issuer rule would tie the ring to the thread that made it. No
+//!   SQPOLL.
 //! * **A half-closed peer keeps a one-shot poll completing.** The kernel
 //!   adds `POLLRDHUP` (with `POLLERR`, `POLLHUP`) to every poll's mask, so
 //!   a socket watched for writing only, its buffer full and its peer's
@@ -177,14 +185,32 @@ fn new_ring() -> io::Result<IoUring> {
             format!("the uring backend is switched off ({}=0)", super::URING_ENV),
         ));
     }
-    let ring = IoUring::builder()
-        .setup_cqsize(CQ_ENTRIES)
-        .setup_clamp()
-        // The ring's memory is not shared with a forked child, which must
-        // make its own (`after_fork`) and never touch the parent's.
-        .dontfork()
-        .build(SQ_ENTRIES)
-        .map_err(unavailable)?;
+    let build = |coop: bool| {
+        let mut builder = IoUring::builder();
+        builder
+            .setup_cqsize(CQ_ENTRIES)
+            .setup_clamp()
+            // The ring's memory is not shared with a forked child, which
+            // must make its own (`after_fork`) and never touch the
+            // parent's.
+            .dontfork();
+        if coop {
+            // Completions are posted when this thread next enters the
+            // kernel, not by interrupting it (an IPI, and EINTR for a host
+            // sleeping in its own poll on every completion).
+            builder.setup_coop_taskrun().setup_taskrun_flag();
+        }
+        builder.build(SQ_ENTRIES)
+    };
+    let ring = match build(true) {
+        Ok(ring) => ring,
+        // Before Linux 5.19: the flags are unknown.
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+            log::debug!("backend=uring no IORING_SETUP_COOP_TASKRUN here: {e}");
+            build(false).map_err(unavailable)?
+        }
+        Err(e) => return Err(unavailable(e)),
+    };
     if !ring.params().is_feature_nodrop() || !ring.params().is_feature_ext_arg() {
         return Err(io::Error::new(
             io::ErrorKind::Unsupported,
