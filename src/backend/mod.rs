@@ -313,9 +313,7 @@ impl BackendKind {
             // `create` gives it.
             #[cfg(muxloop_uring)]
             if kind == BackendKind::Uring {
-                if let Err(e) = uring::probe() {
-                    return Err(e);
-                }
+                uring::probe()?;
             }
             Err(io::Error::new(
                 io::ErrorKind::Unsupported,
