@@ -155,7 +155,9 @@ impl<S> EventLoop<S> {
     /// in the child (their loop is the parent's): take new ones with
     /// [`handle`](EventLoop::handle). Sources, timers, queued calls and
     /// signal callbacks are kept; watched children are the parent's, so
-    /// their watchers report an error (`ECHILD`) when they exit.
+    /// their watchers report an error (`ECHILD`): those watched through
+    /// SIGCHLD on the first iteration, those watched by a pidfd (Linux)
+    /// when the process exits.
     ///
     /// Until it is called, the copy refuses to run (and to add sources)
     /// with an error naming the fork, since it would share the kernel
@@ -216,6 +218,12 @@ impl<S> EventLoop<S> {
                 .register(new_fd, Interest::READABLE, Slot::Signals)?;
         }
         self.forks = sys::forks();
+        if !self.children.is_empty() {
+            // Children waiting for SIGCHLD are the parent's: no SIGCHLD
+            // comes for them here. Polled at the next iteration, each is
+            // reported with ECHILD.
+            self.soon.push_back(Box::new(|lp, state| lp.reap_children(state)));
+        }
         log::debug!("loop=after-fork backend={}", self.backend_name());
         Ok(())
     }

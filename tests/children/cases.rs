@@ -11,7 +11,8 @@ macro_rules! each_child_case {
             a_killed_child_reports_its_signal,
             many_children_at_once_and_no_zombies,
             a_bare_pid_is_watched_too,
-            child_output_streams_through_the_loop
+            child_output_streams_through_the_loop,
+            a_watcher_taken_across_fork_reports_echild
         );
     };
 }
@@ -176,6 +177,41 @@ pub fn child_output_streams_through_the_loop(kind: BackendKind) {
     }
     assert_eq!(got[0].1.as_ref().unwrap().code(), Some(4), "{kind}");
     assert_eq!(&*output.borrow(), b"one\ntwo\n", "{kind}");
+}
+
+/// A loop forked while it watches a child (already polled once) and taken
+/// over with `after_fork`: the child process's copy reports the watcher
+/// with `ECHILD` (the watched process is its parent's child, not its own)
+/// — at once through SIGCHLD, when it exits through a pidfd —, and does
+/// not wait for ever.
+pub fn a_watcher_taken_across_fork_reports_echild(kind: BackendKind) {
+    let mut lp = EventLoop::<Results>::with_backend(kind).unwrap();
+    let mut child = sh("sleep 1");
+    let pid = child.id();
+    lp.add_child_pid(pid, record(pid)).unwrap();
+    for _ in 0..3 {
+        lp.run_once(Some(Duration::from_millis(5)), &mut Vec::new())
+            .unwrap();
+    }
+    let forked = crate::util::fork_child(|| {
+        if lp.after_fork().is_err() {
+            return 2;
+        }
+        let got = run_until(&mut lp, 1);
+        match got.first() {
+            Some((p, Err(e))) if *p == pid && e.raw_os_error() == Some(libc::ECHILD) => 0,
+            Some(_) => 3,
+            None => 4,
+        }
+    });
+    let status = crate::util::wait_child(forked, Duration::from_secs(30));
+    child.kill().unwrap();
+    let _ = child.wait();
+    assert_eq!(
+        crate::util::exit_code(status),
+        Some(0),
+        "{kind}: the forked copy's watcher (status {status:#x})"
+    );
 }
 
 fn muxloop_set_nonblocking(fd: &impl std::os::fd::AsRawFd) {
