@@ -222,7 +222,8 @@ impl<S> EventLoop<S> {
             // Children waiting for SIGCHLD are the parent's: no SIGCHLD
             // comes for them here. Polled at the next iteration, each is
             // reported with ECHILD.
-            self.soon.push_back(Box::new(|lp, state| lp.reap_children(state)));
+            self.soon
+                .push_back(Box::new(|lp, state| lp.reap_children(state)));
         }
         log::debug!("loop=after-fork backend={}", self.backend_name());
         Ok(())
