@@ -12,6 +12,8 @@
 
 #[path = "common/bench_core.rs"]
 mod bench_core;
+#[path = "common/cli.rs"]
+mod cli;
 
 use clap::Parser;
 use muxloop::BackendKind;
@@ -19,8 +21,8 @@ use muxloop::BackendKind;
 /// libevent's bench.c on muxloop.
 #[derive(Parser)]
 struct Args {
-    /// Backend: select, poll, epoll, kqueue or mio.
-    #[arg(short = 'b', long, default_value_t = BackendKind::platform_default())]
+    /// Backend (those this machine lacks are refused, naming the cause).
+    #[arg(short = 'b', long, default_value_t = BackendKind::platform_default(), value_parser = cli::backend_parser())]
     backend: BackendKind,
     /// Number of socket pairs.
     #[arg(short = 'n', long = "pairs", default_value_t = 100)]
@@ -47,6 +49,7 @@ struct Args {
 }
 
 fn main() {
+    cli::guard_stdio();
     env_logger::init();
     let args = Args::parse();
     let cfg = bench_core::Config {
@@ -61,16 +64,18 @@ fn main() {
     let verbose = args.verbose;
     let res = bench_core::run(cfg, |i, s| {
         if verbose {
-            eprintln!(
+            cli::tell!(
                 "iter {i:>3}: setup {:>10.1} us  run {:>10.1} us  total {:>10.1} us",
-                s.setup_us, s.run_us, s.total_us
+                s.setup_us,
+                s.run_us,
+                s.total_us
             );
         }
     });
     match res {
-        Ok(summary) => println!("{}", bench_core::result_line(&cfg, &summary)),
+        Ok(summary) => cli::say!("{}", bench_core::result_line(&cfg, &summary)),
         Err(e) => {
-            eprintln!("bench: {e}");
+            cli::tell!("bench: {e}");
             std::process::exit(2);
         }
     }

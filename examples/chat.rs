@@ -13,6 +13,9 @@
 //! cargo run --example chat_client -- --addr 127.0.0.1:1235   # in two terminals
 //! ```
 
+#[path = "common/cli.rs"]
+mod cli;
+
 use std::collections::HashSet;
 use std::io;
 use std::net::TcpListener;
@@ -25,8 +28,8 @@ use muxloop::{BackendKind, EventLoop};
 /// A line-relay chat server.
 #[derive(Parser)]
 struct Args {
-    /// Backend: select, poll, epoll, kqueue or mio.
-    #[arg(long, env = "MUXLOOP_BACKEND", default_value_t = BackendKind::platform_default())]
+    /// Backend (those this machine lacks are refused, naming the cause).
+    #[arg(long, env = "MUXLOOP_BACKEND", default_value_t = BackendKind::platform_default(), value_parser = cli::backend_parser())]
     backend: BackendKind,
     /// Address to listen on (port 0 picks a free port).
     #[arg(long, default_value = "127.0.0.1:1235")]
@@ -103,6 +106,7 @@ impl Protocol<Room> for Member {
 }
 
 fn main() -> io::Result<()> {
+    cli::guard_stdio();
     env_logger::init();
     let args = Args::parse();
     let mut lp = EventLoop::<Room>::with_backend(args.backend)?;
@@ -117,12 +121,12 @@ fn main() -> io::Result<()> {
             server.close(lp, Duration::from_secs(2), |lp, _| lp.stop());
         })?;
     }
-    println!("listening on {addr} (backend {})", lp.backend_name());
+    cli::say!("listening on {addr} (backend {})", lp.backend_name());
     let mut room = Room {
         members: HashSet::new(),
         idle_timeout: Duration::from_secs(args.idle_timeout),
     };
     lp.run(&mut room)?;
-    eprintln!("stopped: {} clients served", server.connections_served());
+    cli::tell!("stopped: {} clients served", server.connections_served());
     Ok(())
 }

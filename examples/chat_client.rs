@@ -8,6 +8,9 @@
 //! cargo run --example chat_client -- --addr 127.0.0.1:1235
 //! ```
 
+#[path = "common/cli.rs"]
+mod cli;
+
 use std::io::{self, BufRead, Write};
 use std::net::ToSocketAddrs;
 use std::time::Duration;
@@ -19,8 +22,8 @@ use muxloop::{BackendKind, EventLoop};
 /// A line client for the chat server.
 #[derive(Parser)]
 struct Args {
-    /// Backend: select, poll, epoll, kqueue or mio.
-    #[arg(long, env = "MUXLOOP_BACKEND", default_value_t = BackendKind::platform_default())]
+    /// Backend (those this machine lacks are refused, naming the cause).
+    #[arg(long, env = "MUXLOOP_BACKEND", default_value_t = BackendKind::platform_default(), value_parser = cli::backend_parser())]
     backend: BackendKind,
     /// The chat server.
     #[arg(long, default_value = "127.0.0.1:1235")]
@@ -38,18 +41,19 @@ impl Protocol<()> for Client {
 
     fn connection_lost(&mut self, t: &mut Transport<'_, ()>, e: Option<io::Error>, _: &mut ()) {
         if let Some(e) = e {
-            eprintln!("connection lost: {e}");
+            cli::tell!("connection lost: {e}");
         }
         t.event_loop().stop();
     }
 
     fn connection_failed(&mut self, e: io::Error, _: &mut ()) {
-        eprintln!("cannot connect: {e}");
+        cli::tell!("cannot connect: {e}");
         std::process::exit(1);
     }
 }
 
 fn main() -> io::Result<()> {
+    cli::guard_stdio();
     env_logger::init();
     let args = Args::parse();
     let addr = args

@@ -15,6 +15,8 @@
 
 #[path = "common/bench_core.rs"]
 mod bench_core;
+#[path = "common/cli.rs"]
+mod cli;
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -60,6 +62,7 @@ struct Row {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    cli::guard_stdio();
     env_logger::init();
     let args = Args::parse();
     let backends = if args.backends.is_empty() {
@@ -77,7 +80,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             for &backend in &backends {
                 step += 1;
                 if start.elapsed() > budget {
-                    eprintln!(
+                    cli::tell!(
                         "[{step}/{steps}] {backend} n={pairs} a={active}: skipped (time budget)"
                     );
                     continue;
@@ -102,14 +105,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     }
                 });
                 match &outcome {
-                    Ok(s) => eprintln!(
+                    Ok(s) => cli::tell!(
                         "[{step}/{steps}] {backend:>6} n={pairs:>5} a={active:>3}: {:>8.0} ns/callback, setup {:>6.0} ns/fd ({:.1?})",
                         s.ns_per_cb,
                         s.setup_ns_per_fd,
                         t.elapsed()
                     ),
                     Err(e) => {
-                        eprintln!("[{step}/{steps}] {backend:>6} n={pairs:>5} a={active:>3}: {e}")
+                        cli::tell!("[{step}/{steps}] {backend:>6} n={pairs:>5} a={active:>3}: {e}")
                     }
                 }
                 rows.push(Row {
@@ -124,11 +127,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     print!("{}", table(&rows, &backends, &args));
     if let Some(path) = &args.csv {
         std::fs::write(path, csv(&rows))?;
-        eprintln!("wrote {}", path.display());
+        cli::tell!("wrote {}", path.display());
     }
     if let Some(path) = &args.svg {
         chart(&rows, &backends, path)?;
-        eprintln!("wrote {}", path.display());
+        cli::tell!("wrote {}", path.display());
     }
     Ok(())
 }

@@ -11,6 +11,9 @@
 //! The last line is machine-readable:
 //! `RESULT load conns=… idle=… size=… round_trips=… secs=… rt_per_s=… p50_us=… p99_us=… p999_us=… max_us=… errors=…`
 
+#[path = "common/cli.rs"]
+mod cli;
+
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
@@ -46,7 +49,7 @@ struct Args {
     #[arg(long)]
     short: bool,
     /// The load generator's own backend.
-    #[arg(long, default_value_t = BackendKind::platform_default())]
+    #[arg(long, default_value_t = BackendKind::platform_default(), value_parser = cli::backend_parser())]
     backend: BackendKind,
 }
 
@@ -104,7 +107,7 @@ impl Conn {
 }
 
 fn fail(lp: &mut EventLoop<Load>, st: &mut Load, what: String) -> PostAction {
-    eprintln!("echo_load: {what}");
+    cli::tell!("echo_load: {what}");
     st.errors += 1;
     st.finished += 1;
     lp.stop();
@@ -246,10 +249,11 @@ fn raise_fd_limit() {
 }
 
 fn main() -> io::Result<()> {
+    cli::guard_stdio();
     env_logger::init();
     let args = Args::parse();
     if args.size == 0 || args.conns == 0 {
-        eprintln!("echo_load: --size and --conns must be at least 1");
+        cli::tell!("echo_load: --size and --conns must be at least 1");
         std::process::exit(2);
     }
     raise_fd_limit();
@@ -286,7 +290,7 @@ fn main() -> io::Result<()> {
         Duration::from_secs_f64(d + 30.0)
     });
     lp.call_later(limit, |lp, st: &mut Load| {
-        eprintln!(
+        cli::tell!(
             "echo_load: time limit reached with {} connections unfinished",
             lp.source_count()
         );
@@ -299,7 +303,7 @@ fn main() -> io::Result<()> {
     let secs = start.elapsed().as_secs_f64();
     drop(idle);
     let h = &st.hist;
-    println!(
+    cli::say!(
         "RESULT load conns={} idle={} size={} short={} round_trips={} secs={:.3} rt_per_s={:.0} p50_us={} p99_us={} p999_us={} max_us={} errors={}",
         args.conns,
         args.idle,

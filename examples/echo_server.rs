@@ -15,6 +15,9 @@
 //! cargo run --release --example echo_server -- --backend epoll --addr 127.0.0.1:1234
 //! ```
 
+#[path = "common/cli.rs"]
+mod cli;
+
 use std::io;
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
@@ -26,8 +29,8 @@ use muxloop::{BackendKind, EventLoop};
 /// An echo server on muxloop's stream layer.
 #[derive(Parser)]
 struct Args {
-    /// Backend: select, poll, epoll, kqueue or mio.
-    #[arg(long, env = "MUXLOOP_BACKEND", default_value_t = BackendKind::platform_default())]
+    /// Backend (those this machine lacks are refused, naming the cause).
+    #[arg(long, env = "MUXLOOP_BACKEND", default_value_t = BackendKind::platform_default(), value_parser = cli::backend_parser())]
     backend: BackendKind,
     /// Address to listen on (port 0 picks a free port).
     #[arg(long, default_value = "127.0.0.1:1234")]
@@ -99,6 +102,7 @@ fn shut_down(server: &Server<Counters>, lp: &mut EventLoop<Counters>, grace: Dur
 }
 
 fn main() -> io::Result<()> {
+    cli::guard_stdio();
     env_logger::init();
     let args = Args::parse();
     raise_fd_limit();
@@ -121,7 +125,7 @@ fn main() -> io::Result<()> {
         let limit = Duration::from_secs(args.max_seconds);
         lp.call_later(limit, move |lp, _| shut_down(&server, lp, grace));
     }
-    println!("listening on {addr} (backend {})", lp.backend_name());
+    cli::say!("listening on {addr} (backend {})", lp.backend_name());
 
     let mut counters = Counters {
         high_water: args.high_water,
@@ -131,7 +135,7 @@ fn main() -> io::Result<()> {
     let started = Instant::now();
     lp.run(&mut counters)?;
     let stats = lp.stats();
-    eprintln!(
+    cli::tell!(
         "stopped after {:.1?}: accepted={} shed={} bytes_echoed={} iterations={} events={} \
          wait={:.1?} callbacks={:.1?}",
         started.elapsed(),

@@ -16,6 +16,9 @@
 //! printf 'hello\n' | nc 127.0.0.1 <port>
 //! ```
 
+#[path = "common/cli.rs"]
+mod cli;
+
 use std::io::{self, Read, Write};
 use std::net::TcpListener;
 use std::os::fd::{AsRawFd, RawFd};
@@ -29,8 +32,8 @@ use muxloop::{BackendKind, EventLoop, Interest, PostAction, Ready};
 /// A poll(2) host loop that drives a muxloop EventLoop.
 #[derive(Parser)]
 struct Args {
-    /// Backend: select, poll, epoll, kqueue or mio.
-    #[arg(long, env = "MUXLOOP_BACKEND", default_value_t = BackendKind::platform_default())]
+    /// Backend (those this machine lacks are refused, naming the cause).
+    #[arg(long, env = "MUXLOOP_BACKEND", default_value_t = BackendKind::platform_default(), value_parser = cli::backend_parser())]
     backend: BackendKind,
     /// Address of the echo server the loop runs.
     #[arg(long, default_value = "127.0.0.1:0")]
@@ -53,6 +56,16 @@ impl Protocol<State> for Echo {
     fn data_received(&mut self, t: &mut Transport<'_, State>, data: &[u8], st: &mut State) {
         st.echoed += data.len();
         t.write(data);
+    }
+
+    // Backpressure: a client that does not read its echo is not read
+    // either, so its buffer stays near the high-water mark (64 KiB).
+    fn pause_writing(&mut self, t: &mut Transport<'_, State>, _: &mut State) {
+        t.pause_reading();
+    }
+
+    fn resume_writing(&mut self, t: &mut Transport<'_, State>, _: &mut State) {
+        t.resume_reading();
     }
 }
 
@@ -140,11 +153,12 @@ fn pollfd(fd: RawFd, interest: Interest) -> libc::pollfd {
 }
 
 fn main() -> io::Result<()> {
+    cli::guard_stdio();
     env_logger::init();
     let args = Args::parse();
     let mut lp = EventLoop::<State>::with_backend(args.backend)?;
     let listener = TcpListener::bind(&args.addr)?;
-    println!(
+    cli::say!(
         "listening on {} (backend {})",
         listener.local_addr()?,
         lp.backend_name()
@@ -176,7 +190,7 @@ fn main() -> io::Result<()> {
     } else {
         "its fds, listed"
     };
-    eprintln!("host: watching the loop through {fd_mode}");
+    cli::tell!("host: watching the loop through {fd_mode}");
     let mut host = Host {
         pfds: Vec::new(),
         watched: Vec::new(),

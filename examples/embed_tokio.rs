@@ -15,6 +15,9 @@
 //! cargo run --example embed_tokio -- --clients 10 --messages 500
 //! ```
 
+#[path = "common/cli.rs"]
+mod cli;
+
 use std::io;
 use std::net::TcpListener;
 use std::os::fd::{AsRawFd, RawFd};
@@ -30,7 +33,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 #[derive(Parser)]
 struct Args {
     /// Backend: epoll, kqueue or mio (select and poll have no backend fd).
-    #[arg(long, env = "MUXLOOP_BACKEND", default_value_t = BackendKind::platform_default())]
+    #[arg(long, env = "MUXLOOP_BACKEND", default_value_t = BackendKind::platform_default(), value_parser = cli::backend_parser())]
     backend: BackendKind,
     /// tokio clients of the loop's echo server.
     #[arg(long, default_value_t = 10)]
@@ -108,9 +111,39 @@ async fn drive<T>(
     Ok((output, turns, callbacks))
 }
 
-/// One tokio client: sends `messages` messages of 33 bytes, each in three
-/// writes, and reads each echo back whole.
+/// One tokio client, as `client_once`; when the process runs out of fds
+/// (the connect fails, or the server sheds the connection) it backs off and
+/// starts again, as a real client would, for up to a minute.
 async fn client(addr: std::net::SocketAddr, id: usize, messages: usize) -> io::Result<usize> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut backoff = Duration::from_millis(5);
+    loop {
+        match client_once(addr, id, messages).await {
+            Err(e) if retryable(&e) && Instant::now() < deadline => {
+                log::debug!("client {id}: {e}; again in {backoff:?}");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_millis(200));
+            }
+            res => return res,
+        }
+    }
+}
+
+/// Out of fds here, or shed by the server because it was.
+fn retryable(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
+        || matches!(
+            e.kind(),
+            io::ErrorKind::ConnectionReset
+                | io::ErrorKind::BrokenPipe
+                | io::ErrorKind::UnexpectedEof
+                | io::ErrorKind::ConnectionAborted
+        )
+}
+
+/// Sends `messages` messages of 33 bytes, each in three writes, and reads
+/// each echo back whole.
+async fn client_once(addr: std::net::SocketAddr, id: usize, messages: usize) -> io::Result<usize> {
     let mut sock = tokio::net::TcpStream::connect(addr).await?;
     sock.set_nodelay(true)?;
     let mut echoed = 0;
@@ -130,11 +163,12 @@ async fn client(addr: std::net::SocketAddr, id: usize, messages: usize) -> io::R
 }
 
 fn main() -> io::Result<()> {
+    cli::guard_stdio();
     env_logger::init();
     let args = Args::parse();
     let mut lp = EventLoop::<State>::with_backend(args.backend)?;
     if lp.backend_fd().is_none() {
-        eprintln!(
+        cli::tell!(
             "the {} backend has no backend fd: use epoll, kqueue or mio (examples/embed_poll.rs drives select and poll)",
             lp.backend_name()
         );
@@ -142,7 +176,7 @@ fn main() -> io::Result<()> {
     }
     let listener = TcpListener::bind("127.0.0.1:0")?;
     let addr = listener.local_addr()?;
-    println!("listening on {addr} (backend {})", lp.backend_name());
+    cli::say!("listening on {addr} (backend {})", lp.backend_name());
     stream::serve(&mut lp, listener, ServeOptions::default(), |_, _| {
         Some(Box::new(Echo))
     })?;
@@ -172,7 +206,7 @@ fn main() -> io::Result<()> {
         drive(&mut lp, &mut st, work).await
     })?;
     let total = result?;
-    println!(
+    cli::say!(
         "{clients} tokio clients: {total} bytes echoed by the loop in {:.2?}; {turns} host turns, {callbacks} loop callbacks, {} loop ticks",
         start.elapsed(),
         st.ticks

@@ -22,6 +22,9 @@
 //! `--serve MODEL` runs one server (its first line is
 //! `listening on ADDR (model NAME)`), which is what the driver spawns.
 
+#[path = "common/cli.rs"]
+mod cli;
+
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::io::{self, BufRead, BufReader, Read, Write};
@@ -139,7 +142,7 @@ fn serve(model: &Model, addr: &str) -> io::Result<()> {
         return Err(io::Error::new(io::ErrorKind::Unsupported, why));
     }
     let listener = TcpListener::bind(addr)?;
-    println!("listening on {} (model {model})", listener.local_addr()?);
+    cli::say!("listening on {} (model {model})", listener.local_addr()?);
     io::stdout().flush()?;
     match model {
         Model::Threads => serve_threads(listener),
@@ -148,21 +151,116 @@ fn serve(model: &Model, addr: &str) -> io::Result<()> {
     }
 }
 
-/// One thread per connection, blocking reads and writes.
-fn serve_threads(listener: TcpListener) -> io::Result<()> {
-    for conn in listener.incoming() {
-        let Ok(mut conn) = conn else { continue };
-        let _ = conn.set_nodelay(true);
-        std::thread::spawn(move || {
-            let mut buf = [0; 4096];
-            while let Ok(n @ 1..) = conn.read(&mut buf) {
-                if conn.write_all(&buf[..n]).is_err() {
-                    break;
-                }
-            }
-        });
+/// Running out of fds, as `stream::serve` handles it: a spare fd is given
+/// up to accept the pending connection and close it at once (the client
+/// sees a close, not a hang), then taken back; without one, accepting
+/// pauses. Warnings at most once a second, however often it happens.
+struct Shedder {
+    spare: Option<std::fs::File>,
+    shed: u64,
+    last_warning: Option<Instant>,
+}
+
+impl Shedder {
+    fn new() -> Shedder {
+        Shedder {
+            spare: std::fs::File::open("/dev/null").ok(),
+            shed: 0,
+            last_warning: None,
+        }
     }
-    Ok(())
+
+    /// After an accept failed with `e`: whether that was running out of
+    /// fds (then handled: the pending connection shed, or none left to
+    /// shed with). At the limit accept(2) fails before it looks at the
+    /// queue, so the shedding accept waits up to `wait` for a connection
+    /// to be pending (zero: it is, the listener was reported readable),
+    /// and never blocks longer.
+    fn out_of_fds(&mut self, listener: &TcpListener, e: &io::Error, wait: Duration) -> bool {
+        if !matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) {
+            return false;
+        }
+        let mut pfd = libc::pollfd {
+            fd: std::os::fd::AsRawFd::as_raw_fd(listener),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one live pollfd, as the count says.
+        let pending = unsafe { libc::poll(&mut pfd, 1, wait.as_millis() as libc::c_int) } == 1;
+        if let Some(spare) = self.spare.take_if(|_| pending) {
+            drop(spare);
+            // Non-blocking for this one accept: the connection may be gone.
+            let blocking = listener.set_nonblocking(true).is_ok();
+            if let Ok((conn, _)) = listener.accept() {
+                drop(conn);
+                self.shed += 1;
+            }
+            if blocking && wait > Duration::ZERO {
+                let _ = listener.set_nonblocking(false);
+            }
+            self.spare = std::fs::File::open("/dev/null").ok();
+        }
+        let shed = self.shed;
+        self.warn(format_args!(
+            "out of fds ({e}): shedding connections, {shed} so far"
+        ));
+        true
+    }
+
+    /// Whether there is a spare fd to shed with (else accepting pauses).
+    fn can_shed(&self) -> bool {
+        self.spare.is_some()
+    }
+
+    fn warn(&mut self, msg: std::fmt::Arguments<'_>) {
+        let now = Instant::now();
+        if self
+            .last_warning
+            .is_none_or(|t| now - t >= Duration::from_secs(1))
+        {
+            self.last_warning = Some(now);
+            cli::tell!("{msg}");
+        }
+    }
+}
+
+/// One thread per connection, blocking reads and writes. A connection
+/// whose thread cannot be made (threads or memory run out) is refused;
+/// the others go on.
+fn serve_threads(listener: TcpListener) -> io::Result<()> {
+    let mut shedder = Shedder::new();
+    let mut refused = 0u64;
+    loop {
+        let mut conn = match listener.accept() {
+            Ok((conn, _)) => conn,
+            Err(e) => {
+                if shedder.out_of_fds(&listener, &e, Duration::from_millis(100))
+                    && !shedder.can_shed()
+                {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                continue;
+            }
+        };
+        let _ = conn.set_nodelay(true);
+        let spawned = std::thread::Builder::new()
+            .stack_size(64 * 1024)
+            .spawn(move || {
+                let mut buf = [0; 4096];
+                while let Ok(n @ 1..) = conn.read(&mut buf) {
+                    if conn.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            // The connection went with the closure: closed, refused.
+            refused += 1;
+            shedder.warn(format_args!(
+                "cannot start a thread ({e}): connection refused, {refused} so far"
+            ));
+        }
+    }
 }
 
 /// One thread, every socket non-blocking, tried in turn; no wait syscall.
@@ -211,11 +309,12 @@ fn serve_nonblocking(listener: TcpListener) -> io::Result<()> {
 /// once, what the socket does not take kept until it is writable.
 fn serve_loop(listener: TcpListener, kind: BackendKind) -> io::Result<()> {
     listener.set_nonblocking(true)?;
+    let mut shedder = Shedder::new();
     let mut lp = EventLoop::<()>::with_backend(kind)?;
     lp.add(
         listener,
         Interest::READABLE,
-        |lp, listener: &mut TcpListener, _, _| {
+        move |lp, listener: &mut TcpListener, ev, _| {
             for _ in 0..64 {
                 match listener.accept() {
                     Ok((conn, _)) => {
@@ -228,8 +327,21 @@ fn serve_loop(listener: TcpListener, kind: BackendKind) -> io::Result<()> {
                         });
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if shedder.out_of_fds(listener, &e, Duration::ZERO) => {
+                        if !shedder.can_shed() {
+                            // Nothing to shed with: stop watching the
+                            // listener for a while instead of spinning.
+                            let id = ev.id();
+                            if lp.disable(id).is_ok() {
+                                lp.call_later(Duration::from_millis(100), move |lp, _| {
+                                    let _ = lp.enable(id, Interest::READABLE);
+                                });
+                            }
+                        }
+                        break;
+                    }
                     Err(e) => {
-                        eprintln!("accept: {e}");
+                        shedder.warn(format_args!("accept: {e}"));
                         break;
                     }
                 }
@@ -716,6 +828,7 @@ fn chart(rows: &[Row], models: &[Model], path: &Path) -> Result<(), Box<dyn std:
 }
 
 fn main() -> io::Result<()> {
+    cli::guard_stdio();
     env_logger::init();
     let args = Args::parse();
     if let Some(model) = &args.serve {
@@ -743,7 +856,7 @@ fn main() -> io::Result<()> {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let rounds = args.rounds.max(1);
     let steps = models.len() * args.connections.len() * rounds;
-    eprintln!(
+    cli::tell!(
         "{} models × {} connection counts × {rounds} round(s), {:.1} s of load + {:.1} s idle per step; \
          server on CPU 1, load on CPU 0{}",
         models.len(),
@@ -774,7 +887,7 @@ fn main() -> io::Result<()> {
                     ),
                     Err(why) => format!("skipped: {why}"),
                 };
-                eprintln!(
+                cli::tell!(
                     "[{done:>3}/{steps}] {:>6.1?} round {} {model:<12} n={n:<5} {note}",
                     start.elapsed(),
                     round + 1
@@ -797,17 +910,17 @@ fn main() -> io::Result<()> {
     print!("{}", table(&rows));
     if let Some(path) = &args.csv {
         std::fs::write(path, csv(&rows))?;
-        eprintln!("wrote {}", path.display());
+        cli::tell!("wrote {}", path.display());
     }
     if let Some(path) = &args.svg {
         chart(&rows, &models, path).map_err(|e| io::Error::other(e.to_string()))?;
-        eprintln!("wrote {}", path.display());
+        cli::tell!("wrote {}", path.display());
     }
     if rows
         .iter()
         .any(|r| matches!(&r.outcome, Err(why) if why.starts_with("ECHO MISMATCH")))
     {
-        eprintln!("io_models: an echo was wrong");
+        cli::tell!("io_models: an echo was wrong");
         std::process::exit(1);
     }
     Ok(())

@@ -16,6 +16,9 @@
 //! cargo run --example multi_port -- --ports 8001,8002 --backend select
 //! ```
 
+#[path = "common/cli.rs"]
+mod cli;
+
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -24,18 +27,11 @@ use std::time::Duration;
 use clap::Parser;
 use muxloop::{BackendKind, EventLoop, Interest, PostAction, SourceEvent};
 
-/// `print`, except that a closed stdout is not fatal.
-macro_rules! say {
-    ($($arg:tt)*) => {{
-        let _ = writeln!(io::stdout(), $($arg)*);
-    }};
-}
-
 /// A two-port server that answers every message with `ok`.
 #[derive(Parser)]
 struct Args {
-    /// Backend: select, poll, epoll, kqueue or mio.
-    #[arg(long, env = "MUXLOOP_BACKEND", default_value_t = BackendKind::platform_default())]
+    /// Backend (those this machine lacks are refused, naming the cause).
+    #[arg(long, env = "MUXLOOP_BACKEND", default_value_t = BackendKind::platform_default(), value_parser = cli::backend_parser())]
     backend: BackendKind,
     /// Ports to listen on, on 127.0.0.1 (0 picks a free one).
     #[arg(long, value_delimiter = ',', default_value = "8001,8002")]
@@ -60,7 +56,7 @@ fn on_listener(
 ) -> PostAction {
     match sk.accept() {
         Ok((conn, addr)) => {
-            say!(
+            cli::say!(
                 "new connection on {}: {addr}",
                 sk.local_addr().map(|a| a.port()).unwrap_or(0)
             );
@@ -137,7 +133,7 @@ fn on_conn(
     let mut data = [0u8; 1024];
     match conn.read(&mut data) {
         Ok(n) if n > 0 => {
-            say!("message: {:?}", String::from_utf8_lossy(&data[..n]));
+            cli::say!("message: {:?}", String::from_utf8_lossy(&data[..n]));
             counts.messages += 1;
             // `w_inputs.append(obj)`
             match lp.modify(ev.id(), Interest::WRITABLE) {
@@ -160,6 +156,7 @@ fn on_conn(
 }
 
 fn main() -> io::Result<()> {
+    cli::guard_stdio();
     env_logger::init();
     let args = Args::parse();
     let kind = args.backend;
@@ -179,7 +176,7 @@ fn main() -> io::Result<()> {
             lp.stop()
         });
     }
-    say!(
+    cli::say!(
         "listening on {} (backend {})",
         addrs.join(","),
         lp.backend_name()
@@ -190,9 +187,10 @@ fn main() -> io::Result<()> {
         spare: File::open("/dev/null").ok(),
     };
     lp.run(&mut counts)?;
-    eprintln!(
+    cli::tell!(
         "stopped: {} connections, {} messages answered",
-        counts.connections, counts.messages
+        counts.connections,
+        counts.messages
     );
     Ok(())
 }

@@ -7,6 +7,9 @@
 //! cargo run --release --example peer_mio_echo -- --addr 127.0.0.1:1234
 //! ```
 
+#[path = "common/cli.rs"]
+mod cli;
+
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::time::{Duration, Instant};
@@ -62,13 +65,14 @@ fn serve(conn: &mut Conn, buf: &mut [u8]) -> bool {
 }
 
 fn main() -> io::Result<()> {
+    cli::guard_stdio();
     let args = Args::parse();
     let mut poll = Poll::new()?;
     let mut events = Events::with_capacity(1024);
     let mut listener = TcpListener::bind(args.addr)?;
     poll.registry()
         .register(&mut listener, LISTENER, Interest::READABLE)?;
-    println!("listening on {} (backend mio-peer)", listener.local_addr()?);
+    cli::say!("listening on {} (backend mio-peer)", listener.local_addr()?);
     let mut conns: HashMap<Token, Conn> = HashMap::new();
     let mut next = 0usize;
     let mut buf = vec![0u8; 64 * 1024];

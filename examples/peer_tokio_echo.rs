@@ -6,6 +6,9 @@
 //! cargo run --release --example peer_tokio_echo -- --addr 127.0.0.1:1234
 //! ```
 
+#[path = "common/cli.rs"]
+mod cli;
+
 use std::time::Duration;
 
 use clap::Parser;
@@ -24,9 +27,10 @@ struct Args {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> std::io::Result<()> {
+    cli::guard_stdio();
     let args = Args::parse();
     let listener = TcpListener::bind(args.addr).await?;
-    println!(
+    cli::say!(
         "listening on {} (backend tokio-peer)",
         listener.local_addr()?
     );

@@ -44,6 +44,9 @@
 //! cargo run --example selectors_echo -- --backend poll --addr 127.0.0.1:1234
 //! ```
 
+#[path = "common/cli.rs"]
+mod cli;
+
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -57,8 +60,8 @@ use muxloop::{BackendKind, Events, Interest, Ready, Selector};
 /// The Python `selectors` echo server on muxloop's Selector.
 #[derive(Parser)]
 struct Args {
-    /// Backend: select, poll, epoll, kqueue or mio.
-    #[arg(long, env = "MUXLOOP_BACKEND", default_value_t = BackendKind::platform_default())]
+    /// Backend (those this machine lacks are refused, naming the cause).
+    #[arg(long, env = "MUXLOOP_BACKEND", default_value_t = BackendKind::platform_default(), value_parser = cli::backend_parser())]
     backend: BackendKind,
     /// Address to listen on (port 0 picks a free port).
     #[arg(long, default_value = "127.0.0.1:1234")]
@@ -70,14 +73,6 @@ type Callback = fn(&mut Server, RawFd, Ready);
 
 /// Stop reading a connection while this much waits to be echoed to it.
 const MAX_PENDING: usize = 256 * 1024;
-
-/// `print`, except that a closed stdout is not fatal: the server keeps
-/// serving when nobody reads its log.
-macro_rules! say {
-    ($($arg:tt)*) => {{
-        let _ = writeln!(io::stdout(), $($arg)*);
-    }};
-}
 
 struct Conn {
     stream: TcpStream,
@@ -107,7 +102,7 @@ fn accept(srv: &mut Server, _fd: RawFd, _mask: Ready) {
             return;
         }
     };
-    say!("accepted fd {} from {addr}", conn.as_raw_fd());
+    cli::say!("accepted fd {} from {addr}", conn.as_raw_fd());
     if let Err(e) = conn.set_nonblocking(true) {
         log::warn!("dropping {addr}: {e}");
         return;
@@ -184,7 +179,7 @@ fn read(srv: &mut Server, fd: RawFd, mask: Ready) {
     match conn.stream.read(&mut data) {
         // Should be ready
         Ok(n) if n > 0 => {
-            say!(
+            cli::say!(
                 "echoing {:?} to fd {fd}",
                 String::from_utf8_lossy(&data[..n])
             );
@@ -226,7 +221,7 @@ fn flush(srv: &mut Server, fd: RawFd) -> bool {
     }
     let want = match (conn.pending.len(), conn.eof) {
         (0, true) => {
-            say!("closing fd {fd}");
+            cli::say!("closing fd {fd}");
             close(srv, fd);
             return false;
         }
@@ -259,6 +254,7 @@ fn is_transient(e: &io::Error) -> bool {
 }
 
 fn main() -> io::Result<()> {
+    cli::guard_stdio();
     env_logger::init();
     let args = Args::parse();
     let kind = args.backend;
@@ -274,7 +270,7 @@ fn main() -> io::Result<()> {
     };
     srv.sel
         .register(srv.sock.as_raw_fd(), Interest::READABLE, accept)?;
-    say!(
+    cli::say!(
         "listening on {} (backend {})",
         srv.sock.local_addr()?,
         srv.sel.backend_name()

@@ -8,7 +8,10 @@
 //! cargo run --example subprocess -- --timeout 1 -- sh -c 'echo start; sleep 5'
 //! ```
 
-use std::io::{self, Read, Write};
+#[path = "common/cli.rs"]
+mod cli;
+
+use std::io::{self, Read};
 use std::os::fd::AsRawFd;
 use std::os::unix::process::ExitStatusExt;
 use std::process::{ChildStdout, Command, ExitStatus, Stdio};
@@ -20,21 +23,37 @@ use muxloop::{BackendKind, EventLoop, Interest, PostAction};
 /// Runs a command and follows it from the event loop.
 #[derive(Parser)]
 struct Args {
-    /// Backend: select, poll, epoll, kqueue or mio.
-    #[arg(long, env = "MUXLOOP_BACKEND", default_value_t = BackendKind::platform_default())]
+    /// Backend (those this machine lacks are refused, naming the cause).
+    #[arg(long, env = "MUXLOOP_BACKEND", default_value_t = BackendKind::platform_default(), value_parser = cli::backend_parser())]
     backend: BackendKind,
-    /// Kill the child (SIGKILL) after this many seconds.
-    #[arg(long, default_value_t = 10.0)]
-    timeout: f64,
+    /// Kill the child (SIGKILL) after this many seconds (more than 0, at
+    /// most a year).
+    #[arg(long, default_value = "10", value_parser = parse_timeout)]
+    timeout: Duration,
     /// The command and its arguments (default: a short shell script).
     #[arg(last = true)]
     command: Vec<String>,
+}
+
+/// `--timeout`: checked before anything is started.
+fn parse_timeout(s: &str) -> Result<Duration, String> {
+    let secs: f64 = s
+        .parse()
+        .map_err(|e| format!("{s:?} is not a number of seconds: {e}"))?;
+    if !(secs > 0.0 && secs <= 365.0 * 86_400.0) {
+        return Err(format!(
+            "{s} is out of range: more than 0 and at most a year (31536000) seconds"
+        ));
+    }
+    Ok(Duration::from_secs_f64(secs))
 }
 
 #[derive(Default)]
 struct State {
     /// A partial line of output, waiting for its newline.
     partial: Vec<u8>,
+    /// How much of `partial` is known to hold no newline.
+    scanned: usize,
     lines: usize,
     output_done: bool,
     status: Option<io::Result<ExitStatus>>,
@@ -43,6 +62,7 @@ struct State {
 }
 
 fn main() -> io::Result<()> {
+    cli::guard_stdio();
     env_logger::init();
     let args = Args::parse();
     let command = if args.command.is_empty() {
@@ -61,7 +81,7 @@ fn main() -> io::Result<()> {
     let stdout = child.stdout.take().expect("piped");
     set_nonblocking(&stdout)?;
     let pid = child.id();
-    println!(
+    cli::say!(
         "started {command:?} as pid {pid} (backend {})",
         lp.backend_name()
     );
@@ -71,15 +91,27 @@ fn main() -> io::Result<()> {
         stdout,
         Interest::READABLE,
         |lp, out: &mut ChildStdout, _, st| {
-            let mut buf = [0; 4096];
+            let mut buf = [0; 64 * 1024];
             match out.read(&mut buf) {
                 Ok(n) if n > 0 => {
                     st.partial.extend_from_slice(&buf[..n]);
-                    while let Some(end) = st.partial.iter().position(|&b| b == b'\n') {
-                        let line: Vec<u8> = st.partial.drain(..=end).collect();
-                        println!("child: {}", String::from_utf8_lossy(&line[..end]));
+                    // Only the new bytes are searched, and the lines found
+                    // leave the buffer in one drain: linear in the output,
+                    // however long a line is.
+                    let mut start = 0;
+                    let mut from = st.scanned;
+                    while let Some(i) = st.partial[from..].iter().position(|&b| b == b'\n') {
+                        let end = from + i;
+                        cli::say!(
+                            "child: {}",
+                            String::from_utf8_lossy(&st.partial[start..end])
+                        );
                         st.lines += 1;
+                        start = end + 1;
+                        from = start;
                     }
+                    st.partial.drain(..start);
+                    st.scanned = st.partial.len();
                     PostAction::Continue
                 }
                 Err(e)
@@ -93,7 +125,7 @@ fn main() -> io::Result<()> {
                 // End of output (or an error): print what is left.
                 _ => {
                     if !st.partial.is_empty() {
-                        println!(
+                        cli::say!(
                             "child: {} (no newline)",
                             String::from_utf8_lossy(&st.partial)
                         );
@@ -120,15 +152,15 @@ fn main() -> io::Result<()> {
     })?;
 
     let progress = lp.call_every(Duration::from_millis(500), move |_, st| {
-        println!(
+        cli::say!(
             "  … {:.1?} running, {} lines so far",
             start.elapsed(),
             st.lines
         );
         PostAction::Continue
     });
-    let kill = lp.call_later(Duration::from_secs_f64(args.timeout), move |lp, _| {
-        println!("timeout: killing pid {pid}");
+    let kill = lp.call_later(args.timeout, move |lp, _| {
+        cli::say!("timeout: killing pid {pid}");
         // SAFETY: kill(2) on our own child, not reaped yet: the status
         // callback, which runs once it is, cancels this timer.
         unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
@@ -139,24 +171,21 @@ fn main() -> io::Result<()> {
         ..State::default()
     };
     lp.run(&mut st)?;
-    let mut out = io::stdout().lock();
     match st.status.expect("the loop stops once the status is in") {
         Ok(status) => match (status.code(), status.signal()) {
-            (Some(code), _) => writeln!(
-                out,
+            (Some(code), _) => cli::say!(
                 "exited with status {code} after {:.1?}, {} lines",
                 start.elapsed(),
                 st.lines
-            )?,
-            (_, Some(sig)) => writeln!(
-                out,
+            ),
+            (_, Some(sig)) => cli::say!(
                 "killed by signal {sig} after {:.1?}, {} lines",
                 start.elapsed(),
                 st.lines
-            )?,
-            _ => writeln!(out, "ended: {status}")?,
+            ),
+            _ => cli::say!("ended: {status}"),
         },
-        Err(e) => writeln!(out, "could not be waited for: {e}")?,
+        Err(e) => cli::say!("could not be waited for: {e}"),
     }
     Ok(())
 }

@@ -167,6 +167,11 @@ fn timers_example_runs_to_completion() {
 /// both print `listening on ADDR (backend NAME)` first and answer a
 /// two-byte message with two bytes (the echo, or `ok`).
 fn two_byte_server(name: &str) -> Command {
+    if let Some(model) = name.strip_prefix("io_models:") {
+        let mut cmd = Command::new(example_path("io_models"));
+        cmd.args(["--serve", model, "--addr", "127.0.0.1:0"]);
+        return cmd;
+    }
     let mut cmd = Command::new(example_path(name));
     if name == "multi_port" {
         cmd.args(["--ports", "0", "--max-seconds", "120"]);
@@ -218,7 +223,18 @@ fn selectors_echo_returns_everything_to_a_client_that_half_closed() {
 
 #[test]
 fn servers_shed_connections_without_spinning_or_flooding_the_log_when_out_of_fds() {
-    for name in ["selectors_echo", "multi_port"] {
+    let mut names = vec![
+        "selectors_echo",
+        "multi_port",
+        "echo_server",
+        "io_models:threads",
+    ];
+    let models: Vec<String> = BackendKind::available()
+        .iter()
+        .map(|k| format!("io_models:{k}"))
+        .collect();
+    names.extend(models.iter().map(String::as_str));
+    for name in names {
         let mut cmd = two_byte_server(name);
         cmd.env("RUST_LOG", "warn")
             .stderr(std::process::Stdio::piped());
