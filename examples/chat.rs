@@ -2,10 +2,16 @@
 //! client sends goes, verbatim, to every *other* connected client (never
 //! back to its sender).
 //!
-//! * a client whose unsent backlog passes 1 MiB (it does not read) is
-//!   disconnected, and everyone else keeps chatting; a line longer than
-//!   1 MiB disconnects its sender too, so memory stays bounded;
-//! * a client that sends nothing for `--idle-timeout` seconds is closed;
+//! * the room goes at its readers' pace: while a member has more than
+//!   256 KiB waiting for it, nobody's lines are read (each sender waits in
+//!   TCP's own flow control), and reading resumes once it is back under
+//!   64 KiB; a member that makes no progress for `--stall-timeout`
+//!   seconds, or whose backlog passes 4 MiB, is cut off — a client that
+//!   reads, however slowly, is never dropped, and memory stays bounded;
+//! * a line longer than 1 MiB cuts its sender off;
+//! * a client that sends nothing for `--idle-timeout` seconds is closed
+//!   (0: never), and a close that cannot deliver what is left within 5 s
+//!   is an abort;
 //! * SIGINT/SIGTERM close every connection gracefully and stop.
 //!
 //! ```text
@@ -34,32 +40,80 @@ struct Args {
     /// Address to listen on (port 0 picks a free port).
     #[arg(long, default_value = "127.0.0.1:1235")]
     addr: String,
-    /// Close a client that has sent nothing for this many seconds.
+    /// Close a client that has sent nothing for this many seconds (0: no
+    /// idle timeout).
     #[arg(long, default_value_t = 300)]
     idle_timeout: u64,
+    /// Cut off a client that has read nothing of its backlog for this many
+    /// seconds while the room waits for it.
+    #[arg(long, default_value_t = 5.0)]
+    stall_timeout: f64,
 }
 
-/// The most a client may have waiting for it, or send without a newline.
-const LIMIT: usize = 1024 * 1024;
+/// The longest line a client may send.
+const MAX_LINE: usize = 1024 * 1024;
+/// A member's backlog above this pauses the room; back at `LOW`, it goes on.
+const HIGH: usize = 256 * 1024;
+const LOW: usize = 64 * 1024;
+/// A member's backlog above this cuts it off at once.
+const HARD: usize = 4 * 1024 * 1024;
+/// The key of a member's stall check timer.
+const STALL_CHECK: u64 = 1;
 
 /// The room: who is connected (the loop's state, shared by every client).
 struct Room {
     members: HashSet<ConnId<Room>>,
-    idle_timeout: Duration,
+    /// Members over their high mark: while there is one, no member is read.
+    slow: HashSet<ConnId<Room>>,
+    idle_timeout: Option<Duration>,
+    stall_timeout: Duration,
 }
 
-/// One client: the part of a line received so far.
+impl Room {
+    /// Pauses or resumes reading every member but `me` (whose own
+    /// transport the caller holds), as the room's readers allow.
+    fn set_reading(&self, t: &mut Transport<'_, Room>, reading: bool) {
+        let me = t.id();
+        for &m in self.members.iter().filter(|&&m| m != me) {
+            stream::with_transport(t.event_loop(), m, |other| {
+                if reading {
+                    other.resume_reading()
+                } else {
+                    other.pause_reading()
+                }
+            });
+        }
+        if reading {
+            t.resume_reading();
+        } else {
+            t.pause_reading();
+        }
+    }
+}
+
+/// One client.
 #[derive(Default)]
 struct Member {
+    /// What it sent after its last complete line.
     partial: Vec<u8>,
+    /// Its backlog at the last stall check, while it is slow.
+    backlog_at_check: Option<usize>,
+}
+
+impl Member {
+    fn cut_off(t: &mut Transport<'_, Room>, why: &str) {
+        log::warn!("chat=drop reason={why} peer={:?}", t.peer_addr().ok());
+        t.abort();
+    }
 }
 
 impl Protocol<Room> for Member {
     fn connection_made(&mut self, t: &mut Transport<'_, Room>, room: &mut Room) {
-        // Past the high mark pause_writing fires: the client is too slow.
-        t.set_write_buffer_limits(LIMIT, LIMIT)
-            .expect("low <= high");
-        t.set_idle_timeout(Some(room.idle_timeout));
+        t.set_write_buffer_limits(HIGH, LOW).expect("low <= high");
+        t.set_idle_timeout(room.idle_timeout);
+        if !room.slow.is_empty() {
+            t.pause_reading(); // the room is waiting for a slow reader
+        }
         room.members.insert(t.id());
         log::info!(
             "chat=join peer={:?} members={}",
@@ -69,29 +123,69 @@ impl Protocol<Room> for Member {
     }
 
     fn data_received(&mut self, t: &mut Transport<'_, Room>, data: &[u8], room: &mut Room) {
+        let old = self.partial.len();
         self.partial.extend_from_slice(data);
-        let me = t.id();
-        let mut start = 0;
-        while let Some(n) = self.partial[start..].iter().position(|&b| b == b'\n') {
-            let line = &self.partial[start..start + n + 1];
-            for &other in room.members.iter().filter(|&&m| m != me) {
-                let _ = t.write_to(other, line);
+        // Only the new bytes are searched; a line's length counts from the
+        // last newline before them.
+        let mut line_start = 0;
+        let mut complete = 0;
+        for (i, &b) in data.iter().enumerate() {
+            if b == b'\n' {
+                let end = old + i + 1;
+                if end - line_start > MAX_LINE {
+                    return Member::cut_off(t, "line-too-long");
+                }
+                line_start = end;
+                complete = end;
             }
-            start += n + 1;
         }
-        self.partial.drain(..start);
-        if self.partial.len() > LIMIT {
-            log::warn!(
-                "chat=drop reason=line-too-long peer={:?}",
-                t.peer_addr().ok()
-            );
-            t.abort();
+        if self.partial.len() - line_start > MAX_LINE {
+            return Member::cut_off(t, "line-too-long");
+        }
+        if complete > 0 {
+            // Every complete line of this read, in one write per member.
+            let me = t.id();
+            let lines = &self.partial[..complete];
+            for &other in room.members.iter().filter(|&&m| m != me) {
+                if t.write_to(other, lines).is_ok_and(|backlog| backlog > HARD) {
+                    log::warn!("chat=drop reason=backlog-over-hard-limit");
+                    stream::abort(t.event_loop(), other);
+                }
+            }
+            self.partial.drain(..complete);
         }
     }
 
-    fn pause_writing(&mut self, t: &mut Transport<'_, Room>, _: &mut Room) {
-        log::warn!("chat=drop reason=backlog peer={:?}", t.peer_addr().ok());
-        t.abort();
+    fn pause_writing(&mut self, t: &mut Transport<'_, Room>, room: &mut Room) {
+        // Over its high mark: the room waits for this reader.
+        if room.slow.insert(t.id()) && room.slow.len() == 1 {
+            room.set_reading(t, false);
+        }
+        self.backlog_at_check = Some(t.write_buffer_size());
+        t.call_later(room.stall_timeout, STALL_CHECK);
+    }
+
+    fn resume_writing(&mut self, t: &mut Transport<'_, Room>, room: &mut Room) {
+        self.backlog_at_check = None;
+        if room.slow.remove(&t.id()) && room.slow.is_empty() {
+            room.set_reading(t, true);
+        }
+    }
+
+    fn timer_fired(&mut self, t: &mut Transport<'_, Room>, key: u64, room: &mut Room) {
+        let Some(before) = self.backlog_at_check else {
+            return; // caught up since
+        };
+        if key != STALL_CHECK {
+            return;
+        }
+        let now = t.write_buffer_size();
+        if now >= before {
+            return Member::cut_off(t, "no-progress");
+        }
+        // Slow, but reading: check again later.
+        self.backlog_at_check = Some(now);
+        t.call_later(room.stall_timeout, STALL_CHECK);
     }
 
     fn connection_lost(
@@ -101,6 +195,9 @@ impl Protocol<Room> for Member {
         room: &mut Room,
     ) {
         room.members.remove(&t.id());
+        if room.slow.remove(&t.id()) && room.slow.is_empty() {
+            room.set_reading(t, true);
+        }
         log::info!("chat=leave error={e:?} members={}", room.members.len());
     }
 }
@@ -109,10 +206,26 @@ fn main() -> io::Result<()> {
     cli::guard_stdio();
     env_logger::init();
     let args = Args::parse();
+    let stall_timeout = Duration::try_from_secs_f64(args.stall_timeout)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "--stall-timeout {}: must be a positive number of seconds",
+                    args.stall_timeout
+                ),
+            )
+        })?;
     let mut lp = EventLoop::<Room>::with_backend(args.backend)?;
     let listener = TcpListener::bind(&args.addr)?;
     let addr = listener.local_addr()?;
-    let server = stream::serve(&mut lp, listener, ServeOptions::default(), |_, _| {
+    let mut options = ServeOptions::default();
+    // A member closed for idleness that does not read its backlog cannot
+    // hold its fd for ever.
+    options.close_timeout = Some(Duration::from_secs(5));
+    let server = stream::serve(&mut lp, listener, options, |_, _| {
         Some(Box::new(Member::default()))
     })?;
     for signum in [libc::SIGINT, libc::SIGTERM] {
@@ -124,7 +237,9 @@ fn main() -> io::Result<()> {
     cli::say!("listening on {addr} (backend {})", lp.backend_name());
     let mut room = Room {
         members: HashSet::new(),
-        idle_timeout: Duration::from_secs(args.idle_timeout),
+        slow: HashSet::new(),
+        idle_timeout: (args.idle_timeout > 0).then(|| Duration::from_secs(args.idle_timeout)),
+        stall_timeout,
     };
     lp.run(&mut room)?;
     cli::tell!("stopped: {} clients served", server.connections_served());

@@ -232,3 +232,152 @@ fn chat_client_sends_stdin_lines_and_prints_the_room() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// Reads `want` bytes (or until EOF or an error); returns what it got.
+fn read_bytes(c: &mut BufReader<TcpStream>, want: usize) -> Vec<u8> {
+    let mut got = Vec::with_capacity(want);
+    let mut buf = vec![0; 1 << 16];
+    while got.len() < want {
+        match c.read(&mut buf[..(want - got.len()).min(1 << 16)]) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    got
+}
+
+/// 64 KiB of empty lines into a room of readers: every reader gets every
+/// line, and a line sent right after by someone else arrives too (the
+/// flood is relayed as whole reads, not a write per line per member).
+#[test]
+fn a_flood_of_empty_lines_reaches_every_reader_and_the_room_goes_on() {
+    let server = chat(BackendKind::platform_default(), &[]);
+    let mut members: Vec<_> = (0..12).map(|_| join(&server)).collect();
+    settle(&mut members);
+    let mut flooder = members.remove(0);
+    let mut other = members.remove(0);
+    const FLOOD: usize = 64 * 1024;
+    let readers: Vec<_> = members
+        .into_iter()
+        .map(|mut m| {
+            std::thread::spawn(move || {
+                let flood = read_bytes(&mut m, FLOOD);
+                let last = hear(&mut m);
+                (flood, last)
+            })
+        })
+        .collect();
+    flooder.get_mut().write_all(&[b'\n'; FLOOD]).unwrap();
+    // The flood is relayed to `other` too; reading it shows it is through.
+    let flood = read_bytes(&mut other, FLOOD);
+    assert_eq!(flood.len(), FLOOD);
+    say(&mut other, "after the flood\n");
+    for r in readers {
+        let (flood, last) = r.join().unwrap();
+        assert!(flood.len() == FLOOD && flood.iter().all(|&b| b == b'\n'));
+        assert_eq!(last, "after the flood\n");
+    }
+    assert_eq!(hear(&mut flooder), "after the flood\n");
+}
+
+/// A member that reads, if slowly, is never dropped: the room waits for
+/// it (its senders are not read meanwhile) and it gets every byte.
+#[test]
+fn a_slow_reader_gets_everything_and_is_never_cut_off() {
+    let server = chat(BackendKind::platform_default(), &["--stall-timeout", "0.5"]);
+    let mut members: Vec<_> = (0..3).map(|_| join(&server)).collect();
+    settle(&mut members);
+    let mut talker = members.remove(0);
+    let mut slow = members.remove(0);
+    let mut fast = members.remove(0);
+    let line = format!("{}\n", "y".repeat(1023));
+    const LINES: usize = 2048; // 2 MiB, well over the room's 256 KiB mark
+    let slow_reader = std::thread::spawn(move || {
+        let mut got = 0;
+        let mut buf = vec![0; 16 * 1024];
+        while got < LINES * 1024 {
+            std::thread::sleep(Duration::from_millis(10));
+            match slow.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got += n,
+            }
+        }
+        got
+    });
+    let fast_reader = std::thread::spawn(move || read_bytes(&mut fast, LINES * 1024).len());
+    for _ in 0..LINES {
+        say(&mut talker, &line);
+    }
+    assert_eq!(fast_reader.join().unwrap(), LINES * 1024);
+    assert_eq!(
+        slow_reader.join().unwrap(),
+        LINES * 1024,
+        "the slow reader was cut off"
+    );
+}
+
+/// A line longer than the 1 MiB limit cuts its sender off, also when it
+/// ends in the same read that passes the limit; nobody hears it.
+#[test]
+fn a_line_just_over_the_limit_cuts_its_sender_off() {
+    let server = chat(BackendKind::platform_default(), &[]);
+    let mut members: Vec<_> = (0..3).map(|_| join(&server)).collect();
+    settle(&mut members);
+    let mut sender = members.remove(0);
+    let mut listener = members.remove(0);
+    let mut long = vec![b'z'; 1024 * 1024 + 30 * 1024];
+    long.push(b'\n');
+    let _ = sender.get_mut().write_all(&long);
+    // The sender is disconnected.
+    sender
+        .get_ref()
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut rest = Vec::new();
+    let _ = sender.read_to_end(&mut rest);
+    // The others heard nothing of it, and still chat.
+    let mut third = members.remove(0);
+    say(&mut third, "short\n");
+    assert_eq!(hear(&mut listener), "short\n");
+}
+
+/// `--idle-timeout 0` is no idle timeout.
+#[test]
+fn an_idle_timeout_of_zero_never_closes() {
+    let server = chat(BackendKind::platform_default(), &["--idle-timeout", "0"]);
+    let mut members: Vec<_> = (0..2).map(|_| join(&server)).collect();
+    settle(&mut members);
+    std::thread::sleep(Duration::from_millis(1500));
+    say(&mut members[0], "still here\n");
+    assert_eq!(hear(&mut members[1]), "still here\n");
+}
+
+/// Members that never read and hold a backlog are cut off, whether the
+/// idle timeout closes them first or not: the server's fds come back.
+#[test]
+fn members_that_never_read_give_their_fds_back() {
+    let server = chat(
+        BackendKind::platform_default(),
+        &["--idle-timeout", "1", "--stall-timeout", "1"],
+    );
+    let pid = server.child.id();
+    let fds = || {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .count()
+    };
+    let before = fds();
+    let mut talker = join(&server);
+    let deaf: Vec<_> = (0..8).map(|_| join(&server)).collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let line = format!("{}\n", "d".repeat(4095));
+    talker.get_ref().set_nonblocking(true).unwrap();
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(15) && fds() > before + 1 {
+        // Keep talking (and not idle), as far as the room lets it.
+        let _ = talker.get_mut().write(line.as_bytes());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(fds() <= before + 1, "the deaf members still hold fds");
+    drop(deaf);
+}
