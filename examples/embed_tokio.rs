@@ -85,8 +85,9 @@ async fn drive<T>(
     tokio::pin!(work);
     let output = loop {
         // Sleep until the backend fd is readable or the next timer is due
-        // (rounded up to tokio's millisecond timer, never early).
-        let timeout = lp.next_timeout().map(|t| t + Duration::from_micros(999));
+        // (tokio's timer rounds the deadline up to its next millisecond
+        // tick itself: never early).
+        let timeout = lp.next_timeout();
         let sleep = async {
             match timeout {
                 Some(t) => tokio::time::sleep(t).await,

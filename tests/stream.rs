@@ -601,6 +601,42 @@ mod cases {
         );
     }
 
+    /// `is_writing_paused` turns true inside the callback whose write went
+    /// over the high mark (before `pause_writing` is called), and false
+    /// once the buffer drained to the low mark.
+    pub fn is_writing_paused_is_known_inside_the_callback(kind: BackendKind) {
+        let (a, mut peer) = conn_pair();
+        let mut lp = new_loop(kind);
+        let mut p = Probe::new("p");
+        p.on_made = Some(Box::new(|t, _| {
+            t.set_write_buffer_limits(1024, 0).unwrap();
+            assert!(!t.is_writing_paused());
+            t.write(&vec![1; 4 << 20]);
+            assert!(t.is_writing_paused(), "over the high mark at once");
+        }));
+        p.on_resume = Some(Box::new(|t, _| assert!(!t.is_writing_paused())));
+        stream::attach(&mut lp, a, p).unwrap();
+        let mut log = Log::default();
+        lp.run_once(Some(Duration::ZERO), &mut log).unwrap();
+        assert!(
+            matches!(log.of("p")[..], [Ev::Made, Ev::PauseWriting(_)]),
+            "{:?}",
+            log.of("p")
+        );
+        let drain = std::thread::spawn(move || {
+            let mut buf = vec![0; 1 << 16];
+            let mut got = 0;
+            while got < 4 << 20 {
+                got += peer.read(&mut buf).unwrap();
+            }
+            peer
+        });
+        run_until(&mut lp, &mut log, |l| {
+            l.of("p").iter().any(|e| matches!(e, Ev::ResumeWriting(_)))
+        });
+        drop(drain.join().unwrap());
+    }
+
     pub fn half_open_keeps_writing_after_the_peers_eof(kind: BackendKind) {
         let (a, mut peer) = conn_pair();
         let mut lp = new_loop(kind);
@@ -1048,6 +1084,7 @@ per_backend!(
     close_after_an_unread_reset_ends_with_none_or_the_reset,
     a_close_after_the_peers_eof_needs_no_half_close,
     the_writes_of_one_callback_go_out_together,
+    is_writing_paused_is_known_inside_the_callback,
     the_close_linger_bounds_the_wait_for_the_peers_eof,
     the_close_timeout_aborts_a_close_the_peer_does_not_read,
     half_open_keeps_writing_after_the_peers_eof,

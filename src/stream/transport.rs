@@ -664,6 +664,55 @@ impl<S> Transport<'_, S> {
         (self.io.high, self.io.low)
     }
 
+    /// Whether the write buffer went above the high-water mark and has not
+    /// yet drained to the low one: `pause_writing` is due (it is called
+    /// when the current callback returns) or in effect. A protocol that
+    /// answers buffered requests in a loop (pipelining) checks it after
+    /// each answer, since `pause_writing` cannot interrupt the loop; see
+    /// the streams guide.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use muxloop::stream::{Protocol, Transport};
+    ///
+    /// /// Answers each line; stops at the high mark, leaving the rest of
+    /// /// the buffer for `resume_writing`.
+    /// struct Lines {
+    ///     buf: Vec<u8>,
+    /// }
+    ///
+    /// impl Lines {
+    ///     fn answer(&mut self, t: &mut Transport<'_, ()>) {
+    ///         while let Some(end) = self.buf.iter().position(|&b| b == b'\n') {
+    ///             let line: Vec<u8> = self.buf.drain(..=end).collect();
+    ///             t.write(&line);
+    ///             if t.is_writing_paused() {
+    ///                 t.pause_reading();
+    ///                 return;
+    ///             }
+    ///         }
+    ///     }
+    /// }
+    ///
+    /// impl Protocol<()> for Lines {
+    ///     fn data_received(&mut self, t: &mut Transport<'_, ()>, data: &[u8], _: &mut ()) {
+    ///         self.buf.extend_from_slice(data);
+    ///         self.answer(t);
+    ///     }
+    ///
+    ///     fn resume_writing(&mut self, t: &mut Transport<'_, ()>, _: &mut ()) {
+    ///         self.answer(t); // the backlog first: no new data may come
+    ///         if !t.is_writing_paused() {
+    ///             t.resume_reading();
+    ///         }
+    ///     }
+    /// }
+    /// ```
+    pub fn is_writing_paused(&self) -> bool {
+        self.io.is(WRITING_PAUSED)
+    }
+
     /// Stops reading until [`resume_reading`](Transport::resume_reading).
     /// Idempotent; data the peer sends meanwhile waits in the kernel (and
     /// the peer is slowed down by TCP's own flow control).
