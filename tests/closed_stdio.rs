@@ -248,6 +248,10 @@ fn servers_survive_a_broken_stdout() {
         c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         if name == "chat" {
             c.write_all(b"nobody hears this\n").unwrap();
+        } else if name == "multi_port" {
+            c.write_all(b"hi").unwrap();
+            let mut back = [0; 2];
+            c.read_exact(&mut back).unwrap();
         } else {
             echo_once(&mut c);
         }
@@ -258,4 +262,24 @@ fn servers_survive_a_broken_stdout() {
             assert_clean(name, wait(&mut child));
         }
     }
+}
+
+/// `embed_tokio` with more clients than fds (`ulimit -n 256`, 500
+/// clients in the same process): the server sheds, the clients back off
+/// and try again, and every client is served in the end.
+#[test]
+fn embed_tokio_goes_on_when_out_of_fds() {
+    let mut cmd = Command::new(example_path("embed_tokio"));
+    cmd.args(["--clients", "500", "--messages", "5"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    util::with_fd_limit(&mut cmd, 256);
+    let out = cmd.output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{:?}: {text}", out.status);
+    assert!(
+        text.contains("500 tokio clients: 82500 bytes echoed"),
+        "{text}"
+    );
 }
