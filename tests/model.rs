@@ -19,12 +19,10 @@ use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use muxloop::{BackendKind, Events, Interest, Selector};
 use proptest::prelude::*;
-use proptest::test_runner::{Config, TestRunner};
 use util::*;
 
 /// fd numbers per sequence.
@@ -325,19 +323,11 @@ fn run_sequence(kind: BackendKind, ops: &[Op]) -> Result<(), TestCaseError> {
     Ok(())
 }
 
-/// The fd-count check needs this binary's tests to run one at a time.
-static SERIAL: Mutex<()> = Mutex::new(());
-
 fn fuzz(kind: BackendKind) {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    init_logging();
-    let cases = env_cases("MUXLOOP_FUZZ_CASES", 2_000, 10_000);
-    let config = Config {
-        cases,
-        failure_persistence: None,
-        ..Config::default()
-    };
-    let mut runner = TestRunner::new(config);
+    // One backend at a time: the fd-count check needs this binary's tests
+    // to run alone.
+    let (_serial, mut runner) = fuzz_runner("MUXLOOP_FUZZ_CASES", 2_000, 10_000);
+    let cases = runner.config().cases;
     let result = runner.run(&proptest::collection::vec(op(), 1..40), |ops| {
         run_sequence(kind, &ops)
     });
