@@ -1,0 +1,285 @@
+//! Sockets, for the stream layer: sends that never raise SIGPIPE, a
+//! non-blocking connect and its outcome.
+
+use super::*;
+
+/// `send`'s flags: never SIGPIPE where the flag exists (elsewhere the
+/// socket gets `SO_NOSIGPIPE` instead, see `no_sigpipe`).
+#[cfg(not(muxloop_apple))]
+const SEND_FLAGS: libc::c_int = libc::MSG_NOSIGNAL;
+#[cfg(muxloop_apple)]
+const SEND_FLAGS: libc::c_int = 0;
+
+/// send(2) of `buf` on a connected socket, returning `EPIPE` instead of
+/// raising SIGPIPE.
+#[inline]
+pub(crate) fn send(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
+    raw_result(send_raw(fd, buf))
+}
+
+/// recv(2) into `buf`: what is there, at most its length.
+#[inline]
+pub(crate) fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    raw_result(recv_raw(fd, buf))
+}
+
+/// [`send`] as the kernel answers: bytes sent, or -1 with `errno` set
+/// (turn it into an error with [`raw_result`] before anything else runs).
+/// For a hot path that tests for the usual outcome before building a
+/// result.
+#[inline(always)]
+pub(crate) fn send_raw(fd: RawFd, buf: &[u8]) -> isize {
+    // SAFETY: the pointer and length describe a live slice.
+    unsafe { libc::send(fd, buf.as_ptr().cast(), buf.len(), SEND_FLAGS) }
+}
+
+/// [`recv`] as the kernel answers: bytes read, 0 at EOF, or -1 with
+/// `errno` set, as [`send_raw`].
+#[inline(always)]
+pub(crate) fn recv_raw(fd: RawFd, buf: &mut [u8]) -> isize {
+    // SAFETY: the pointer and length describe a live, writable slice.
+    unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) }
+}
+
+/// The result of a raw call that returned `n`: `errno` if it is -1. Call
+/// it right after the call, before anything can change `errno`.
+#[inline(always)]
+pub(crate) fn raw_result(n: isize) -> io::Result<usize> {
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// sendmsg(2) of `bufs` on a connected socket: a vectored write that
+/// returns `EPIPE` instead of raising SIGPIPE.
+pub(crate) fn send_vectored(fd: RawFd, bufs: &[std::io::IoSlice<'_>]) -> io::Result<usize> {
+    if let [buf] = bufs {
+        // One buffer: send(2), which spares the kernel the iovec import.
+        return send(fd, buf);
+    }
+    // SAFETY: a zeroed msghdr is valid (no name, no control data).
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    // IoSlice is guaranteed ABI-compatible with iovec on Unix; the kernel
+    // only reads the buffers.
+    msg.msg_iov = bufs.as_ptr() as *mut libc::iovec;
+    msg.msg_iovlen = bufs.len().min(1024) as _;
+    // SAFETY: `msg` points at `bufs`, live for the call.
+    let n = syscall!(sendmsg(fd, &msg, SEND_FLAGS))?;
+    Ok(n as usize)
+}
+
+/// Sets `SO_NOSIGPIPE` where sends have no `MSG_NOSIGNAL`; nothing elsewhere.
+pub(crate) fn no_sigpipe(fd: RawFd) -> io::Result<()> {
+    #[cfg(muxloop_apple)]
+    {
+        let on: libc::c_int = 1;
+        // SAFETY: `on` is a live c_int and the length says so.
+        syscall!(setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_NOSIGPIPE,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t
+        ))?;
+    }
+    let _ = fd;
+    Ok(())
+}
+
+/// A socket address in the kernel's form.
+pub(crate) struct SockAddr {
+    storage: libc::sockaddr_storage,
+    len: libc::socklen_t,
+}
+
+impl SockAddr {
+    pub(crate) fn family(&self) -> libc::c_int {
+        libc::c_int::from(self.storage.ss_family)
+    }
+
+    /// An IPv4 or IPv6 address.
+    pub(crate) fn inet(addr: &std::net::SocketAddr) -> SockAddr {
+        // SAFETY: a zeroed sockaddr_storage is a valid, empty address.
+        let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+        let len = match addr {
+            std::net::SocketAddr::V4(a) => {
+                // SAFETY: sockaddr_storage is large and aligned enough for
+                // any sockaddr type, sockaddr_in included.
+                let sin = unsafe { &mut *(&mut storage as *mut _ as *mut libc::sockaddr_in) };
+                sin.sin_family = libc::AF_INET as libc::sa_family_t;
+                sin.sin_port = a.port().to_be();
+                sin.sin_addr = libc::in_addr {
+                    s_addr: u32::from_ne_bytes(a.ip().octets()),
+                };
+                std::mem::size_of::<libc::sockaddr_in>()
+            }
+            std::net::SocketAddr::V6(a) => {
+                // SAFETY: as above, for sockaddr_in6.
+                let sin6 = unsafe { &mut *(&mut storage as *mut _ as *mut libc::sockaddr_in6) };
+                sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+                sin6.sin6_port = a.port().to_be();
+                sin6.sin6_addr = libc::in6_addr {
+                    s6_addr: a.ip().octets(),
+                };
+                sin6.sin6_flowinfo = a.flowinfo();
+                sin6.sin6_scope_id = a.scope_id();
+                std::mem::size_of::<libc::sockaddr_in6>()
+            }
+        };
+        SockAddr {
+            storage,
+            len: len as libc::socklen_t,
+        }
+    }
+
+    /// A Unix-domain path.
+    pub(crate) fn unix(path: &std::path::Path) -> io::Result<SockAddr> {
+        use std::os::unix::ffi::OsStrExt;
+        let bytes = path.as_os_str().as_bytes();
+        // SAFETY: a zeroed sockaddr_storage is a valid, empty address.
+        let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+        // SAFETY: sockaddr_storage is large and aligned enough for
+        // sockaddr_un.
+        let sun = unsafe { &mut *(&mut storage as *mut _ as *mut libc::sockaddr_un) };
+        if bytes.len() >= sun.sun_path.len() || bytes.contains(&0) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "Unix socket path {} is too long ({} bytes, at most {}) or holds a NUL",
+                    path.display(),
+                    bytes.len(),
+                    sun.sun_path.len() - 1
+                ),
+            ));
+        }
+        sun.sun_family = libc::AF_UNIX as libc::sa_family_t;
+        for (dst, src) in sun.sun_path.iter_mut().zip(bytes) {
+            *dst = *src as libc::c_char;
+        }
+        let base = std::mem::size_of::<libc::sockaddr_un>() - sun.sun_path.len();
+        Ok(SockAddr {
+            storage,
+            len: (base + bytes.len() + 1) as libc::socklen_t,
+        })
+    }
+}
+
+/// Starts a connect of the non-blocking socket `fd` to `addr`: `Ok(false)`
+/// while it is in progress (wait for writability, then
+/// `take_socket_error`), `Ok(true)` if it completed at once.
+pub(crate) fn start_connect(fd: RawFd, addr: &SockAddr) -> io::Result<bool> {
+    // SAFETY: `addr.storage` holds a valid address of `addr.len` bytes.
+    let res = syscall!(connect(
+        fd,
+        (&addr.storage as *const libc::sockaddr_storage).cast(),
+        addr.len
+    ));
+    match res {
+        Ok(_) => Ok(true),
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// A non-blocking, close-on-exec stream socket of `family`, without
+/// SIGPIPE.
+pub(crate) fn stream_socket(family: libc::c_int) -> io::Result<OwnedFd> {
+    let fd = new_stream_socket(family)?;
+    no_sigpipe(fd.as_raw_fd())?;
+    Ok(fd)
+}
+
+#[cfg(muxloop_sock_flags)]
+fn new_stream_socket(family: libc::c_int) -> io::Result<OwnedFd> {
+    // SAFETY: no pointers involved.
+    let fd = syscall!(socket(
+        family,
+        libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+        0
+    ))?;
+    Ok(owned(fd))
+}
+
+#[cfg(not(muxloop_sock_flags))]
+fn new_stream_socket(family: libc::c_int) -> io::Result<OwnedFd> {
+    // SAFETY: no pointers involved.
+    let fd = owned(syscall!(socket(family, libc::SOCK_STREAM, 0))?);
+    // SAFETY: fcntl on a descriptor we own; no memory involved.
+    syscall!(fcntl(fd.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK))?;
+    // SAFETY: as above.
+    syscall!(fcntl(fd.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC))?;
+    Ok(fd)
+}
+
+/// Accepts a TCP connection on the listening socket `fd` as a
+/// non-blocking, close-on-exec socket (one `accept4`, where std's accept
+/// needs an `ioctl(FIONBIO)` after it), with the peer's address.
+#[cfg(muxloop_sock_flags)]
+pub(crate) fn accept_inet(fd: RawFd) -> io::Result<(OwnedFd, std::net::SocketAddr)> {
+    // SAFETY: a zeroed sockaddr_storage is a valid, empty address.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: `storage` and `len` are live and describe the buffer the
+    // kernel may write the address into.
+    let conn = syscall!(accept4(
+        fd,
+        (&mut storage as *mut libc::sockaddr_storage).cast(),
+        &mut len,
+        libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC
+    ))?;
+    let conn = owned(conn);
+    let peer = inet_of(&storage).ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "accept returned an address of family {}, not IPv4 or IPv6",
+                storage.ss_family
+            ),
+        )
+    })?;
+    Ok((conn, peer))
+}
+
+/// The IPv4 or IPv6 address in `storage`, if it holds one.
+#[cfg(muxloop_sock_flags)]
+fn inet_of(storage: &libc::sockaddr_storage) -> Option<std::net::SocketAddr> {
+    match libc::c_int::from(storage.ss_family) {
+        libc::AF_INET => {
+            // SAFETY: the family says the storage holds a sockaddr_in, and
+            // sockaddr_storage is large and aligned enough for it.
+            let sin = unsafe { &*(storage as *const _ as *const libc::sockaddr_in) };
+            let ip = std::net::Ipv4Addr::from(sin.sin_addr.s_addr.to_ne_bytes());
+            Some(std::net::SocketAddr::from((ip, u16::from_be(sin.sin_port))))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: as above, for sockaddr_in6.
+            let sin6 = unsafe { &*(storage as *const _ as *const libc::sockaddr_in6) };
+            let ip = std::net::Ipv6Addr::from(sin6.sin6_addr.s6_addr);
+            Some(std::net::SocketAddr::V6(std::net::SocketAddrV6::new(
+                ip,
+                u16::from_be(sin6.sin6_port),
+                sin6.sin6_flowinfo,
+                sin6.sin6_scope_id,
+            )))
+        }
+        _ => None,
+    }
+}
+
+/// The pending error of a socket (`SO_ERROR`, which reading clears): how a
+/// non-blocking connect ended. `Ok(None)` if it succeeded.
+pub(crate) fn take_socket_error(fd: RawFd) -> io::Result<Option<io::Error>> {
+    let mut err: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `err` and `len` are live and describe a c_int.
+    syscall!(getsockopt(
+        fd,
+        libc::SOL_SOCKET,
+        libc::SO_ERROR,
+        (&mut err as *mut libc::c_int).cast(),
+        &mut len
+    ))?;
+    Ok((err != 0).then(|| io::Error::from_raw_os_error(err)))
+}
