@@ -100,14 +100,17 @@ impl<S> EventLoop<S> {
         self.stop == Stop::Pending
     }
 
-    /// After a host-driven iteration: a stop requested is now seen.
+    /// After a host-driven iteration: a stop requested is now seen (not
+    /// after a nested call a callback made, which ran no iteration).
+    #[inline]
     fn see_stop(&mut self) {
-        if self.stop != Stop::No {
+        if self.stop != Stop::No && !self.iterating {
             self.stop = Stop::Seen;
         }
     }
 
     /// Clears a stop an earlier `run_once` already reported.
+    #[inline]
     fn clear_seen_stop(&mut self) {
         if self.stop == Stop::Seen {
             self.stop = Stop::No;
@@ -140,7 +143,6 @@ impl<S> EventLoop<S> {
     /// ```
     pub fn run(&mut self, state: &mut S) -> io::Result<()> {
         self.check_runnable()?;
-        self.clear_seen_stop();
         log::debug!("loop=run backend={}", self.backend_name());
         let res = loop {
             if let Err(e) = self.iterate(Wait::Kernel(None), state) {
@@ -192,8 +194,6 @@ impl<S> EventLoop<S> {
     /// `run_once` return `ResourceBusy` saying so. Drop the loop (its
     /// sources are closed).
     pub fn run_once(&mut self, timeout: Option<Duration>, state: &mut S) -> io::Result<usize> {
-        self.check_runnable()?;
-        self.clear_seen_stop();
         let before = self.callbacks_run();
         let res = self.iterate(Wait::Kernel(timeout), state);
         self.see_stop();
@@ -245,8 +245,6 @@ impl<S> EventLoop<S> {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn run_ready(&mut self, observed: &[(RawFd, Ready)], state: &mut S) -> io::Result<usize> {
-        self.check_runnable()?;
-        self.clear_seen_stop();
         let before = self.callbacks_run();
         let res = self.iterate(Wait::Observed(observed), state);
         self.see_stop();
@@ -281,6 +279,9 @@ impl<S> EventLoop<S> {
 
     fn iterate(&mut self, wait: Wait<'_>, state: &mut S) -> io::Result<()> {
         self.check_runnable()?;
+        // A stop an earlier `run_once` reported is answered by this
+        // iteration (not by a nested call: `check_runnable` refuses those).
+        self.clear_seen_stop();
         self.iterating = true;
         // Marks the loop poisoned if a callback unwinds through here (a
         // drop guard, not `catch_unwind`: that would move the whole
