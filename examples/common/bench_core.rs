@@ -31,7 +31,7 @@ pub enum Rearm {
     #[default]
     Pause,
     /// `remove` + `add`: unregistered at once and registered anew (one
-    /// failing `EPOLL_CTL_ADD` on epoll), with a new boxed callback.
+    /// `EPOLL_CTL_MOD` on epoll), with a new boxed callback.
     Remove,
 }
 
