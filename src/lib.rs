@@ -28,19 +28,18 @@ unix_only! {
     mod interest;
     mod ready;
     mod selector;
-    mod signal;
     pub mod stream;
     mod sys;
-    mod timer;
     mod token;
     mod waker;
 
     pub use backend::{BACKEND_ENV, Backend, BackendKind, URING_ENV};
     pub use event::{Event, Events};
-    pub use event_loop::{EventLoop, LoopHandle, LoopStats, Paused, PostAction, SourceEvent, SourceId};
+    pub use event_loop::{
+        EventLoop, LoopHandle, LoopStats, Paused, PostAction, SourceEvent, SourceId, TimerId,
+    };
     pub use interest::Interest;
     pub use ready::Ready;
     pub use selector::{Selector, SelectorKey};
-    pub use timer::TimerId;
     pub use token::Token;
 }

@@ -1,5 +1,8 @@
 //! The selectors-style front: keys, validation, rollback, EINTR, timeouts,
-//! masking, merging and stale-token protection, once for every backend.
+//! masking, merging and stale-token protection, once for every backend —
+//! and the registration states the event loop builds on (suspended,
+//! parked, renewed), so that it gets resolved records and keeps no
+//! registration state of its own.
 
 use std::fmt;
 use std::io;
@@ -88,24 +91,31 @@ impl<T: fmt::Debug> fmt::Debug for SelectorKey<T> {
     }
 }
 
-struct Slot<T> {
+/// A key and what the selector keeps about its registration.
+struct Registration<T> {
     key: SelectorKey<T>,
     /// The token the backend knows the registration by: the key's token at
-    /// `register`, kept when [`renew_if`](Selector::renew_if) gives the key
-    /// a new one, so that a renewal needs no backend call. Raw records
-    /// carry it ([`key_by_raw_mut`](Selector::key_by_raw_mut)).
+    /// `register`, kept when [`renew_parked`](Selector::renew_parked) gives
+    /// the key a new one, so that a renewal needs no backend call. The
+    /// backend's records carry it ([`ready_at`](Selector::ready_at)).
     ktoken: Token,
-    /// The `round` in which the key was last renewed: the raw records of
-    /// that round were collected under its old token and are dropped.
-    renewed: u64,
+    /// Records of passes up to this round are dropped: the round of the
+    /// key's latest renewal (that round's records were collected under its
+    /// old token), or `QUIET` while the key is suspended or parked. One
+    /// comparison per record instead of three.
+    quiet_until: u64,
+    /// Handed out by the event loop's `pause`: no record reaches the key,
+    /// and the registration is dropped before the next wait unless
+    /// [`renew_parked`](Selector::renew_parked) takes it back first.
+    parked: bool,
 }
 
-/// What a slab index needs besides its slot, kept beside the slab so that
-/// the entry the event loop's one-pass dispatch reads stays small: where
-/// `select` put the index's event in its latest round (to merge a second
-/// record into it), and the round its registration last ended or began
-/// (a raw record naming a registration gone in the current round was
-/// collected before that, and is no sign of an orphan).
+/// What a slab index needs besides its registration, kept beside the slab
+/// so that the entry `ready_at` reads for every record stays small: where
+/// the index's record is in its latest round (to merge a second record
+/// into it), and the round its registration last ended or began (a record
+/// naming a registration gone in the current round was collected before
+/// that, and is no sign of an orphan).
 #[derive(Clone, Copy, Default)]
 struct Merge {
     round: u64,
@@ -114,6 +124,9 @@ struct Merge {
 }
 
 const NO_SLOT: usize = usize::MAX;
+
+/// [`Registration::quiet_until`] of a key no record may reach.
+const QUIET: u64 = u64::MAX;
 
 /// Waits for readiness on many file descriptors: Python's
 /// `selectors.BaseSelector`, on any [`BackendKind`].
@@ -164,18 +177,30 @@ const NO_SLOT: usize = usize::MAX;
 pub struct Selector<T> {
     backend: Option<Box<dyn Backend>>,
     name: &'static str,
-    slots: Slab<Slot<T>>,
+    slots: Slab<Registration<T>>,
     /// Generation of each slab index; bumped when the index is freed.
     generations: Vec<u32>,
     /// `Merge` of each slab index (as long as `generations`).
     merges: Vec<Merge>,
     /// Slab index of each registered fd.
     by_fd: FdTable<usize>,
-    /// Raw backend output, reused across calls.
+    /// The records of the latest pass: the backend's output, merged to
+    /// one per registration (see [`ready_at`](Selector::ready_at)).
     raw: Vec<(Token, Ready)>,
+    /// Whether the backend reports each fd at most once per wait, so that
+    /// its records need no merging.
+    each_once: bool,
+    /// Counts passes: a wait, or a host's observation.
     round: u64,
-    /// The last round in which a stale record made the backend purge.
-    purged: u64,
+    /// Records of the latest pass that came from registrations the kernel
+    /// kept after their fd was closed: the backend is purged before it
+    /// waits again.
+    orphans: usize,
+    /// Tokens of parked keys (some perhaps renewed or gone since).
+    parked: Vec<Token>,
+    /// How many keys are parked, or more (a parked key unregistered other
+    /// than by `unpark_all` stays counted until then).
+    parked_live: usize,
 }
 
 fn closed_error() -> io::Error {
@@ -245,8 +270,13 @@ impl<T> Selector<T> {
     /// [`Backend`] for the contract.
     pub fn from_backend(backend: Box<dyn Backend>) -> Selector<T> {
         let name = backend.name();
+        let each_once = backend.reports_each_fd_once();
         log::debug!("selector=open backend={name}");
         Selector {
+            each_once,
+            orphans: 0,
+            parked: Vec::new(),
+            parked_live: 0,
             backend: Some(backend),
             name,
             slots: Slab::new(),
@@ -255,7 +285,6 @@ impl<T> Selector<T> {
             by_fd: FdTable::new(NO_SLOT),
             raw: Vec::new(),
             round: 0,
-            purged: 0,
         }
     }
 
@@ -317,6 +346,9 @@ impl<T> Selector<T> {
         if self.backend.is_none() {
             return Err(closed_error());
         }
+        // A parked key's fd may have been closed since, and `fd` be its
+        // number reused.
+        self.unpark_all();
         if fd < 0 {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -356,7 +388,7 @@ impl<T> Selector<T> {
             );
         }
         self.by_fd.insert(fd, index);
-        let slot = Slot {
+        let slot = Registration {
             key: SelectorKey {
                 fd,
                 interest,
@@ -365,7 +397,8 @@ impl<T> Selector<T> {
                 suspended: false,
             },
             ktoken: token,
-            renewed: self.round,
+            quiet_until: self.round,
+            parked: false,
         };
         self.merges[index].changed = self.round;
         let i = self.slots.insert(slot);
@@ -492,26 +525,106 @@ impl<T> Selector<T> {
         }
     }
 
-    /// Retires the token of a registration and gives it a new one (and
-    /// `interest`), as an `unregister` and a `register` of the same fd
-    /// would, but without telling the backend: it keeps knowing the
-    /// registration by its first token (`ktoken`), and the records it
-    /// collected before the renewal, in this round, are dropped. So no
-    /// backend call at all when the interest is unchanged. Only for an fd
-    /// whose open file is known not to have changed since it was
-    /// registered (the event loop's paused sources, which own their fd).
-    /// On error the fd is unregistered.
+    /// Parks a registration (the event loop's `pause`): from now on no
+    /// record reaches its key, and before the backend next waits (or an fd
+    /// is registered, or [`flush`](Selector::flush)) it is unregistered —
+    /// unless [`renew_parked`](Selector::renew_parked) takes it back first,
+    /// which then costs no backend call. Only for an fd whose open file
+    /// does not change while parked (the loop's paused sources own theirs).
     ///
-    /// Only if `token` is registered and its key passes `check`; otherwise
-    /// `data` comes back, nothing changed. On success the key gets `data`
-    /// (the old data is dropped) and the new token is returned; on error
-    /// the fd is unregistered and `data` dropped. One look-up.
+    /// Returns the key, for the caller to take its data; `None` if `token`
+    /// is not a registered, unparked key. [`unpark`](Selector::unpark)
+    /// undoes it.
     #[inline]
-    pub(crate) fn renew_if(
+    pub(crate) fn park(&mut self, token: Token) -> Option<&mut SelectorKey<T>> {
+        let slot = self
+            .slots
+            .get_mut(token.index())
+            .filter(|s| s.key.token == token && !s.parked)?;
+        slot.parked = true;
+        slot.quiet_until = QUIET;
+        // Tokens of keys renewed or unregistered since stay in the list
+        // until the next wait; keep it from growing without bound when the
+        // selector does not wait.
+        if self.parked.len() >= 64 && self.parked.len() >= 2 * self.slots.len() {
+            let slots = &self.slots;
+            self.parked.retain(|t| {
+                slots
+                    .get(t.index())
+                    .is_some_and(|s| s.key.token == *t && s.parked)
+            });
+        }
+        self.parked.push(token);
+        self.parked_live += 1;
+        Some(&mut self.slots[token.index()].key)
+    }
+
+    /// Undoes [`park`](Selector::park) of a key whose data the caller
+    /// found it could not take after all.
+    #[cold]
+    pub(crate) fn unpark(&mut self, token: Token) {
+        let round = self.round;
+        if let Some(slot) = self.slots.get_mut(token.index()) {
+            if slot.key.token == token && slot.parked {
+                slot.parked = false;
+                slot.quiet_until = if slot.key.suspended { QUIET } else { round };
+                self.parked_live = self.parked_live.saturating_sub(1);
+            }
+        }
+    }
+
+    /// Unregisters every key still parked.
+    #[inline]
+    fn unpark_all(&mut self) {
+        if self.parked_live > 0 {
+            self.unpark_each();
+        } else {
+            // Every parked key was renewed or unregistered since.
+            self.parked.clear();
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn unpark_each(&mut self) {
+        let mut parked = std::mem::take(&mut self.parked);
+        for &token in &parked {
+            let _ = self.unregister_parked(token);
+        }
+        parked.clear();
+        self.parked = parked;
+        // No key is parked any more (each was in the list).
+        self.parked_live = 0;
+    }
+
+    /// Unregisters the key of `token` if it is parked, handing it back.
+    pub(crate) fn unregister_parked(&mut self, token: Token) -> Option<SelectorKey<T>> {
+        let slot = self.slots.get(token.index())?;
+        if slot.key.token != token || !slot.parked {
+            return None;
+        }
+        let fd = slot.key.fd;
+        log::trace!("selector=unpark backend={} fd={fd}", self.name);
+        self.parked_live = self.parked_live.saturating_sub(1);
+        self.unregister(fd).ok()
+    }
+
+    /// Watches a parked registration again, for `interest`, under a new
+    /// token, with `data` (the old data is dropped): as an `unregister` and
+    /// a `register` of the same fd would, but without telling the backend.
+    /// It keeps knowing the registration by its first token (`ktoken`),
+    /// and the records it collected before the renewal, in this round, are
+    /// dropped. So no backend call at all when the interest is unchanged.
+    ///
+    /// Only if `token` is a parked key of `fd`; otherwise `data` comes
+    /// back, nothing changed. On success the new token is returned; on
+    /// error the fd is unregistered and `data` dropped. One look-up.
+    #[inline]
+    pub(crate) fn renew_parked(
         &mut self,
         token: Token,
+        fd: RawFd,
         interest: Interest,
-        check: impl FnOnce(&SelectorKey<T>) -> bool,
         data: T,
     ) -> Result<io::Result<Token>, T> {
         let index = token.index();
@@ -519,9 +632,11 @@ impl<T> Selector<T> {
             // Closed (where registering fails too), or not registered.
             return Err(data);
         };
-        if slot.key.token != token || !check(&slot.key) {
+        if slot.key.token != token || slot.key.fd != fd || !slot.parked {
             return Err(data);
         }
+        slot.parked = false;
+        self.parked_live = self.parked_live.saturating_sub(1);
         let generation = &mut self.generations[index];
         *generation = generation.wrapping_add(1);
         let new = Token::new(index, *generation);
@@ -534,12 +649,13 @@ impl<T> Selector<T> {
             backend.add(fd, new, interest).map(|()| {
                 slot.key.suspended = false;
                 slot.ktoken = new;
+                slot.quiet_until = self.round;
             })
         } else {
             // Records collected under the old token in this round must
             // not reach the renewed key (the backend still reports it by
             // `ktoken`, in later rounds too).
-            slot.renewed = self.round;
+            slot.quiet_until = self.round;
             if interest == old {
                 Ok(())
             } else {
@@ -574,7 +690,9 @@ impl<T> Selector<T> {
         let (fd, interest) = (key.fd, key.interest);
         let ktoken = self.slots[index].ktoken;
         self.backend_delete("suspend", fd, ktoken, interest, false)?;
-        self.slots[index].key.suspended = true;
+        let slot = &mut self.slots[index];
+        slot.key.suspended = true;
+        slot.quiet_until = QUIET;
         Ok(())
     }
 
@@ -594,6 +712,8 @@ impl<T> Selector<T> {
         let slot = &mut self.slots[index];
         slot.key.suspended = false;
         slot.key.interest = interest;
+        // A record collected before the suspension is dropped too.
+        slot.quiet_until = if slot.parked { QUIET } else { self.round };
         Ok(())
     }
 
@@ -724,18 +844,6 @@ impl<T> Selector<T> {
             .filter(|k| k.token == token)
     }
 
-    /// The key a raw record (from [`select_raw`](Selector::select_raw))
-    /// belongs to: the registration the backend knows by `token`, unless it
-    /// is gone or was renewed since the record was collected.
-    #[inline]
-    pub(crate) fn key_by_raw_mut(&mut self, token: Token) -> Option<&mut SelectorKey<T>> {
-        let round = self.round;
-        self.slots
-            .get_mut(token.index())
-            .filter(|s| s.ktoken == token && s.renewed != round)
-            .map(|s| &mut s.key)
-    }
-
     /// Every registered key, in no particular order (Python's `get_map()`).
     pub fn keys(&self) -> impl Iterator<Item = &SelectorKey<T>> {
         self.slots.iter().map(|(_, s)| &s.key)
@@ -812,12 +920,14 @@ impl<T> Selector<T> {
     ///
     /// The backend's error; an error if the selector is closed.
     pub fn flush(&mut self) -> io::Result<()> {
+        self.backend()?;
+        self.unpark_all();
         self.backend()?.flush()
     }
 
     /// Whether [`flush`](Selector::flush) has something to apply.
     pub(crate) fn needs_flush(&self) -> bool {
-        self.backend.as_ref().is_some_and(|b| b.has_deferred())
+        self.parked_live > 0 || self.backend.as_ref().is_some_and(|b| b.has_deferred())
     }
 
     /// In a child process after `fork`, before the selector is used there:
@@ -840,24 +950,31 @@ impl<T> Selector<T> {
             .filter(|(_, s)| !s.key.suspended)
             .map(|(_, s)| (s.key.fd, s.ktoken, s.key.interest));
         backend.after_fork(&mut live)?;
+        // Only now: until the kernel object is the child's own, a change
+        // would reach the parent's.
+        self.unpark_all();
         log::debug!("selector=after-fork backend={}", self.name);
         Ok(())
     }
 
-    /// Every watched registration's fd and interest (suspended ones not).
+    /// Every watched registration's fd and interest (suspended and
+    /// parked ones not).
     pub(crate) fn watched(&self) -> impl Iterator<Item = (RawFd, Interest)> + '_ {
         self.slots
             .iter()
-            .filter(|(_, s)| !s.key.suspended)
+            .filter(|(_, s)| !s.key.suspended && !s.parked)
             .map(|(_, s)| (s.key.fd, s.key.interest))
     }
 
-    /// What `select` makes of a wait, from readiness a host program
-    /// observed itself (e.g. with its own poll(2)) instead of a wait:
-    /// records of fds that are not registered are ignored, the rest masked
-    /// and merged.
-    pub(crate) fn select_observed(&mut self, events: &mut Events, observed: &[(RawFd, Ready)]) {
-        events.clear();
+    /// A pass on readiness a host program observed itself (e.g. with its
+    /// own poll(2)) instead of a wait, as [`wait_ready`] makes of a
+    /// wait: records of fds that are not watched are ignored. Returns
+    /// how many records [`ready_at`] has.
+    ///
+    /// [`wait_ready`]: Selector::wait_ready
+    /// [`ready_at`]: Selector::ready_at
+    pub(crate) fn observe(&mut self, observed: &[(RawFd, Ready)]) -> usize {
+        self.settle();
         self.raw.clear();
         for &(fd, ready) in observed {
             if let Some(index) = self.slot_of(fd) {
@@ -867,7 +984,9 @@ impl<T> Selector<T> {
                 }
             }
         }
-        self.collect(events);
+        // A host may list an fd twice.
+        self.begin_pass(true);
+        self.raw.len()
     }
 
     /// Waits until at least one registered fd is ready or `timeout`
@@ -896,7 +1015,12 @@ impl<T> Selector<T> {
     /// closed.
     pub fn select(&mut self, events: &mut Events, timeout: Option<Duration>) -> io::Result<usize> {
         events.clear();
+        if self.backend.is_none() {
+            return Err(closed_error());
+        }
+        self.settle();
         self.wait_until(timeout, |sel| {
+            sel.begin_pass(!sel.each_once);
             sel.collect(events);
             !events.is_empty()
         })?;
@@ -952,99 +1076,127 @@ impl<T> Selector<T> {
         }
     }
 
-    /// Whether the backend reports each fd at most once per wait, so the
-    /// raw records need no merging (see [`select_raw`](Selector::select_raw)).
-    pub(crate) fn reports_each_fd_once(&self) -> bool {
-        self.backend
-            .as_ref()
-            .is_some_and(|b| b.reports_each_fd_once())
+    /// Waits like [`select`](Selector::select), and keeps what the
+    /// backend reported as this pass's records, one per registration,
+    /// for the caller to take with [`ready_at`](Selector::ready_at) —
+    /// which resolves and masks each at the moment it is taken, so that
+    /// what the caller changed since the wait counts. The event loop
+    /// dispatches this way, with no [`Events`] in between. Returns how
+    /// many records there are (some may resolve to nothing).
+    pub(crate) fn wait_ready(&mut self, timeout: Option<Duration>) -> io::Result<usize> {
+        if self.backend.is_none() {
+            return Err(closed_error());
+        }
+        self.settle();
+        self.wait_until(timeout, |sel| {
+            sel.begin_pass(!sel.each_once);
+            !sel.raw.is_empty()
+        })?;
+        Ok(self.raw.len())
     }
 
-    /// `select` without building [`Events`]: waits like `select` and hands
-    /// out the backend's raw `(token, ready)` records, which the caller must
-    /// resolve (stale tokens are possible), mask by interest, and give back
-    /// with [`restore_raw`](Selector::restore_raw). Only for backends that
-    /// [report each fd once](Selector::reports_each_fd_once): records are
-    /// not merged. The event loop uses it to dispatch in one pass.
-    pub(crate) fn select_raw(
-        &mut self,
-        timeout: Option<Duration>,
-    ) -> io::Result<Vec<(Token, Ready)>> {
-        self.wait_until(timeout, |sel| !sel.raw.is_empty())?;
-        // A new round: renewals from now on drop these records.
+    /// Before a wait: drops the parked registrations, and purges the
+    /// backend if the last pass found orphans.
+    #[inline]
+    fn settle(&mut self) {
+        self.unpark_all();
+        if self.orphans > 0 {
+            self.purge_backend();
+        }
+    }
+
+    /// A new pass over `raw`: renewals and removals from now on count
+    /// against its records. With `merge`, a second record of one
+    /// registration (kqueue reports reading and writing apart) is ORed
+    /// into the first and emptied.
+    fn begin_pass(&mut self, merge: bool) {
         self.round += 1;
-        Ok(std::mem::take(&mut self.raw))
-    }
-
-    /// Returns the buffer lent by [`select_raw`](Selector::select_raw).
-    pub(crate) fn restore_raw(&mut self, raw: Vec<(Token, Ready)>) {
-        self.raw = raw;
-    }
-
-    /// Turns the raw backend output into masked, merged, live events.
-    fn collect(&mut self, events: &mut Events) {
-        self.round += 1;
+        self.orphans = 0;
+        if !merge {
+            return;
+        }
         let round = self.round;
-        let mut stale = 0usize;
-        for &(token, ready) in &self.raw {
-            let Some(slot) = self.slots.get_mut(token.index()) else {
-                stale += 1;
-                continue;
-            };
-            if slot.ktoken != token {
-                stale += 1;
+        for i in 0..self.raw.len() {
+            let (token, ready) = self.raw[i];
+            let index = token.index();
+            // A stale record is left for `ready_at` to judge.
+            if self.slots.get(index).is_none_or(|s| s.ktoken != token) {
                 continue;
             }
-            let token = slot.key.token;
-            let ready = ready.masked(slot.key.interest);
-            if ready.is_empty() {
-                continue;
-            }
-            // Rounds only grow, so an entry left by an earlier registration
-            // of this index never matches.
-            let merge = &mut self.merges[token.index()];
+            // Rounds only grow, so an entry left by an earlier
+            // registration of this index never matches.
+            let merge = &mut self.merges[index];
             if merge.round == round {
-                events.list[merge.pos].ready |= ready;
+                self.raw[merge.pos].1 |= ready;
+                self.raw[i].1 = Ready::EMPTY;
             } else {
                 merge.round = round;
-                merge.pos = events.list.len();
+                merge.pos = i;
+            }
+        }
+    }
+
+    /// Record `i` of the latest pass, resolved: its key and its readiness
+    /// masked by the key's interest. `None` if nothing is left of it: its
+    /// registration was unregistered, renewed, suspended or parked since
+    /// the pass began (a record collected before that), or none of its
+    /// readiness is of interest. A record of a registration the kernel
+    /// kept after its fd was closed (a duplicate keeps the file open) is
+    /// counted, and the backend purged before it next waits.
+    #[inline]
+    pub(crate) fn ready_at(&mut self, i: usize) -> Option<(&mut SelectorKey<T>, Ready)> {
+        let (token, ready) = *self.raw.get(i)?;
+        let index = token.index();
+        match self.slots.get_mut(index) {
+            Some(slot) if slot.ktoken == token => {
+                if slot.quiet_until >= self.round {
+                    return None;
+                }
+                let ready = ready.masked(slot.key.interest);
+                if ready.is_empty() {
+                    None
+                } else {
+                    Some((&mut slot.key, ready))
+                }
+            }
+            _ => {
+                // Benign if the index's registration began or ended in
+                // this pass: an earlier callback removed it.
+                if self
+                    .merges
+                    .get(index)
+                    .is_none_or(|m| m.changed != self.round)
+                {
+                    self.orphans += 1;
+                }
+                None
+            }
+        }
+    }
+
+    /// Turns the latest pass into events.
+    fn collect(&mut self, events: &mut Events) {
+        for i in 0..self.raw.len() {
+            if let Some((key, ready)) = self.ready_at(i) {
                 events.list.push(Event {
-                    token,
-                    fd: slot.key.fd,
+                    token: key.token,
+                    fd: key.fd,
                     ready,
                 });
             }
         }
-        if stale > 0 {
-            self.purge_backend(stale);
+        // `select` may wait again at once.
+        if self.orphans > 0 {
+            self.purge_backend();
         }
-    }
-
-    /// A raw record whose registration [`key_by_raw_mut`] did not find:
-    /// collected before its key was unregistered, re-registered or renewed
-    /// in this round — or from a registration the kernel kept after its fd
-    /// was closed, and then the backend is purged (once per round).
-    ///
-    /// [`key_by_raw_mut`]: Selector::key_by_raw_mut
-    #[cold]
-    #[inline(never)]
-    pub(crate) fn stale_raw(&mut self, token: Token) {
-        let index = token.index();
-        let renewed = self.slots.get(index).is_some_and(|s| s.ktoken == token);
-        let changed = self
-            .merges
-            .get(index)
-            .is_some_and(|m| m.changed == self.round);
-        if renewed || changed || self.purged == self.round {
-            return;
-        }
-        self.purged = self.round;
-        self.purge_backend(1);
     }
 
     /// Records of registrations the kernel kept: the backend starts again
     /// from the live registrations.
-    fn purge_backend(&mut self, stale: usize) {
+    #[cold]
+    #[inline(never)]
+    fn purge_backend(&mut self) {
+        let stale = std::mem::take(&mut self.orphans);
         log::warn!(
             "selector=select backend={} dropped {stale} event(s) of registrations the kernel kept \
              (an fd closed while a dup keeps its file open); rebuilding the kernel set",
@@ -1076,5 +1228,49 @@ impl<T> fmt::Debug for Selector<T> {
             .field("len", &self.slots.len())
             .field("closed", &self.backend.is_none())
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+    use std::os::unix::net::UnixStream;
+
+    #[test]
+    fn parked_tokens_do_not_pile_up_without_a_wait() {
+        let mut sel = Selector::with_backend(BackendKind::platform_default()).unwrap();
+        let (a, _b) = UnixStream::pair().unwrap();
+        let fd = a.as_raw_fd();
+        let mut token = sel.register(fd, Interest::READABLE, 0).unwrap().token();
+        for i in 0..10_000 {
+            sel.park(token).unwrap();
+            token = sel
+                .renew_parked(token, fd, Interest::READABLE, i)
+                .unwrap_or_else(|_| panic!("renewed"))
+                .unwrap();
+        }
+        assert!(sel.parked.len() <= 64, "{} parked tokens", sel.parked.len());
+        assert_eq!(sel.parked_live, 0);
+    }
+
+    #[test]
+    fn a_parked_key_gets_no_record_and_is_unregistered_before_the_next_wait() {
+        let mut sel = Selector::with_backend(BackendKind::platform_default()).unwrap();
+        let (a, _b) = UnixStream::pair().unwrap();
+        let fd = a.as_raw_fd();
+        let token = sel.register(fd, Interest::WRITABLE, ()).unwrap().token();
+        assert_eq!(sel.wait_ready(Some(Duration::ZERO)).unwrap(), 1);
+        sel.park(token).unwrap();
+        assert!(
+            sel.ready_at(0).is_none(),
+            "a record collected before the park"
+        );
+        assert_eq!(sel.len(), 1, "kept until the next wait");
+        assert!(sel.needs_flush());
+        assert_eq!(sel.wait_ready(Some(Duration::ZERO)).unwrap(), 0);
+        assert!(sel.is_empty());
+        assert!(!sel.needs_flush());
+        assert!(sel.renew_parked(token, fd, Interest::WRITABLE, ()).is_err());
     }
 }

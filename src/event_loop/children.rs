@@ -59,8 +59,6 @@ pub(super) struct Waiting<S> {
 }
 
 impl<S: 'static> EventLoop<S> {
-    // --- child processes -----------------------------------------------------
-
     /// Runs `callback` with `child`'s exit status once it exits, and reaps
     /// it. Returns its pid. The loop owns the child meanwhile (take its
     /// stdin/stdout/stderr out first to use them, e.g. as sources). A child

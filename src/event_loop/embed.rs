@@ -9,13 +9,11 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use super::handle::Remote;
-use super::{EventLoop, Slot};
+use super::{EventLoop, Registrant};
 use crate::waker::Waker;
 use crate::{Interest, sys};
 
 impl<S> EventLoop<S> {
-    // --- embedding -----------------------------------------------------------
-
     /// The fd a program that drives this loop from its own polls for
     /// readability: it becomes readable whenever the loop has I/O to
     /// dispatch or work from a [`LoopHandle`](crate::LoopHandle) or a
@@ -88,7 +86,7 @@ impl<S> EventLoop<S> {
         if !self.soon.is_empty()
             || self.stop_pending()
             || self.remote.stop.load(Ordering::Acquire)
-            || (self.host_polls.get() && (self.parked_live > 0 || self.selector.needs_flush()))
+            || (self.host_polls.get() && self.selector.needs_flush())
         {
             return Some(Duration::ZERO);
         }
@@ -132,7 +130,6 @@ impl<S> EventLoop<S> {
     /// Sends the changes deferred during an iteration to the kernel: the
     /// registrations of paused sources, and what the backend batches.
     pub(super) fn flush_changes(&mut self) -> io::Result<()> {
-        self.unpark_all();
         self.selector.flush()
     }
 
@@ -201,11 +198,10 @@ impl<S> EventLoop<S> {
         // Then the kernel object: until it is replaced, nothing may touch
         // it (it is the parent's too).
         self.selector.after_fork()?;
-        self.unpark_all();
         let old_waker = self.remote.waker.fd();
         let _ = self.selector.unregister(old_waker);
         self.selector
-            .register(waker.fd(), Interest::READABLE, Slot::Waker)?;
+            .register(waker.fd(), Interest::READABLE, Registrant::Waker)?;
         let old = std::mem::replace(&mut self.remote, Arc::new(Remote::new(waker)));
         // Handles cloned before the fork answer "loop gone" in the child.
         old.alive.store(false, Ordering::Release);
@@ -215,7 +211,7 @@ impl<S> EventLoop<S> {
             let new_fd = signals.fd();
             let _ = self.selector.unregister(old_fd);
             self.selector
-                .register(new_fd, Interest::READABLE, Slot::Signals)?;
+                .register(new_fd, Interest::READABLE, Registrant::Signals)?;
         }
         self.forks = sys::forks();
         if !self.children.is_empty() {

@@ -13,22 +13,25 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use crate::signal::Signals;
-use crate::timer::{TimerId, Timers};
 use crate::waker::Waker;
-use crate::{BackendKind, Events, Interest, Selector, Token};
+use crate::{BackendKind, Interest, Selector};
 
 mod children;
 mod embed;
 mod handle;
 mod run;
+mod signal_pipe;
 mod signals;
 mod source;
+mod timer_heap;
 mod timers;
 
 pub use handle::LoopHandle;
 use handle::Remote;
+use signal_pipe::SignalPipe;
 pub use source::{Paused, SourceEvent, SourceId};
+use timer_heap::TimerHeap;
+pub use timer_heap::TimerId;
 use timers::TimerCallback;
 
 /// What a callback wants done with its registration after it returns.
@@ -70,13 +73,14 @@ type SignalCallback<S> = Box<dyn FnMut(&mut EventLoop<S>, &mut S)>;
 type Hook<S> = Box<dyn FnMut(&mut S)>;
 
 /// What the loop's selector keys hold.
-enum Slot<S> {
+enum Registrant<S> {
     /// A user source (whose callback may be running: see [`RunBox`]).
     ///
     /// [`RunBox`]: crate::sys::RunBox
     Source(source::SourceBox<S>),
-    /// A source handed out by `pause`, whose registration is kept until the
-    /// next wait (or `add`) in case it is resumed before then.
+    /// A source handed out by `pause`: the selector keeps its
+    /// registration, parked, until the next wait (or `add`) in case it is
+    /// resumed before then.
     Parked,
     Waker,
     Signals,
@@ -120,21 +124,14 @@ pub struct EventLoop<S = ()> {
     /// `sys::forks()` when the loop was made (or taken over by
     /// `after_fork`): a different value means this is an inherited copy.
     forks: u64,
-    selector: Selector<Slot<S>>,
-    /// Tokens of `Slot::Parked` keys (some perhaps resumed or gone since).
-    parked: Vec<Token>,
-    /// How many keys are `Slot::Parked`, or more (a parked key dropped
-    /// other than by `unpark` stays counted until the next `unpark_all`,
-    /// which skips its scan when this is 0: every paused source resumed).
-    parked_live: usize,
-    events: Events,
-    timers: Timers<TimerCallback<S>>,
+    selector: Selector<Registrant<S>>,
+    timers: TimerHeap<TimerCallback<S>>,
     /// The repeating timer whose callback runs, and whether it was
     /// cancelled meanwhile.
     running_timer: Option<(TimerId, bool)>,
     soon: VecDeque<Call<S>>,
     remote: Arc<Remote<S>>,
-    signals: Option<Signals<SignalCallback<S>>>,
+    signals: Option<SignalPipe<SignalCallback<S>>>,
     /// Children waiting for SIGCHLD.
     children: Vec<children::Waiting<S>>,
     /// Children not in `children` and not yet reported: watched by a pidfd
@@ -210,19 +207,16 @@ impl<S> EventLoop<S> {
         Self::with_selector(Selector::from_backend(backend))
     }
 
-    fn with_selector(mut selector: Selector<Slot<S>>) -> io::Result<EventLoop<S>> {
+    fn with_selector(mut selector: Selector<Registrant<S>>) -> io::Result<EventLoop<S>> {
         let waker = Waker::new()?;
-        selector.register(waker.fd(), Interest::READABLE, Slot::Waker)?;
+        selector.register(waker.fd(), Interest::READABLE, Registrant::Waker)?;
         log::debug!("loop=new backend={}", selector.backend_name());
         static NEXT_ID: AtomicU32 = AtomicU32::new(1);
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
         Ok(EventLoop {
             id,
             selector,
-            parked: Vec::new(),
-            parked_live: 0,
-            events: Events::with_capacity(256),
-            timers: Timers::new(u64::from(id)),
+            timers: TimerHeap::new(u64::from(id)),
             running_timer: None,
             soon: VecDeque::new(),
             forks: crate::sys::forks(),
@@ -263,25 +257,5 @@ impl<S> fmt::Debug for EventLoop<S> {
             .field("timers", &self.timers.len())
             .field("stats", &self.stats)
             .finish()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::os::unix::net::UnixStream;
-
-    #[test]
-    fn parked_tokens_do_not_pile_up_without_a_wait() {
-        let mut lp = EventLoop::<u32>::with_backend(BackendKind::platform_default()).unwrap();
-        let (a, _b) = UnixStream::pair().unwrap();
-        let mut id = lp
-            .add(a, Interest::READABLE, |_, _, _, _| PostAction::Continue)
-            .unwrap();
-        for _ in 0..10_000 {
-            let paused = lp.pause(id).unwrap();
-            id = lp.resume(paused, Interest::READABLE).unwrap();
-        }
-        assert!(lp.parked.len() <= 64, "{} parked tokens", lp.parked.len());
     }
 }

@@ -32,8 +32,6 @@ impl Drop for PanicGuard {
 }
 
 impl<S> EventLoop<S> {
-    // --- running -------------------------------------------------------------
-
     /// Sets a hook run just before the loop waits in `select`.
     pub fn set_before_sleep<F: FnMut(&mut S) + 'static>(&mut self, hook: F) {
         self.before_sleep = Some(Box::new(hook));
@@ -299,63 +297,36 @@ impl<S> EventLoop<S> {
         if let Some(hook) = self.before_sleep.as_mut() {
             hook(state);
         }
-        // After the hook, which may pause sources too.
-        self.unpark_all();
         let slept = crate::sys::monotonic_ns();
-        let cap = match wait {
-            Wait::Kernel(cap) => cap,
-            Wait::Observed(observed) => {
-                let mut events = std::mem::take(&mut self.events);
-                self.selector.select_observed(&mut events, observed);
-                let woke = self.woke(slept, state);
-                self.dispatch_events(&events, state);
-                self.events = events;
-                self.finish_iteration(woke, state);
-                return Ok(());
+        let res = match wait {
+            Wait::Kernel(cap) => {
+                let timeout = self.wait_timeout(cap);
+                self.selector.wait_ready(timeout)
             }
+            Wait::Observed(observed) => Ok(self.selector.observe(observed)),
         };
-        let timeout = if !self.soon.is_empty() || self.stop_pending() {
-            Some(Duration::ZERO)
-        } else {
-            match self.timers.next_deadline() {
-                Some(deadline) => {
-                    let until = deadline.saturating_duration_since(Instant::now());
-                    Some(cap.map_or(until, |c| c.min(until)))
-                }
-                None => cap,
-            }
-        };
-        if self.selector.reports_each_fd_once() {
-            // One pass: the records go straight to dispatch, which resolves
-            // and masks them (no merging needed, no `Events` to build).
-            let res = self.selector.select_raw(timeout);
-            let woke = self.woke(slept, state);
-            let raw = res?;
-            log::trace!("loop=iterate events={} timeout={timeout:?}", raw.len());
-            for &(token, ready) in &raw {
-                self.dispatch::<true>(token, ready, state);
-            }
-            self.selector.restore_raw(raw);
-            self.finish_iteration(woke, state);
-            return Ok(());
-        }
-        let mut events = std::mem::take(&mut self.events);
-        let res = self.selector.select(&mut events, timeout);
         let woke = self.woke(slept, state);
-        if let Err(e) = res {
-            self.events = events;
-            return Err(e);
+        let records = res?;
+        log::trace!("loop=iterate records={records}");
+        for i in 0..records {
+            self.dispatch(i, state);
         }
-        log::trace!("loop=iterate events={} timeout={timeout:?}", events.len());
-        self.dispatch_events(&events, state);
-        self.events = events;
         self.finish_iteration(woke, state);
         Ok(())
     }
 
-    fn dispatch_events(&mut self, events: &crate::Events, state: &mut S) {
-        for ev in events.iter() {
-            self.dispatch::<false>(ev.token(), ev.ready(), state);
+    /// How long the iteration may wait, at most `cap`: not at all if calls
+    /// are queued or a stop is pending, not past the next timer.
+    fn wait_timeout(&self, cap: Option<Duration>) -> Option<Duration> {
+        if !self.soon.is_empty() || self.stop_pending() {
+            return Some(Duration::ZERO);
+        }
+        match self.timers.next_deadline() {
+            Some(deadline) => {
+                let until = deadline.saturating_duration_since(Instant::now());
+                Some(cap.map_or(until, |c| c.min(until)))
+            }
+            None => cap,
         }
     }
 

@@ -2,13 +2,11 @@
 
 use std::io;
 
-use super::{EventLoop, Slot};
+use super::signal_pipe::SignalPipe;
+use super::{EventLoop, Registrant};
 use crate::Interest;
-use crate::signal::Signals;
 
 impl<S> EventLoop<S> {
-    // --- signals -------------------------------------------------------------
-
     /// Runs `callback` in loop context whenever the process receives
     /// `signum` (e.g. `libc::SIGINT`). Replaces an earlier callback for the
     /// same signal. Signals arriving together are coalesced, as the kernel
@@ -23,7 +21,7 @@ impl<S> EventLoop<S> {
     where
         F: FnMut(&mut EventLoop<S>, &mut S) + 'static,
     {
-        crate::signal::validate(signum)?;
+        super::signal_pipe::validate(signum)?;
         self.ensure_signals()?;
         let signals = self.signals.as_mut().expect("created above");
         signals.add(signum, Box::new(callback))
@@ -32,8 +30,8 @@ impl<S> EventLoop<S> {
     /// Makes the signal pipe and watches it, if not done yet.
     pub(super) fn ensure_signals(&mut self) -> io::Result<()> {
         if self.signals.is_none() {
-            let signals = Signals::new()?;
-            self.register(signals.fd(), Interest::READABLE, Slot::Signals)?;
+            let signals = SignalPipe::new()?;
+            self.register(signals.fd(), Interest::READABLE, Registrant::Signals)?;
             self.signals = Some(signals);
         }
         Ok(())
@@ -48,7 +46,7 @@ impl<S> EventLoop<S> {
     /// `InvalidInput` for a number that is not a signal; the kernel's
     /// error restoring the old disposition.
     pub fn remove_signal(&mut self, signum: i32) -> io::Result<bool> {
-        crate::signal::validate(signum)?;
+        super::signal_pipe::validate(signum)?;
         let Some(signals) = self.signals.as_mut() else {
             return Ok(false);
         };

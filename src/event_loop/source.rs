@@ -7,7 +7,7 @@ use std::io;
 use std::marker::PhantomData;
 use std::os::fd::{AsFd, AsRawFd, RawFd};
 
-use super::{EventLoop, PostAction, Slot};
+use super::{EventLoop, PostAction, Registrant};
 use crate::sys::{RunBox, RunCell};
 use crate::{Interest, Ready, Token};
 
@@ -235,8 +235,6 @@ fn foreign_source(token: Token) -> io::Error {
 }
 
 impl<S> EventLoop<S> {
-    // --- sources -------------------------------------------------------------
-
     /// Registers a non-blocking source (a socket, pipe, mio or std type,
     /// `OwnedFd` — anything [`AsFd`], which owns its fd) and the callback to
     /// run when it is ready. The loop owns the source from now on, so it
@@ -271,7 +269,7 @@ impl<S> EventLoop<S> {
             source: Some(source),
             callback,
         });
-        let token = self.register(fd, interest, Slot::Source(RunBox::new(cell)))?;
+        let token = self.register(fd, interest, Registrant::Source(RunBox::new(cell)))?;
         log::trace!("loop=add fd={fd} interest={interest:?}");
         Ok(SourceId::new(token, self.id))
     }
@@ -285,47 +283,22 @@ impl<S> EventLoop<S> {
         }
     }
 
-    /// Registers with the selector, after dropping the registrations of
-    /// paused sources: one of them may have been closed since, and `fd`
-    /// be its number reused.
+    /// Registers with the selector (which drops the registrations of
+    /// paused sources first: one of them may have been closed since, and
+    /// `fd` be its number reused).
     pub(super) fn register(
         &mut self,
         fd: RawFd,
         interest: Interest,
-        slot: Slot<S>,
+        slot: Registrant<S>,
     ) -> io::Result<Token> {
         self.check_process()?;
-        self.unpark_all();
         Ok(self.selector.register(fd, interest, slot)?.token())
-    }
-
-    /// Unregisters the keys of sources paused and not resumed since.
-    pub(super) fn unpark_all(&mut self) {
-        if self.parked_live > 0 {
-            for i in 0..self.parked.len() {
-                self.unpark(self.parked[i]);
-            }
-        }
-        // No key is parked any more (each is in the list).
-        self.parked_live = 0;
-        self.parked.clear();
-    }
-
-    /// Unregisters the key of a paused source, if it is still parked.
-    fn unpark(&mut self, token: Token) {
-        if let Some(key) = self.selector.key_by_token(token) {
-            if matches!(key.data(), Slot::Parked) {
-                let fd = key.fd();
-                log::trace!("loop=unpark fd={fd}");
-                let _ = self.selector.unregister(fd);
-                self.parked_live = self.parked_live.saturating_sub(1);
-            }
-        }
     }
 
     fn source_fd(&self, token: Token) -> io::Result<RawFd> {
         match self.selector.key_by_token(token) {
-            Some(key) if matches!(key.data(), Slot::Source(_)) => Ok(key.fd()),
+            Some(key) if matches!(key.data(), Registrant::Source(_)) => Ok(key.fd()),
             _ => Err(unknown_source(token)),
         }
     }
@@ -360,7 +333,7 @@ impl<S> EventLoop<S> {
     /// [`PostAction::Remove`] or call [`discard`](EventLoop::discard)).
     pub fn remove<Src: 'static>(&mut self, id: SourceId<Src>) -> io::Result<Src> {
         let paused = self.take(id, "remove")?;
-        self.unpark(paused.token);
+        drop(self.selector.unregister_parked(paused.token));
         Ok(paused.into_source())
     }
 
@@ -426,31 +399,26 @@ impl<S> EventLoop<S> {
     /// first half of `remove` (`verb` names which, for the error).
     fn take<Src: 'static>(&mut self, id: SourceId<Src>, verb: &str) -> io::Result<Paused<S, Src>> {
         let token = self.own(id)?;
-        let Some(key) = self.selector.key_by_token_mut(token) else {
+        let Some(key) = self.selector.park(token) else {
             return Err(unknown_source(token));
         };
         let fd = key.fd();
         let entry = match key.data_mut() {
-            Slot::Source(entry) if entry.is_running() => return Err(busy(verb)),
-            Slot::Source(_) => match std::mem::replace(key.data_mut(), Slot::Parked) {
-                Slot::Source(entry) => entry,
-                _ => unreachable!("matched above"),
-            },
-            _ => return Err(unknown_source(token)),
+            Registrant::Source(entry) if !entry.is_running() => {
+                match std::mem::replace(key.data_mut(), Registrant::Parked) {
+                    Registrant::Source(entry) => entry,
+                    _ => unreachable!("matched above"),
+                }
+            }
+            Registrant::Source(_) => {
+                self.selector.unpark(token);
+                return Err(busy(verb));
+            }
+            _ => {
+                self.selector.unpark(token);
+                return Err(unknown_source(token));
+            }
         };
-        // Tokens of keys resumed or unregistered since stay in the list
-        // until the next wait; keep it from growing without bound when the
-        // loop is not run.
-        if self.parked.len() >= 64 && self.parked.len() >= 2 * self.selector.len() {
-            let selector = &self.selector;
-            self.parked.retain(|&t| {
-                selector
-                    .key_by_token(t)
-                    .is_some_and(|k| matches!(k.data(), Slot::Parked))
-            });
-        }
-        self.parked.push(token);
-        self.parked_live += 1;
         log::trace!("loop={verb} fd={fd}");
         Ok(Paused {
             fd,
@@ -482,23 +450,14 @@ impl<S> EventLoop<S> {
         } = paused;
         // Still registered: retire the old token (events collected under it
         // must not reach the resumed source), keep the kernel registration.
-        let slot = Slot::Source(entry);
+        let slot = Registrant::Source(entry);
         let renewed = if loop_id == self.id {
-            self.selector.renew_if(
-                token,
-                interest,
-                |k| k.fd() == fd && matches!(k.data(), Slot::Parked),
-                slot,
-            )
+            self.selector.renew_parked(token, fd, interest, slot)
         } else {
             Err(slot)
         };
         let token = match renewed {
-            Ok(res) => {
-                // No longer parked: a source again, or unregistered on error.
-                self.parked_live = self.parked_live.saturating_sub(1);
-                res?
-            }
+            Ok(res) => res?,
             Err(slot) => {
                 let token = self.register(fd, interest, slot)?;
                 log::trace!("loop=resume fd={fd} interest={interest:?}");
@@ -512,7 +471,7 @@ impl<S> EventLoop<S> {
     /// The source, unless removed or running its callback (which has it).
     pub fn source<Src: 'static>(&self, id: SourceId<Src>) -> Option<&Src> {
         match self.selector.key_by_token(self.own(id).ok()?)?.data() {
-            Slot::Source(entry) => entry.get()?.source()?.downcast_ref(),
+            Registrant::Source(entry) => entry.get()?.source()?.downcast_ref(),
             _ => None,
         }
     }
@@ -521,7 +480,7 @@ impl<S> EventLoop<S> {
     pub fn source_mut<Src: 'static>(&mut self, id: SourceId<Src>) -> Option<&mut Src> {
         let token = self.own(id).ok()?;
         match self.selector.key_by_token_mut(token)?.data_mut() {
-            Slot::Source(entry) => entry.get_mut()?.source_mut()?.downcast_mut(),
+            Registrant::Source(entry) => entry.get_mut()?.source_mut()?.downcast_mut(),
             _ => None,
         }
     }
@@ -638,7 +597,7 @@ impl<S> EventLoop<S> {
         f: impl FnOnce(&mut EventLoop<S>, &mut Src) -> R,
     ) -> Option<R> {
         let token = self.own(id).ok()?;
-        let Slot::Source(entry) = self.selector.key_by_token_mut(token)?.data_mut() else {
+        let Registrant::Source(entry) = self.selector.key_by_token_mut(token)?.data_mut() else {
             return None;
         };
         // Refused while the source's callback (or another `with_source`)
@@ -653,38 +612,22 @@ impl<S> EventLoop<S> {
     pub fn source_count(&self) -> usize {
         self.selector
             .keys()
-            .filter(|k| matches!(k.data(), Slot::Source(_)))
+            .filter(|k| matches!(k.data(), Registrant::Source(_)))
             .count()
     }
 
-    // Inlined into both dispatch loops: called once per event, it is the
-    // hottest path of the loop.
+    /// Runs the callback of record `i` of the iteration's pass. Called
+    /// once per event, it is the hottest path of the loop.
     #[inline(always)]
-    pub(super) fn dispatch<const RAW: bool>(&mut self, token: Token, ready: Ready, state: &mut S) {
-        // Gone already: removed (or, for a raw record, renewed) by an
-        // earlier callback of this iteration. A raw record names the
-        // registration by the token the backend knows, an event by the
-        // key's.
-        let key = if RAW {
-            self.selector.key_by_raw_mut(token)
-        } else {
-            self.selector.key_by_token_mut(token)
-        };
-        let Some(key) = key else {
-            if RAW {
-                self.selector.stale_raw(token);
-            }
+    pub(super) fn dispatch(&mut self, i: usize, state: &mut S) {
+        // Resolved and masked by the selector: nothing if an earlier
+        // callback of this pass removed, renewed, disabled or paused it.
+        let Some((key, ready)) = self.selector.ready_at(i) else {
             return;
         };
         let token = key.token();
-        // Raw records are not masked yet (masking twice is harmless).
-        let ready = ready.masked(key.interest());
-        // Disabled by an earlier callback of this pass: its event is stale.
-        if ready.is_empty() || key.is_suspended() {
-            return;
-        }
-        let Slot::Source(entry) = key.data_mut() else {
-            // The loop's own fds, or a source paused earlier in this pass.
+        let Registrant::Source(entry) = key.data_mut() else {
+            // The loop's own fds.
             return self.dispatch_own(token, state);
         };
         // The callback runs in place: the loop keeps the source's cell,
@@ -718,8 +661,8 @@ impl<S> EventLoop<S> {
     #[cold]
     fn dispatch_own(&mut self, token: Token, state: &mut S) {
         match self.selector.key_by_token(token).map(|k| k.data()) {
-            Some(Slot::Waker) => self.run_remote(state),
-            Some(Slot::Signals) => self.run_signals(state),
+            Some(Registrant::Waker) => self.run_remote(state),
+            Some(Registrant::Signals) => self.run_signals(state),
             _ => {}
         }
     }

@@ -2,8 +2,8 @@
 
 use std::time::{Duration, Instant};
 
+use super::timer_heap::{Timer, TimerId};
 use super::{Call, EventLoop, PostAction, Repeat};
-use crate::timer::{Timer, TimerId};
 
 pub(super) enum TimerCallback<S> {
     Once(Call<S>),
@@ -11,8 +11,6 @@ pub(super) enum TimerCallback<S> {
 }
 
 impl<S> EventLoop<S> {
-    // --- timers and deferred calls -------------------------------------------
-
     /// Runs `callback` once, `delay` from now (never earlier).
     pub fn call_later<F>(&mut self, delay: Duration, callback: F) -> TimerId
     where

@@ -8,7 +8,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::Protocol;
-use super::transport::{self, ConnId, Sock};
+use super::connection::{self, ConnId};
+use super::socket::Sock;
 use crate::EventLoop;
 use crate::sys::{self, SockAddr};
 
@@ -105,7 +106,7 @@ pub fn connect<S: 'static>(
         "stream=connect to={to:?} in_progress={}",
         connecting.is_some()
     );
-    let id = transport::register(
+    let id = connection::register(
         lp,
         sock,
         Box::new(protocol),
@@ -114,7 +115,7 @@ pub fn connect<S: 'static>(
         Default::default(),
     )?;
     if let Some(timeout) = timeout {
-        transport::connect_timeout(lp, id, timeout);
+        connection::connect_timeout(lp, id, timeout);
     }
     Ok(id)
 }

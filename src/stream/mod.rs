@@ -86,17 +86,20 @@
 //!
 //! [`EventLoop`]: crate::EventLoop
 
+mod buffer;
 mod client;
+mod connection;
 mod protocol;
 mod server;
 mod socket;
 mod transport;
 
 pub use client::{Endpoint, connect};
+pub use connection::{ConnId, attach};
 pub use protocol::Protocol;
 pub use server::{Listener, ServeOptions, Server, serve};
 pub use socket::{Addr, StreamSocket};
-pub use transport::{ConnId, Transport, abort, attach, close, send, with_transport};
+pub use transport::{Transport, abort, close, send, with_transport};
 
 /// asyncio's defaults: writing pauses above 64 KiB buffered and resumes at
 /// 16 KiB.

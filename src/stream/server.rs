@@ -10,7 +10,8 @@ use std::os::unix::net::UnixListener;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use super::transport::{self, ConnId, Sock};
+use super::connection::{self, ConnId};
+use super::socket::Sock;
 use super::{Addr, Protocol};
 use crate::{EventLoop, Interest, PostAction, SourceId, TimerId};
 
@@ -130,7 +131,7 @@ impl Default for ServeOptions {
             max_connections: None,
             accept_batch: 64,
             nodelay: true,
-            close_linger: transport::LINGER,
+            close_linger: super::buffer::LINGER,
             close_timeout: None,
         }
     }
@@ -295,11 +296,12 @@ fn accept_batch<S: 'static, F>(
                     log::debug!("stream=refused peer={peer}");
                     continue;
                 };
-                let closing = transport::CloseSettings {
+                let closing = connection::CloseSettings {
                     linger: options.close_linger,
                     timeout: options.close_timeout,
                 };
-                match transport::register(lp, sock, protocol, None, Some(shared.clone()), closing) {
+                match connection::register(lp, sock, protocol, None, Some(shared.clone()), closing)
+                {
                     Ok(id) => {
                         let mut sh = shared.borrow_mut();
                         sh.conns.insert(id);
@@ -395,8 +397,14 @@ fn update_listener<S: 'static>(shared: &Rc<RefCell<Shared<S>>>, lp: &mut EventLo
     }
 }
 
+impl<S: 'static> connection::Owner<S> for RefCell<Shared<S>> {
+    fn connection_gone(self: Rc<Self>, lp: &mut EventLoop<S>, id: ConnId<S>, state: &mut S) {
+        connection_gone(&self, lp, id, state);
+    }
+}
+
 /// A connection of the server ended.
-pub(crate) fn connection_gone<S: 'static>(
+fn connection_gone<S: 'static>(
     shared: &Rc<RefCell<Shared<S>>>,
     lp: &mut EventLoop<S>,
     id: ConnId<S>,
@@ -515,7 +523,7 @@ impl<S: 'static> Server<S> {
             return;
         }
         for &id in &conns {
-            transport::close(lp, id);
+            super::close(lp, id);
         }
         let weak = Rc::downgrade(&self.shared);
         let timer = lp.call_later(grace, move |lp, _| {
@@ -532,7 +540,7 @@ impl<S: 'static> Server<S> {
                 );
             }
             for id in left {
-                transport::abort(lp, id);
+                super::abort(lp, id);
             }
         });
         self.shared.borrow_mut().grace = Some(timer);

@@ -1,10 +1,10 @@
 //! What a transport reads and writes: a connected stream socket.
 
-use std::any::Any;
+use std::any::{Any, TypeId};
 use std::fmt;
 use std::io::{self, IoSlice};
 use std::net::{Shutdown, TcpStream};
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 
 use crate::sys;
@@ -114,3 +114,86 @@ macro_rules! std_stream_socket {
 
 std_stream_socket!(TcpStream, Addr::Inet);
 std_stream_socket!(UnixStream, Addr::Unix);
+
+/// A connection's socket. For the std socket types, whose reads and writes
+/// are plain `recv(2)` and `send(2)`, the fd is kept too, and the hot path
+/// calls those directly instead of going through the trait object. Which
+/// type it is is known where it is boxed (`Sock::of`): a wrapper is never
+/// bypassed, whatever its `as_any` says.
+pub(super) struct Sock {
+    inner: Box<dyn StreamSocket>,
+    /// The fd of a std socket, or -1.
+    direct: RawFd,
+}
+
+impl Sock {
+    pub(super) fn of<T: StreamSocket>(sock: T) -> Sock {
+        let ty = TypeId::of::<T>();
+        let direct = if ty == TypeId::of::<TcpStream>() || ty == TypeId::of::<UnixStream>() {
+            sock.as_fd().as_raw_fd()
+        } else {
+            -1
+        };
+        Sock {
+            inner: Box::new(sock),
+            direct,
+        }
+    }
+
+    pub(super) fn recv(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.recv_data(buf).map_or_else(|res| res, Ok)
+    }
+
+    /// Reads into `buf`: `Ok(n)` for `n > 0` bytes, otherwise what the
+    /// socket said (EOF as `Err(Ok(0))`): the hot path tests for data
+    /// before it builds a result.
+    #[inline(always)]
+    pub(super) fn recv_data(&mut self, buf: &mut [u8]) -> Result<usize, io::Result<usize>> {
+        if self.direct >= 0 {
+            let n = crate::sys::recv_raw(self.direct, buf);
+            if n > 0 {
+                return Ok(n as usize);
+            }
+            return Err(crate::sys::raw_result(n));
+        }
+        match self.inner.recv(buf) {
+            Ok(n) if n > 0 => Ok(n),
+            res => Err(res),
+        }
+    }
+
+    pub(super) fn send(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.send_all(buf)
+            .map_or_else(|res| res, |()| Ok(buf.len()))
+    }
+
+    /// Sends all of `buf` or says what happened instead, as `recv_data`.
+    #[inline(always)]
+    pub(super) fn send_all(&mut self, buf: &[u8]) -> Result<(), io::Result<usize>> {
+        if self.direct >= 0 {
+            let n = crate::sys::send_raw(self.direct, buf);
+            if n as usize == buf.len() {
+                return Ok(());
+            }
+            return Err(crate::sys::raw_result(n));
+        }
+        match self.inner.send(buf) {
+            Ok(n) if n == buf.len() => Ok(()),
+            res => Err(res),
+        }
+    }
+}
+
+impl std::ops::Deref for Sock {
+    type Target = dyn StreamSocket;
+
+    fn deref(&self) -> &Self::Target {
+        &*self.inner
+    }
+}
+
+impl std::ops::DerefMut for Sock {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut *self.inner
+    }
+}

@@ -12,7 +12,7 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 use crate::sys::{self, SignalRoute};
 
-pub(crate) struct Signals<C> {
+pub(crate) struct SignalPipe<C> {
     read: OwnedFd,
     write: OwnedFd,
     handlers: HashMap<i32, Handler<C>>,
@@ -56,10 +56,10 @@ pub(crate) fn validate(signum: i32) -> io::Result<()> {
     Ok(())
 }
 
-impl<C> Signals<C> {
-    pub(crate) fn new() -> io::Result<Signals<C>> {
+impl<C> SignalPipe<C> {
+    pub(crate) fn new() -> io::Result<SignalPipe<C>> {
         let (read, write) = sys::pipe()?;
-        Ok(Signals {
+        Ok(SignalPipe {
             read,
             write,
             handlers: HashMap::new(),
@@ -202,7 +202,7 @@ impl<C> Signals<C> {
     }
 }
 
-impl<C> Drop for Signals<C> {
+impl<C> Drop for SignalPipe<C> {
     fn drop(&mut self) {
         for (signum, entry) in self.handlers.drain() {
             if let Err(e) = sys::restore_signal(entry.route) {

@@ -1,7 +1,7 @@
-//! Timers: an indexed 4-ary min-heap over a slot table. Insert, cancel,
+//! TimerHeap: an indexed 4-ary min-heap over a slot table. Insert, cancel,
 //! reset and expiry are O(log n) and leave no garbage behind: every slot
 //! knows its position in the heap (as libev's timer heap does), so a
-//! cancelled or re-armed timer is moved, not left for later. Timers need
+//! cancelled or re-armed timer is moved, not left for later. TimerHeap need
 //! no fd; the loop shortens its wait to the earliest deadline.
 
 use std::time::{Duration, Instant};
@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 pub struct TimerId {
     /// Slot index and generation.
     slot: u64,
-    /// The [`Timers`] (hence the loop) that made it.
+    /// The [`TimerHeap`] (hence the loop) that made it.
     owner: u64,
 }
 
@@ -40,7 +40,7 @@ impl<C> Timer<C> {
 
 /// A slot of the timer table. The generation makes ids of freed slots
 /// stale, as tokens do for the selector.
-struct Slot<C> {
+struct TimerSlot<C> {
     generation: u32,
     timer: Option<Timer<C>>,
     /// Position in `heap` while scheduled.
@@ -87,10 +87,10 @@ fn earlier(a: (usize, u128), b: (usize, u128)) -> (usize, u128) {
 /// keeps a node's children in one cache line; libev makes the same choice.
 const ARITY: usize = 4;
 
-pub(crate) struct Timers<C> {
+pub(crate) struct TimerHeap<C> {
     /// A 4-ary min-heap by (deadline, seq).
     heap: Vec<HeapEntry>,
-    slots: Vec<Slot<C>>,
+    slots: Vec<TimerSlot<C>>,
     free: Vec<u32>,
     next_seq: u64,
     /// Deadlines are stored as nanoseconds since this instant.
@@ -109,10 +109,10 @@ fn parts(id: TimerId) -> (usize, u32) {
     ((id.slot & 0xffff_ffff) as usize, (id.slot >> 32) as u32)
 }
 
-impl<C> Timers<C> {
+impl<C> TimerHeap<C> {
     /// An empty heap whose ids carry `owner`.
-    pub(crate) fn new(owner: u64) -> Timers<C> {
-        Timers {
+    pub(crate) fn new(owner: u64) -> TimerHeap<C> {
+        TimerHeap {
             heap: Vec::new(),
             slots: Vec::new(),
             free: Vec::new(),
@@ -130,7 +130,7 @@ impl<C> Timers<C> {
         }
     }
 
-    /// Starts an expiry pass at `now`: until [`end_pass`](Timers::end_pass),
+    /// Starts an expiry pass at `now`: until [`end_pass`](TimerHeap::end_pass),
     /// timers scheduled or reset to a deadline at or before `now` are kept
     /// for the next pass (they still fire as soon as possible, never early:
     /// their deadline has passed). Without this a callback re-arming its
@@ -140,7 +140,7 @@ impl<C> Timers<C> {
         self.floor = self.key(now).saturating_add(1);
     }
 
-    /// Ends the pass begun by [`begin_pass`](Timers::begin_pass).
+    /// Ends the pass begun by [`begin_pass`](TimerHeap::begin_pass).
     pub(crate) fn end_pass(&mut self) {
         self.floor = 0;
     }
@@ -180,7 +180,7 @@ impl<C> Timers<C> {
         let index = match self.free.pop() {
             Some(i) => i as usize,
             None => {
-                self.slots.push(Slot {
+                self.slots.push(TimerSlot {
                     generation: 0,
                     timer: None,
                     pos: 0,
@@ -196,7 +196,7 @@ impl<C> Timers<C> {
     }
 
     /// Schedules `timer` under `id`, whose slot is empty: new, or taken by
-    /// [`pop_expired`](Timers::pop_expired) and not released.
+    /// [`pop_expired`](TimerHeap::pop_expired) and not released.
     pub(crate) fn schedule(&mut self, id: TimerId, timer: Timer<C>) {
         let (index, _) = parts(id);
         let entry = HeapEntry {
@@ -308,8 +308,8 @@ impl<C> Timers<C> {
     }
 
     /// Takes the earliest timer if it is due at `now`. Its slot stays
-    /// reserved (for [`schedule`](Timers::schedule) or
-    /// [`release`](Timers::release)).
+    /// reserved (for [`schedule`](TimerHeap::schedule) or
+    /// [`release`](TimerHeap::release)).
     pub(crate) fn pop_expired(&mut self, now: Instant) -> Option<(TimerId, Timer<C>)> {
         let now = self.key(now);
         let top = loop {
@@ -435,7 +435,7 @@ impl<C> Timers<C> {
 mod tests {
     use super::*;
 
-    fn drain<C: Copy>(timers: &mut Timers<C>, now: Instant) -> Vec<C> {
+    fn drain<C: Copy>(timers: &mut TimerHeap<C>, now: Instant) -> Vec<C> {
         std::iter::from_fn(|| {
             timers.pop_expired(now).map(|(id, t)| {
                 timers.release(id);
@@ -448,7 +448,7 @@ mod tests {
     #[test]
     fn expires_in_deadline_then_scheduling_order() {
         let t0 = Instant::now();
-        let mut timers = Timers::new(1);
+        let mut timers = TimerHeap::new(1);
         timers.insert(t0 + Duration::from_millis(2), None, "late");
         timers.insert(t0 + Duration::from_millis(1), None, "a");
         timers.insert(t0 + Duration::from_millis(1), None, "b");
@@ -464,7 +464,7 @@ mod tests {
     #[test]
     fn timers_scheduled_during_a_pass_wait_for_the_next_one() {
         let t0 = Instant::now();
-        let mut timers = Timers::new(1);
+        let mut timers = TimerHeap::new(1);
         let past = t0 - Duration::from_millis(5);
         timers.insert(t0, None, "due");
         timers.insert(t0 + Duration::from_millis(1), None, "due later");
@@ -490,8 +490,8 @@ mod tests {
     #[test]
     fn ids_of_another_heap_are_unknown() {
         let t0 = Instant::now();
-        let mut a = Timers::new(1);
-        let mut b = Timers::new(2);
+        let mut a = TimerHeap::new(1);
+        let mut b = TimerHeap::new(2);
         let id_a = a.insert(t0, None, "a");
         let id_b = b.insert(t0, None, "b");
         assert_ne!(id_a, id_b, "same slot, other owner");
@@ -505,7 +505,7 @@ mod tests {
     #[test]
     fn cancelled_timers_never_expire_and_leave_nothing_behind() {
         let t0 = Instant::now();
-        let mut timers = Timers::new(1);
+        let mut timers = TimerHeap::new(1);
         let ids: Vec<TimerId> = (0..1000)
             .map(|i| timers.insert(t0 + Duration::from_micros((i * 7919) % 1000), None, i))
             .collect();
@@ -525,7 +525,7 @@ mod tests {
     fn deadlines_before_the_heap_was_created_keep_their_order() {
         let t0 = Instant::now();
         std::thread::sleep(Duration::from_millis(2));
-        let mut timers = Timers::new(1);
+        let mut timers = TimerHeap::new(1);
         timers.insert(t0 + Duration::from_micros(900), None, "third");
         timers.insert(t0, None, "first");
         timers.insert(t0 + Duration::from_micros(10), None, "second");
@@ -540,7 +540,7 @@ mod tests {
     fn timers_pushed_back_keep_order_and_scheduling_order() {
         let t0 = Instant::now();
         let ms = Duration::from_millis;
-        let mut timers = Timers::new(1);
+        let mut timers = TimerHeap::new(1);
         let b = timers.insert(t0 + ms(1), None, "b");
         let a = timers.insert(t0 + ms(2), None, "a");
         timers.insert(t0 + ms(3), None, "c");
@@ -567,7 +567,7 @@ mod tests {
     #[test]
     fn reset_moves_a_timer_without_firing_it_early() {
         let t0 = Instant::now();
-        let mut timers = Timers::new(1);
+        let mut timers = TimerHeap::new(1);
         let a = timers.insert(t0 + Duration::from_millis(1), None, "a");
         timers.insert(t0 + Duration::from_millis(2), None, "b");
         timers.insert(t0 + Duration::from_millis(3), None, "c");
@@ -588,7 +588,7 @@ mod tests {
     #[test]
     fn heap_order_survives_random_operations() {
         let t0 = Instant::now();
-        let mut timers = Timers::new(1);
+        let mut timers = TimerHeap::new(1);
         let mut live: Vec<(TimerId, u64)> = Vec::new();
         let mut x = 0x9e37_79b9_7f4a_7c15_u64;
         for step in 0..20_000u64 {
