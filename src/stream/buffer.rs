@@ -102,7 +102,21 @@ pub(super) const STEADY_MASK: u32 = READING
     | FAILED
     | CONNECTING
     | WRITING_PAUSED
-    | TOLD_PAUSED;
+    | TOLD_PAUSED
+    | SESSION;
+/// The socket is not a std socket: it may be a session (TLS) that holds
+/// output of its own or has a handshake to make (see `Io::unsent`), so
+/// the connection never takes the steady shortcut.
+pub(super) const SESSION: u32 = 1 << 18;
+/// A connection no server owns (a client's, or attached): an end before
+/// `connection_made` (a failed TLS handshake) is its `connection_failed`.
+pub(super) const CLIENT: u32 = 1 << 19;
+/// `start_tls` began: the session's handshake runs, and its end is
+/// `tls_started` (the connection is up, `MADE` is off meanwhile).
+pub(super) const UPGRADING: u32 = 1 << 20;
+/// A read is queued for input the session holds (see
+/// `StreamSocket::holds_input`).
+pub(super) const READ_QUEUED: u32 = 1 << 21;
 /// What an event of a connection that is up and reading shows (of
 /// `HOT_MASK`'s bits): `on_ready` then sends and reads at once.
 pub(super) const HOT: u32 = MADE | READING;
@@ -142,13 +156,14 @@ impl<S> Io<S> {
     }
 
     pub(super) fn new(sock: Sock) -> Io<S> {
+        let session = if sock.is_direct() { 0 } else { SESSION };
         Io {
             sock,
             out: Vec::new(),
             sent: 0,
             high: DEFAULT_HIGH_WATER,
             low: DEFAULT_LOW_WATER,
-            flags: READING,
+            flags: READING | session,
             connect_failed: None,
             error: None,
             timers: Vec::new(),
@@ -179,13 +194,32 @@ impl<S> Io<S> {
         self.out.len() - self.sent
     }
 
+    /// Something written is not yet with the kernel: bytes in the buffer,
+    /// or output the socket's session holds (TLS records).
+    pub(super) fn unsent(&self) -> bool {
+        self.pending() > 0 || (self.is(SESSION) && self.sock.holds_output())
+    }
+
+    /// The socket's handshake, before `connection_made`: whether it is done.
+    #[cold]
+    pub(super) fn handshake(&mut self) -> bool {
+        match self.sock.handshake() {
+            Ok(done) => done,
+            Err(e) if is_retry(&e) => false,
+            Err(e) => {
+                self.fail(e);
+                false
+            }
+        }
+    }
+
     /// Aborted or failed: finish at the next settle.
     pub(super) fn finishing(&self) -> bool {
         self.is(ABORTED | FAILED)
     }
 
     /// Whether writes are accepted (and why not, for the log).
-    fn refuses_writes(&self) -> Option<&'static str> {
+    pub(super) fn refuses_writes(&self) -> Option<&'static str> {
         if self.is(LOST) {
             Some("the connection is lost")
         } else if self.finishing() {
@@ -339,6 +373,13 @@ impl<S> Io<S> {
                 Err(e) => self.fail(e),
             }
         }
+        if self.pending() == 0 && self.is(SESSION) && !self.is(FAILED) && self.sock.holds_output() {
+            match self.sock.flush_output() {
+                Ok(()) => {}
+                Err(e) if is_retry(&e) => {}
+                Err(e) => self.fail(e),
+            }
+        }
         if self.pending() == 0 {
             // An idle connection holds no buffer.
             if self.out.capacity() > 64 * 1024 {
@@ -394,13 +435,21 @@ impl<S> Io<S> {
         if self.is(CONNECTING) {
             return Some(Interest::WRITABLE);
         }
+        let unsent = if self.is(MADE) {
+            self.unsent()
+        } else {
+            // In a handshake: what the protocol wrote waits for its end;
+            // only the session's own records go out.
+            self.is(SESSION) && self.sock.holds_output()
+        };
         let read = if self.is(CLOSING) {
             // Lingering: discard until the peer's EOF.
-            self.pending() == 0 && !self.is(EOF_RECEIVED)
+            !unsent && !self.is(EOF_RECEIVED)
         } else {
-            self.is(READING) && !self.is(EOF_RECEIVED)
+            // (Before `connection_made`, a handshake reads.)
+            (self.is(READING) || !self.is(MADE)) && !self.is(EOF_RECEIVED)
         };
-        match (read, self.pending() > 0) {
+        match (read, unsent) {
             (true, true) => Some(Interest::BOTH),
             (true, false) => Some(Interest::READABLE),
             (false, true) => Some(Interest::WRITABLE),

@@ -85,27 +85,11 @@ pub fn connect<S: 'static>(
     timeout: Option<Duration>,
     protocol: impl Protocol<S>,
 ) -> io::Result<ConnId<S>> {
-    let to = to.into();
-    let addr = match &to {
-        Endpoint::Inet(a) => SockAddr::inet(a),
-        Endpoint::Unix(p) => SockAddr::unix(p)?,
+    let (sock, connecting) = start(&to.into())?;
+    let sock = match sock {
+        Started::Tcp(s) => Sock::of(s),
+        Started::Unix(s) => Sock::of(s),
     };
-    let fd = sys::stream_socket(addr.family())?;
-    // An error now (refused, unreachable) is reported like a later one.
-    let started = sys::start_connect(fd.as_raw_fd(), &addr);
-    let sock = match to {
-        Endpoint::Inet(_) => Sock::of(TcpStream::from(fd)),
-        Endpoint::Unix(_) => Sock::of(UnixStream::from(fd)),
-    };
-    let connecting = match started {
-        Ok(true) => None,
-        Ok(false) => Some(None),
-        Err(e) => Some(Some(e)),
-    };
-    log::trace!(
-        "stream=connect to={to:?} in_progress={}",
-        connecting.is_some()
-    );
     let id = connection::register(
         lp,
         sock,
@@ -118,4 +102,36 @@ pub fn connect<S: 'static>(
         connection::connect_timeout(lp, id, timeout);
     }
     Ok(id)
+}
+
+/// A socket whose connect has started.
+pub(super) enum Started {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+/// Starts a non-blocking connect to `to`: the socket, and whether the
+/// connect is in progress (`Some`), with the error if it failed at once.
+pub(super) fn start(to: &Endpoint) -> io::Result<(Started, Option<Option<io::Error>>)> {
+    let addr = match to {
+        Endpoint::Inet(a) => SockAddr::inet(a),
+        Endpoint::Unix(p) => SockAddr::unix(p)?,
+    };
+    let fd = sys::stream_socket(addr.family())?;
+    // An error now (refused, unreachable) is reported like a later one.
+    let started = sys::start_connect(fd.as_raw_fd(), &addr);
+    let sock = match to {
+        Endpoint::Inet(_) => Started::Tcp(TcpStream::from(fd)),
+        Endpoint::Unix(_) => Started::Unix(UnixStream::from(fd)),
+    };
+    let connecting = match started {
+        Ok(true) => None,
+        Ok(false) => Some(None),
+        Err(e) => Some(Some(e)),
+    };
+    log::trace!(
+        "stream=connect to={to:?} in_progress={}",
+        connecting.is_some()
+    );
+    Ok((sock, connecting))
 }

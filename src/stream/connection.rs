@@ -130,8 +130,25 @@ impl<S: 'static> Connection<S> {
             return false;
         }
         if !self.io.is(MADE) {
+            if self.io.is(SESSION) && !self.io.handshake() {
+                return self.settle(lp, id, state);
+            }
             self.io.set(MADE);
-            self.call(lp, id, |p, t| p.connection_made(t, state));
+            if self.io.is(UPGRADING) {
+                self.io.unset(UPGRADING);
+                self.call(lp, id, |p, t| p.tls_started(t, state));
+            } else {
+                self.call(lp, id, |p, t| p.connection_made(t, state));
+            }
+            if self.io.is(SESSION) && !self.io.finishing() && self.io.sock.holds_input() {
+                // The handshake's last flight brought data that the
+                // session holds decrypted: the socket may not be
+                // readable again for it.
+                let read_buf = Rc::clone(&self.read_buf);
+                self.call(lp, id, |p, t| {
+                    serve_event(p, t, &read_buf, true, false, state)
+                });
+            }
         }
         if !self.io.finishing() {
             self.call(lp, id, |p, t| f(p, t, state));
@@ -169,7 +186,7 @@ impl<S: 'static> Connection<S> {
             self.io.send_held();
         }
         let io = &mut self.io;
-        let flushed = io.pending() == 0 && !io.finishing();
+        let flushed = !io.unsent() && !io.finishing();
         if io.is(CLOSING) && !flushed && !io.close_timed && !io.finishing() {
             if let Some(timeout) = io.close_timeout {
                 io.close_timed = true;
@@ -182,6 +199,13 @@ impl<S: 'static> Connection<S> {
                 // Closed right below: the close itself sends the FIN, and
                 // there is no EOF to wait for (it came, or no wait).
                 io.set(LINGER_OVER);
+                if io.is(SESSION) {
+                    // A session still says goodbye (TLS: close_notify),
+                    // and the close waits until that is sent.
+                    if let Err(e) = io.sock.end_session() {
+                        io.shutdown_failed(e);
+                    }
+                }
             } else if let Err(e) = io.sock.shutdown_write() {
                 io.shutdown_failed(e);
             }
@@ -190,9 +214,16 @@ impl<S: 'static> Connection<S> {
                 io.timers.push(linger_timer(lp, id, linger));
             }
         }
+        if io.flags & (SESSION | MADE | READING | EOF_RECEIVED | CLOSING | READ_QUEUED)
+            == SESSION | MADE | READING
+            && io.sock.holds_input()
+        {
+            io.set(READ_QUEUED);
+            queue_read(lp, id);
+        }
         let done = io.finishing()
-            || (io.is(CLOSING) && io.pending() == 0 && (io.is(EOF_RECEIVED) || io.is(LINGER_OVER)))
-            || (io.is(EOF_RECEIVED) && io.is(EOF_SENT));
+            || (io.is(CLOSING) && !io.unsent() && (io.is(EOF_RECEIVED) || io.is(LINGER_OVER)))
+            || (io.is(EOF_RECEIVED) && io.is(EOF_SENT) && !io.unsent());
         if !done {
             let want = io.wanted();
             let watching = io.watching();
@@ -234,7 +265,23 @@ impl<S: 'static> Connection<S> {
         io.sent = 0;
         let error = io.error.take();
         let owner = io.owner.take();
-        self.call(lp, id, |p, t| p.connection_lost(t, error, state));
+        if io.is(MADE | UPGRADING) {
+            self.call(lp, id, |p, t| p.connection_lost(t, error, state));
+        } else {
+            // Ended in the socket's handshake (TLS): a client's connect
+            // failed; a server's peer never became a connection.
+            let e = error.unwrap_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::ConnectionAborted,
+                    "closed during the handshake",
+                )
+            });
+            if io.is(CLIENT) {
+                self.protocol.connection_failed(e, state);
+            } else {
+                log::debug!("stream=handshake failed error={e}");
+            }
+        }
         if let Some(owner) = owner {
             owner.connection_gone(lp, id, state);
         }
@@ -249,8 +296,11 @@ impl<S: 'static> Connection<S> {
         state: &mut S,
     ) -> bool {
         self.io.unset(CONNECTING);
-        for timer in self.io.timers.drain(..) {
-            lp.cancel(timer);
+        if !self.io.is(SESSION) || error.is_some() {
+            // (A session's deadline covers its handshake too.)
+            for timer in self.io.timers.drain(..) {
+                lp.cancel(timer);
+            }
         }
         if let Some(e) = error {
             self.io.set(LOST);
@@ -452,6 +502,21 @@ fn read_ended<S: 'static>(
     }
 }
 
+/// Reads, at the end of this loop iteration, what the session holds
+/// decrypted (the socket may not be readable again for it).
+#[cold]
+fn queue_read<S: 'static>(lp: &mut EventLoop<S>, id: ConnId<S>) {
+    lp.call_soon(move |lp, state| {
+        run_conn(lp, id, |lp, conn| {
+            conn.io.unset(READ_QUEUED);
+            let read_buf = Rc::clone(&conn.read_buf);
+            conn.drive(lp, id, state, |p, t, state| {
+                serve_event(p, t, &read_buf, true, false, state)
+            })
+        });
+    });
+}
+
 /// Runs `f` in the connection's own context from a timer: nothing if the
 /// connection is gone.
 pub(super) fn in_own_context<S: 'static>(
@@ -507,9 +572,13 @@ pub(super) fn register<S: 'static>(
     closing: CloseSettings,
 ) -> io::Result<ConnId<S>> {
     let mut conn = Connection::new(sock, protocol);
-    conn.io.owner = owner;
     conn.io.linger = closing.linger;
     conn.io.close_timeout = closing.timeout;
+    if owner.is_none() {
+        // No server to count it: the protocol hears of a failed handshake.
+        conn.io.set(CLIENT);
+    }
+    conn.io.owner = owner;
     let interest = match connecting {
         Some(failed) => {
             conn.io.set(CONNECTING);
@@ -660,6 +729,36 @@ pub(super) fn connect_timeout<S: 'static>(lp: &mut EventLoop<S>, id: ConnId<S>, 
                 format!("connect timed out after {timeout:?}"),
             );
             conn.connected(lp, id, Some(e), state)
+        });
+    });
+    lp.with_source(id.0, |_, conn| conn.io.timers.push(timer));
+}
+
+/// Ends a connection whose connect and session handshake (TLS) are not
+/// both done `timeout` from now.
+#[cfg(feature = "tls")]
+pub(super) fn handshake_deadline<S: 'static>(
+    lp: &mut EventLoop<S>,
+    id: ConnId<S>,
+    timeout: Duration,
+) {
+    let timer = lp.call_later(timeout, move |lp, state| {
+        run_conn(lp, id, |lp, conn| {
+            if conn.io.is(MADE | LOST) {
+                return true;
+            }
+            if conn.io.is(CONNECTING) {
+                let e = io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("connect timed out after {timeout:?}"),
+                );
+                return conn.connected(lp, id, Some(e), state);
+            }
+            conn.io.fail(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("TLS handshake not done after {timeout:?}"),
+            ));
+            conn.settle(lp, id, state)
         });
     });
     lp.with_source(id.0, |_, conn| conn.io.timers.push(timer));

@@ -92,6 +92,8 @@ mod connection;
 mod protocol;
 mod server;
 mod socket;
+#[cfg(feature = "tls")]
+pub mod tls;
 mod transport;
 
 pub use client::{Endpoint, connect};

@@ -63,6 +63,17 @@ pub trait Protocol<S>: 'static {
         let _ = (t, error, state);
     }
 
+    /// The TLS handshake that [`Transport::start_tls`] began is done
+    /// (feature `tls`): what is written now is encrypted, and what is
+    /// received was. The connection stays up while it runs, without
+    /// calls (its protocol writes are held until this one). Default:
+    /// nothing.
+    ///
+    /// [`Transport::start_tls`]: super::Transport
+    fn tls_started(&mut self, t: &mut Transport<'_, S>, state: &mut S) {
+        let _ = (t, state);
+    }
+
     /// A client connect failed; no other callback is called, the socket is
     /// closed.
     fn connection_failed(&mut self, error: io::Error, state: &mut S) {

@@ -6,8 +6,10 @@ use std::fs::File;
 use std::io;
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
-use std::os::unix::net::UnixListener;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::rc::Rc;
+#[cfg(feature = "tls")]
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::connection::{self, ConnId};
@@ -61,23 +63,58 @@ impl Listener {
     }
 
     /// Accepts one connection, non-blocking, with the socket options set.
-    fn accept(&self, nodelay: bool) -> io::Result<(Sock, Addr)> {
+    fn accept(&self, nodelay: bool) -> io::Result<(Accepted, Addr)> {
         let (sock, peer) = match self {
             Listener::Tcp(l) => {
                 let (s, peer) = accept_tcp(l)?;
                 if nodelay {
                     s.set_nodelay(true)?;
                 }
-                (Sock::of(s), Addr::Inet(peer))
+                (Accepted::Tcp(s), Addr::Inet(peer))
             }
             Listener::Unix(l) => {
                 let (s, peer) = l.accept()?;
                 s.set_nonblocking(true)?;
-                (Sock::of(s), Addr::Unix(peer))
+                (Accepted::Unix(s), Addr::Unix(peer))
             }
         };
         crate::sys::no_sigpipe(sock.as_fd().as_raw_fd())?;
         Ok((sock, peer))
+    }
+}
+
+/// An accepted socket, before the transport's.
+enum Accepted {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl AsFd for Accepted {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            Accepted::Tcp(s) => s.as_fd(),
+            Accepted::Unix(s) => s.as_fd(),
+        }
+    }
+}
+
+impl Accepted {
+    /// The connection's socket: the accepted one, or a TLS session over it.
+    fn into_sock(self, options: &ServeOptions) -> io::Result<Sock> {
+        #[cfg(feature = "tls")]
+        if let Some(config) = &options.tls {
+            let session = rustls::ServerConnection::new(Arc::clone(config))
+                .map_err(|e| io::Error::other(format!("TLS session: {e}")))?;
+            return Ok(match self {
+                Accepted::Tcp(s) => Sock::of(super::tls::TlsStream::new(s, session)),
+                Accepted::Unix(s) => Sock::of(super::tls::TlsStream::new(s, session)),
+            });
+        }
+        let _ = options;
+        Ok(match self {
+            Accepted::Tcp(s) => Sock::of(s),
+            Accepted::Unix(s) => Sock::of(s),
+        })
     }
 }
 
@@ -123,6 +160,18 @@ pub struct ServeOptions {
     /// connection:
     /// [`Transport::set_close_timeout`](super::Transport::set_close_timeout).
     pub close_timeout: Option<Duration>,
+    /// Serve TLS with this configuration (feature `tls`): every accepted
+    /// connection runs its handshake first, and its protocol starts
+    /// (`connection_made`) once that is done. A handshake that fails
+    /// closes the connection (logged at debug level). Default: `None`,
+    /// plaintext. See [`tls::server_config`](super::tls::server_config).
+    #[cfg(feature = "tls")]
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// With [`tls`](ServeOptions::tls): at most this long for a
+    /// connection's handshake, then it is closed, so that peers that
+    /// connect and stall cannot hold fds. Default: 60 s (asyncio's).
+    #[cfg(feature = "tls")]
+    pub handshake_timeout: Option<Duration>,
 }
 
 impl Default for ServeOptions {
@@ -133,6 +182,10 @@ impl Default for ServeOptions {
             nodelay: true,
             close_linger: super::buffer::LINGER,
             close_timeout: None,
+            #[cfg(feature = "tls")]
+            tls: None,
+            #[cfg(feature = "tls")]
+            handshake_timeout: Some(Duration::from_secs(60)),
         }
     }
 }
@@ -300,9 +353,16 @@ fn accept_batch<S: 'static, F>(
                     linger: options.close_linger,
                     timeout: options.close_timeout,
                 };
-                match connection::register(lp, sock, protocol, None, Some(shared.clone()), closing)
-                {
+                let registered = sock.into_sock(options).and_then(|sock| {
+                    connection::register(lp, sock, protocol, None, Some(shared.clone()), closing)
+                });
+                match registered {
                     Ok(id) => {
+                        #[cfg(feature = "tls")]
+                        if let (Some(_), Some(timeout)) = (&options.tls, options.handshake_timeout)
+                        {
+                            connection::handshake_deadline(lp, id, timeout);
+                        }
                         let mut sh = shared.borrow_mut();
                         sh.conns.insert(id);
                         sh.served += 1;

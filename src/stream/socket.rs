@@ -75,6 +75,47 @@ pub trait StreamSocket: AsFd + 'static {
     ///
     /// [`Transport::socket`]: super::Transport::socket
     fn as_any(&self) -> &dyn Any;
+
+    /// For a session over a socket (TLS): whether it holds output of its
+    /// own that it has yet to send (records, a `close_notify`). The
+    /// transport keeps watching for writability while it does, calls
+    /// [`flush_output`](StreamSocket::flush_output) when the socket is
+    /// writable, and closes only once it is false. Default: false.
+    fn holds_output(&self) -> bool {
+        false
+    }
+
+    /// For a session over a socket (TLS): whether it holds input already
+    /// read from the socket (decrypted data, an EOF not yet reported), for
+    /// which the socket will not be readable again. The transport reads
+    /// again while it does and reading is wanted. Default: false.
+    fn holds_input(&self) -> bool {
+        false
+    }
+
+    /// Sends what [`holds_output`](StreamSocket::holds_output) says is
+    /// held, as far as the socket takes it. Default: nothing to do.
+    fn flush_output(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+
+    /// For a session over a socket (TLS): the connection is about to
+    /// close without a half-close first, so send the session's own end
+    /// (`close_notify`) but no FIN; the close waits while
+    /// [`holds_output`](StreamSocket::holds_output) says it is not sent.
+    /// Default: nothing to send.
+    fn end_session(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+
+    /// For a session with a handshake (TLS): makes what progress the
+    /// socket allows, and says whether the handshake is done. The
+    /// transport calls the protocol's `connection_made` only then, and
+    /// until then calls this instead of reading. An error ends the
+    /// connection (a client's `connection_failed`). Default: done.
+    fn handshake(&mut self) -> io::Result<bool> {
+        Ok(true)
+    }
 }
 
 /// The same for both std socket types, but for the address type.
@@ -140,6 +181,31 @@ impl Sock {
         }
     }
 
+    /// A std socket, driven by its fd directly (never a session over one).
+    pub(super) fn is_direct(&self) -> bool {
+        self.direct >= 0
+    }
+
+    /// Puts a session over the socket (`start_tls`): `wrap` gets the
+    /// socket and returns what drives it from now on.
+    ///
+    /// # Errors
+    ///
+    /// No fd to stand in for the socket while it moves (`EMFILE`): the
+    /// socket is as it was.
+    #[cfg(feature = "tls")]
+    pub(super) fn wrap(
+        &mut self,
+        wrap: impl FnOnce(Box<dyn StreamSocket>) -> Box<dyn StreamSocket>,
+    ) -> io::Result<()> {
+        let stand_in: Box<dyn StreamSocket> =
+            Box::new(Vacant(self.inner.as_fd().try_clone_to_owned()?));
+        let inner = std::mem::replace(&mut self.inner, stand_in);
+        self.inner = wrap(inner);
+        self.direct = -1;
+        Ok(())
+    }
+
     pub(super) fn recv(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         self.recv_data(buf).map_or_else(|res| res, Ok)
     }
@@ -195,5 +261,44 @@ impl std::ops::Deref for Sock {
 impl std::ops::DerefMut for Sock {
     fn deref_mut(&mut self) -> &mut Self::Target {
         &mut *self.inner
+    }
+}
+
+/// What holds a connection's place for the moment its socket moves into
+/// a session (a duplicate of its fd: it is never read or written).
+#[cfg(feature = "tls")]
+struct Vacant(std::os::fd::OwnedFd);
+
+#[cfg(feature = "tls")]
+impl AsFd for Vacant {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.0.as_fd()
+    }
+}
+
+#[cfg(feature = "tls")]
+impl StreamSocket for Vacant {
+    fn recv(&mut self, _: &mut [u8]) -> io::Result<usize> {
+        Err(io::ErrorKind::NotConnected.into())
+    }
+
+    fn send_vectored(&mut self, _: &[IoSlice<'_>]) -> io::Result<usize> {
+        Err(io::ErrorKind::NotConnected.into())
+    }
+
+    fn shutdown_write(&mut self) -> io::Result<()> {
+        Err(io::ErrorKind::NotConnected.into())
+    }
+
+    fn peer_addr(&self) -> io::Result<Addr> {
+        Err(io::ErrorKind::NotConnected.into())
+    }
+
+    fn local_addr(&self) -> io::Result<Addr> {
+        Err(io::ErrorKind::NotConnected.into())
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
     }
 }

@@ -273,6 +273,71 @@ impl<S> Transport<'_, S> {
     pub fn socket(&self) -> &dyn StreamSocket {
         &*self.io.sock
     }
+
+    /// The TLS session, on a connection over TLS (feature `tls`): the
+    /// server name the client asked for, the ALPN protocol, the peer's
+    /// certificates, the version and cipher suite.
+    #[cfg(feature = "tls")]
+    pub fn tls(&self) -> Option<&super::tls::TlsStream> {
+        self.io.sock.as_any().downcast_ref()
+    }
+
+    /// Upgrades the connection to TLS (STARTTLS; asyncio's
+    /// `loop.start_tls`), with `session` a fresh `rustls::ServerConnection`
+    /// or `ClientConnection` (feature `tls`). What the transport still
+    /// buffers is sent first, as plaintext; `received` is what the
+    /// protocol was given but has not used, past the plaintext (a peer
+    /// that starts its handshake right after its STARTTLS command).
+    /// Until the handshake is done no callback is called and writes are
+    /// buffered; then [`Protocol::tls_started`](super::Protocol::tls_started)
+    /// is, and everything after is encrypted. A handshake that fails
+    /// ends the connection (`connection_lost` with the reason).
+    ///
+    /// # Errors
+    ///
+    /// `InvalidInput` if the connection already runs TLS, `NotConnected`
+    /// if it is closing or ended, `InvalidData` if `received` is not the
+    /// start of a handshake; `EMFILE`. After an error the connection is
+    /// as it was.
+    #[cfg(feature = "tls")]
+    pub fn start_tls(
+        &mut self,
+        session: impl Into<rustls::Connection>,
+        received: &[u8],
+    ) -> io::Result<()> {
+        use super::tls::TlsStream;
+        if self.tls().is_some() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "start_tls: the connection already runs TLS",
+            ));
+        }
+        if self.io.refuses_writes().is_some() || !self.io.is(MADE) {
+            return Err(io::Error::new(
+                io::ErrorKind::NotConnected,
+                "start_tls: the connection is closing or ended",
+            ));
+        }
+        let mut session = session.into();
+        let held = TlsStream::feed(&mut session, received)?;
+        self.io.send_held();
+        let plain = self.io.out.split_off(self.io.sent);
+        self.io.sock.wrap(|inner| {
+            let mut tls = TlsStream::over(inner, session);
+            tls.upgrading(plain, held);
+            Box::new(tls)
+        })?;
+        self.io.out.clear();
+        self.io.sent = 0;
+        if self.io.is(WRITING_PAUSED) {
+            // The buffer is the session's now: the protocol may write.
+            self.io.unset(WRITING_PAUSED);
+        }
+        self.io.set(SESSION | UPGRADING);
+        self.io.unset(MADE);
+        log::debug!("stream=start_tls");
+        Ok(())
+    }
 }
 
 impl<S: 'static> Transport<'_, S> {
