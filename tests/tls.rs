@@ -128,6 +128,23 @@ fn run_until(lp: &mut EventLoop<Log>, log: &mut Log, mut done: impl FnMut(&Log) 
     }
 }
 
+/// A TLS client to `addr` that writes `payload`, reads it back, then
+/// closes (or aborts).
+fn connect(
+    lp: &mut EventLoop<Log>,
+    addr: std::net::SocketAddr,
+    config: Arc<rustls::ClientConfig>,
+    payload: &[u8],
+    abort: bool,
+    timeout: Option<Duration>,
+) {
+    let client = Client {
+        payload: payload.to_vec(),
+        abort,
+    };
+    tls::connect_tls(lp, addr, "localhost", config, timeout, client).unwrap();
+}
+
 fn client_config(cert: &Cert) -> Arc<rustls::ClientConfig> {
     tls::client_config(cert.cert(), &[b"echo/1"]).unwrap()
 }
@@ -136,19 +153,14 @@ fn echo(kind: BackendKind, config: Arc<rustls::ClientConfig>, cert: &Cert) {
     let mut lp = EventLoop::with_backend(kind).unwrap();
     let (server, addr) = serve(&mut lp, cert, None);
     let payload: Vec<u8> = (0..300_000u32).map(|i| (i * 7) as u8).collect();
-    let client = Client {
-        payload: payload.clone(),
-        abort: false,
-    };
-    tls::connect_tls(
+    connect(
         &mut lp,
         addr,
-        "localhost",
         config,
+        &payload,
+        false,
         Some(Duration::from_secs(5)),
-        client,
-    )
-    .unwrap();
+    );
     let mut log = Log::default();
     run_until(&mut lp, &mut log, |l| {
         l.client_lost.is_some() && l.server_lost.len() == 1
@@ -217,19 +229,7 @@ fn rejects(
     let took = peer.join().unwrap();
     run_until(&mut lp, &mut log, |_| server.connection_count() == 0);
     assert!(log.made.is_empty() && log.server_lost.is_empty());
-    let client = Client {
-        payload: b"after".to_vec(),
-        abort: false,
-    };
-    tls::connect_tls(
-        &mut lp,
-        addr,
-        "localhost",
-        client_config(&cert),
-        None,
-        client,
-    )
-    .unwrap();
+    connect(&mut lp, addr, client_config(&cert), b"after", false, None);
     run_until(&mut lp, &mut log, |l| l.client_lost.is_some());
     assert_eq!(log.client_got, b"after");
     took
@@ -323,19 +323,7 @@ mod cases {
         let other = Cert::new(&format!("{kind}-other"));
         let mut lp = EventLoop::with_backend(kind).unwrap();
         let (server, addr) = serve(&mut lp, &cert, None);
-        let client = Client {
-            payload: b"x".to_vec(),
-            abort: false,
-        };
-        tls::connect_tls(
-            &mut lp,
-            addr,
-            "localhost",
-            client_config(&other),
-            None,
-            client,
-        )
-        .unwrap();
+        connect(&mut lp, addr, client_config(&other), b"x", false, None);
         let mut log = Log::default();
         run_until(&mut lp, &mut log, |l| {
             l.client_failed.is_some() && server.connection_count() == 0
@@ -351,19 +339,7 @@ mod cases {
         let cert = Cert::new(&format!("{kind}-trunc"));
         let mut lp = EventLoop::with_backend(kind).unwrap();
         let (_server, addr) = serve(&mut lp, &cert, None);
-        let client = Client {
-            payload: b"hello".to_vec(),
-            abort: true,
-        };
-        tls::connect_tls(
-            &mut lp,
-            addr,
-            "localhost",
-            client_config(&cert),
-            None,
-            client,
-        )
-        .unwrap();
+        connect(&mut lp, addr, client_config(&cert), b"hello", true, None);
         let mut log = Log::default();
         run_until(&mut lp, &mut log, |l| !l.server_lost.is_empty());
         assert_eq!(log.server_lost, vec![Some(io::ErrorKind::UnexpectedEof)]);

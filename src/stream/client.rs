@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use super::Protocol;
 use super::connection::{self, ConnId};
-use super::socket::Sock;
+use super::socket::{Sock, StdSocket};
 use crate::EventLoop;
 use crate::sys::{self, SockAddr};
 
@@ -85,34 +85,35 @@ pub fn connect<S: 'static>(
     timeout: Option<Duration>,
     protocol: impl Protocol<S>,
 ) -> io::Result<ConnId<S>> {
-    let (sock, connecting) = start(&to.into())?;
-    let sock = match sock {
-        Started::Tcp(s) => Sock::of(s),
-        Started::Unix(s) => Sock::of(s),
-    };
-    let id = connection::register(
-        lp,
-        sock,
-        Box::new(protocol),
-        connecting,
-        None,
-        Default::default(),
-    )?;
+    let id = start_with(lp, &to.into(), Box::new(protocol), StdSocket::into_sock)?;
     if let Some(timeout) = timeout {
         connection::connect_timeout(lp, id, timeout);
     }
     Ok(id)
 }
 
-/// A socket whose connect has started.
-pub(super) enum Started {
-    Tcp(TcpStream),
-    Unix(UnixStream),
+/// Starts a non-blocking connect to `to` and registers the connection,
+/// its socket what `wrap` makes of the std one.
+pub(super) fn start_with<S: 'static>(
+    lp: &mut EventLoop<S>,
+    to: &Endpoint,
+    protocol: Box<dyn Protocol<S>>,
+    wrap: impl FnOnce(StdSocket) -> Sock,
+) -> io::Result<ConnId<S>> {
+    let (sock, connecting) = start(to)?;
+    connection::register(
+        lp,
+        wrap(sock),
+        protocol,
+        connecting,
+        None,
+        Default::default(),
+    )
 }
 
 /// Starts a non-blocking connect to `to`: the socket, and whether the
 /// connect is in progress (`Some`), with the error if it failed at once.
-pub(super) fn start(to: &Endpoint) -> io::Result<(Started, Option<Option<io::Error>>)> {
+fn start(to: &Endpoint) -> io::Result<(StdSocket, Option<Option<io::Error>>)> {
     let addr = match to {
         Endpoint::Inet(a) => SockAddr::inet(a),
         Endpoint::Unix(p) => SockAddr::unix(p)?,
@@ -121,8 +122,8 @@ pub(super) fn start(to: &Endpoint) -> io::Result<(Started, Option<Option<io::Err
     // An error now (refused, unreachable) is reported like a later one.
     let started = sys::start_connect(fd.as_raw_fd(), &addr);
     let sock = match to {
-        Endpoint::Inet(_) => Started::Tcp(TcpStream::from(fd)),
-        Endpoint::Unix(_) => Started::Unix(UnixStream::from(fd)),
+        Endpoint::Inet(_) => StdSocket::Tcp(TcpStream::from(fd)),
+        Endpoint::Unix(_) => StdSocket::Unix(UnixStream::from(fd)),
     };
     let connecting = match started {
         Ok(true) => None,

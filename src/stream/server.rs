@@ -6,14 +6,14 @@ use std::fs::File;
 use std::io;
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixListener;
 use std::rc::Rc;
 #[cfg(feature = "tls")]
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::connection::{self, ConnId};
-use super::socket::Sock;
+use super::socket::{Sock, StdSocket};
 use super::{Addr, Protocol};
 use crate::{EventLoop, Interest, PostAction, SourceId, TimerId};
 
@@ -63,19 +63,19 @@ impl Listener {
     }
 
     /// Accepts one connection, non-blocking, with the socket options set.
-    fn accept(&self, nodelay: bool) -> io::Result<(Accepted, Addr)> {
+    fn accept(&self, nodelay: bool) -> io::Result<(StdSocket, Addr)> {
         let (sock, peer) = match self {
             Listener::Tcp(l) => {
                 let (s, peer) = accept_tcp(l)?;
                 if nodelay {
                     s.set_nodelay(true)?;
                 }
-                (Accepted::Tcp(s), Addr::Inet(peer))
+                (StdSocket::Tcp(s), Addr::Inet(peer))
             }
             Listener::Unix(l) => {
                 let (s, peer) = l.accept()?;
                 s.set_nonblocking(true)?;
-                (Accepted::Unix(s), Addr::Unix(peer))
+                (StdSocket::Unix(s), Addr::Unix(peer))
             }
         };
         crate::sys::no_sigpipe(sock.as_fd().as_raw_fd())?;
@@ -83,39 +83,17 @@ impl Listener {
     }
 }
 
-/// An accepted socket, before the transport's.
-enum Accepted {
-    Tcp(TcpStream),
-    Unix(UnixStream),
-}
-
-impl AsFd for Accepted {
-    fn as_fd(&self) -> BorrowedFd<'_> {
-        match self {
-            Accepted::Tcp(s) => s.as_fd(),
-            Accepted::Unix(s) => s.as_fd(),
-        }
+/// The socket of an accepted connection: as accepted, or with a TLS
+/// session over it.
+fn accepted_sock(sock: StdSocket, options: &ServeOptions) -> io::Result<Sock> {
+    #[cfg(feature = "tls")]
+    if let Some(config) = &options.tls {
+        let session = rustls::ServerConnection::new(Arc::clone(config))
+            .map_err(|e| io::Error::other(format!("TLS session: {e}")))?;
+        return Ok(sock.into_tls(session));
     }
-}
-
-impl Accepted {
-    /// The connection's socket: the accepted one, or a TLS session over it.
-    fn into_sock(self, options: &ServeOptions) -> io::Result<Sock> {
-        #[cfg(feature = "tls")]
-        if let Some(config) = &options.tls {
-            let session = rustls::ServerConnection::new(Arc::clone(config))
-                .map_err(|e| io::Error::other(format!("TLS session: {e}")))?;
-            return Ok(match self {
-                Accepted::Tcp(s) => Sock::of(super::tls::TlsStream::new(s, session)),
-                Accepted::Unix(s) => Sock::of(super::tls::TlsStream::new(s, session)),
-            });
-        }
-        let _ = options;
-        Ok(match self {
-            Accepted::Tcp(s) => Sock::of(s),
-            Accepted::Unix(s) => Sock::of(s),
-        })
-    }
+    let _ = options;
+    Ok(sock.into_sock())
 }
 
 /// A TCP connection, non-blocking from the start where the system has
@@ -353,7 +331,7 @@ fn accept_batch<S: 'static, F>(
                     linger: options.close_linger,
                     timeout: options.close_timeout,
                 };
-                let registered = sock.into_sock(options).and_then(|sock| {
+                let registered = accepted_sock(sock, options).and_then(|sock| {
                     connection::register(lp, sock, protocol, None, Some(shared.clone()), closing)
                 });
                 match registered {

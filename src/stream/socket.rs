@@ -156,6 +156,42 @@ macro_rules! std_stream_socket {
 std_stream_socket!(TcpStream, Addr::Inet);
 std_stream_socket!(UnixStream, Addr::Unix);
 
+/// A std socket a connection is made of (accepted, or connecting), before
+/// it is the transport's: as it is, or with a TLS session over it.
+pub(super) enum StdSocket {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl AsFd for StdSocket {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        match self {
+            StdSocket::Tcp(s) => s.as_fd(),
+            StdSocket::Unix(s) => s.as_fd(),
+        }
+    }
+}
+
+impl StdSocket {
+    /// The transport's socket, driven directly.
+    pub(super) fn into_sock(self) -> Sock {
+        match self {
+            StdSocket::Tcp(s) => Sock::of(s),
+            StdSocket::Unix(s) => Sock::of(s),
+        }
+    }
+
+    /// The transport's socket, with the TLS session `session` over it.
+    #[cfg(feature = "tls")]
+    pub(super) fn into_tls(self, session: impl Into<rustls::Connection>) -> Sock {
+        use super::tls::TlsStream;
+        match self {
+            StdSocket::Tcp(s) => Sock::of(TlsStream::new(s, session)),
+            StdSocket::Unix(s) => Sock::of(TlsStream::new(s, session)),
+        }
+    }
+}
+
 /// A connection's socket. For the std socket types, whose reads and writes
 /// are plain `recv(2)` and `send(2)`, the fd is kept too, and the hot path
 /// calls those directly instead of going through the trait object. Which

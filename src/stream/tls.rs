@@ -38,7 +38,6 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
 use super::client::{self, Endpoint};
 use super::connection::{self, ConnId};
-use super::socket::Sock;
 use super::{Addr, Protocol, StreamSocket};
 use crate::EventLoop;
 
@@ -388,19 +387,9 @@ pub fn connect_tls<S: 'static>(
     })?;
     let session = rustls::ClientConnection::new(config, name)
         .map_err(|e| io::Error::other(format!("TLS session: {e}")))?;
-    let (sock, connecting) = client::start(&to.into())?;
-    let sock = match sock {
-        client::Started::Tcp(s) => Sock::of(TlsStream::new(s, session)),
-        client::Started::Unix(s) => Sock::of(TlsStream::new(s, session)),
-    };
-    let id = connection::register(
-        lp,
-        sock,
-        Box::new(protocol),
-        connecting,
-        None,
-        Default::default(),
-    )?;
+    let id = client::start_with(lp, &to.into(), Box::new(protocol), |sock| {
+        sock.into_tls(session)
+    })?;
     if let Some(timeout) = timeout {
         connection::handshake_deadline(lp, id, timeout);
     }
