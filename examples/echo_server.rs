@@ -11,12 +11,20 @@
 //! * SIGINT/SIGTERM stop it gracefully: no new connections, open ones get
 //!   up to `--grace` seconds to flush, then it prints counters and exits.
 //!
+//! * with `--tls-cert` and `--tls-key` (and `--features tls`), TLS: the
+//!   same protocol, over rustls.
+//!
 //! ```text
 //! cargo run --release --example echo_server -- --backend epoll --addr 127.0.0.1:1234
+//! cargo run --example make_cert
+//! cargo run --release --features tls --example echo_server -- \
+//!     --tls-cert target/localhost-cert/cert.pem --tls-key target/localhost-cert/key.pem
 //! ```
 
 #[path = "common/cli.rs"]
 mod cli;
+#[path = "common/tls_flags.rs"]
+mod tls_flags;
 
 use std::io;
 use std::net::TcpListener;
@@ -48,6 +56,8 @@ struct Args {
     /// Stop by itself after this many seconds (0 = run until a signal).
     #[arg(long, default_value_t = 0)]
     max_seconds: u64,
+    #[command(flatten)]
+    tls: tls_flags::TlsFlags,
 }
 
 /// What every callback shares.
@@ -109,9 +119,9 @@ fn main() -> io::Result<()> {
     let mut lp = EventLoop::<Counters>::with_backend(args.backend)?;
     let listener = TcpListener::bind(&args.addr)?;
     let addr = listener.local_addr()?;
-    let server = stream::serve(&mut lp, listener, ServeOptions::default(), |_, _| {
-        Some(Box::new(Echo))
-    })?;
+    let mut options = ServeOptions::default();
+    args.tls.configure(&mut options, &[])?;
+    let server = stream::serve(&mut lp, listener, options, |_, _| Some(Box::new(Echo)))?;
     let grace = Duration::from_secs(args.grace);
     for signum in [libc::SIGINT, libc::SIGTERM] {
         let server = server.clone();
@@ -126,6 +136,9 @@ fn main() -> io::Result<()> {
         lp.call_later(limit, move |lp, _| shut_down(&server, lp, grace));
     }
     cli::say!("listening on {addr} (backend {})", lp.backend_name());
+    if let Some(line) = args.tls.client_line(addr, false) {
+        cli::say!("TLS; try: {line}");
+    }
 
     let mut counters = Counters {
         high_water: args.high_water,

@@ -2,7 +2,8 @@
 //! (TLS 1.3 and 1.2), SNI and ALPN seen by the server's protocol, a
 //! certificate the client does not trust, and bad input on the TLS port
 //! (garbage, plaintext HTTP, a truncated ClientHello, a peer that stalls
-//! in the handshake, one that closes without close_notify).
+//! in the handshake, one that closes without close_notify); muxloop's
+//! client against a tokio-rustls server.
 #![cfg(all(feature = "tls", target_os = "linux"))]
 
 #[macro_use]
@@ -292,6 +293,43 @@ impl Protocol<Log> for StartTlsClient {
     }
 }
 
+/// What the tokio-rustls peer echoed, and the ALPN protocol it agreed.
+type Echoed = (u64, Option<Vec<u8>>);
+
+/// A tokio-rustls echo server (on the same rustls and ring) for one
+/// connection, on a thread: echoes until the client's close_notify, then
+/// sends its own; returns the bytes echoed and the ALPN protocol agreed.
+fn tokio_rustls_echo(cert: &Cert) -> (std::net::SocketAddr, std::thread::JoinHandle<Echoed>) {
+    let config = tls::server_config(cert.cert(), cert.key(), &[b"echo/1"]).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let peer = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            use tokio::io::AsyncWriteExt;
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            let acceptor = tokio_rustls::TlsAcceptor::from(config);
+            let work = async {
+                let (tcp, _) = listener.accept().await.unwrap();
+                let stream = acceptor.accept(tcp).await.unwrap();
+                let alpn = stream.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
+                let (mut r, mut w) = tokio::io::split(stream);
+                let echoed = tokio::io::copy(&mut r, &mut w).await.unwrap();
+                w.shutdown().await.unwrap();
+                (echoed, alpn)
+            };
+            tokio::time::timeout(Duration::from_secs(10), work)
+                .await
+                .expect("the tokio-rustls peer timed out")
+        })
+    });
+    (addr, peer)
+}
+
 mod cases {
     use super::*;
 
@@ -409,6 +447,29 @@ mod cases {
         assert_eq!(log.server_lost, vec![None]);
     }
 
+    pub fn client_against_a_tokio_rustls_server(kind: BackendKind) {
+        util::init_logging();
+        let cert = Cert::new(&format!("{kind}-tokio"));
+        let (addr, peer) = tokio_rustls_echo(&cert);
+        let mut lp = EventLoop::with_backend(kind).unwrap();
+        let payload: Vec<u8> = (0..300_000u32).map(|i| (i * 11) as u8).collect();
+        connect(
+            &mut lp,
+            addr,
+            client_config(&cert),
+            &payload,
+            false,
+            Some(Duration::from_secs(5)),
+        );
+        let mut log = Log::default();
+        run_until(&mut lp, &mut log, |l| l.client_lost.is_some());
+        assert_eq!(log.client_got, payload);
+        assert_eq!(log.client_lost, Some(None), "close_notify both ways");
+        let (echoed, alpn) = peer.join().unwrap();
+        assert_eq!(echoed, payload.len() as u64);
+        assert_eq!(alpn.as_deref(), Some(&b"echo/1"[..]));
+    }
+
     pub fn pem_errors_name_the_file(_: BackendKind) {
         let cert = Cert::new("pem");
         let missing = cert.dir.join("missing.pem");
@@ -443,5 +504,6 @@ per_backend!(
     truncated_client_hello,
     stalled_handshake_times_out,
     start_tls_upgrades_a_plaintext_connection,
+    client_against_a_tokio_rustls_server,
     pem_errors_name_the_file,
 );
