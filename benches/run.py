@@ -11,6 +11,13 @@
 3. Idle connections: 10 active clients plus 0 / 900 / 5000 idle ones
    against muxloop's echo_server on select, poll and epoll.
 4. Instructions per callback (callgrind, if valgrind is installed).
+5. TLS (feature tls, built into target/bench-tls): echo_server and
+   http_hello with a certificate against tokio + tokio-rustls
+   (examples/peer_tokio_tls.rs, the same rustls configuration on ring),
+   driven by examples/tls_load.rs: requests per second, server CPU per
+   request, full handshakes per second and server CPU per handshake, the
+   same servers over plain TCP (the cost of TLS), and the server's memory
+   per idle TLS connection.
 """
 import argparse
 import os
@@ -26,6 +33,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EX = os.path.join(ROOT, "target", "release", "examples")
 CB = os.path.join(ROOT, "target", "bench-c")
+TLS_EX = os.path.join(ROOT, "target", "bench-tls", "release", "examples")
 TASKSET = shutil.which("taskset")
 HZ = os.sysconf("SC_CLK_TCK")
 
@@ -293,13 +301,104 @@ def instructions(args):
           "100 -> 400 round trips each)", ("server", "instructions"), rows)
 
 
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for {pid}")
+
+
+def tls(args):
+    cert_dir = os.path.join(ROOT, "target", "bench-tls", "cert")
+    subprocess.run([os.path.join(TLS_EX, "make_cert"), "--dir", cert_dir], check=True,
+                   stdout=subprocess.DEVNULL)
+    cert, key = os.path.join(cert_dir, "cert.pem"), os.path.join(cert_dir, "key.pem")
+    creds = ["--tls-cert", cert, "--tls-key", key]
+    echo_srv, http_srv = os.path.join(TLS_EX, "echo_server"), os.path.join(TLS_EX, "http_hello")
+    peer = os.path.join(TLS_EX, "peer_tokio_tls")
+    common = ["--addr", "127.0.0.1:0", "--max-seconds", "600"]
+    backends = ["epoll", *uring()]
+    # (row name, load mode, server argv, TLS?)
+    cases = []
+    for mode, srv, peer_mode in (("echo", echo_srv, "echo"), ("http", http_srv, "http")):
+        for b in backends:
+            cases.append((f"{mode}: muxloop-{b} TLS", mode, [srv, "--backend", b, *common, *creds], True))
+        cases.append((f"{mode}: tokio-rustls (peer)", mode,
+                      [peer, "--mode", peer_mode, *common, *creds], True))
+        cases.append((f"{mode}: muxloop-epoll plain", mode, [srv, "--backend", "epoll", *common], False))
+    for b in backends:
+        cases.append((f"handshake: muxloop-{b}", "handshake", [echo_srv, "--backend", b, *common, *creds], True))
+    cases.append(("handshake: tokio-rustls (peer)", "handshake", [peer, "--mode", "echo", *common, *creds], True))
+    results = {}
+    for rnd in range(args.rounds):
+        for name, mode, argv, secure in cases:
+            with Server(name, argv) as srv:
+                load = [os.path.join(TLS_EX, "tls_load"), "--addr", srv.addr, "--mode", mode,
+                        "--conns", str(args.conns if mode != "handshake" else 20),
+                        "--duration", str(args.seconds)]
+                load += ["--cacert", cert] if secure else ["--plain"]
+                before = cpu_ticks(srv.proc.pid)
+                r = run_result(pin(1, load))
+                used = cpu_ticks(srv.proc.pid) - before
+            ops = int(r["ops"])
+            cpu_us = used / HZ * 1e6 / max(ops, 1)
+            results.setdefault(name, []).append((float(r["ops_per_s"]), cpu_us, int(r["p99_us"])))
+            print(f"round {rnd + 1}/{args.rounds} {name:>32}: {float(r['ops_per_s']):>9.0f}/s, "
+                  f"server CPU {cpu_us:>7.2f} us/op, p99 {r['p99_us']} us", file=sys.stderr)
+    med = {n: tuple(statistics.median(x[i] for x in v) for i in range(3)) for n, v in results.items()}
+    rows = []
+    for name, *_ in cases:
+        group = name.split(":")[0]
+        ref = med[f"{group}: tokio-rustls (peer)"]
+        ops, cpu, p99 = med[name]
+        rows.append((name, f"{ops:.0f}", f"{ops / ref[0]:.2f}x", f"{cpu:.2f}", f"{cpu / ref[1]:.2f}x", f"{p99:.0f}"))
+    table(f"TLS: echo ({args.conns} connections x 64-byte ping-pong), HTTPS hello ({args.conns} keep-alive "
+          f"connections, GET / one at a time), full handshakes (20 connections, each: connect, TLS 1.3 "
+          f"handshake without resumption, one 64-byte echo, close); {args.seconds} s, medians of "
+          f"{args.rounds} interleaved rounds, server on CPU 0, load on CPU 1; ratios vs tokio-rustls",
+          ("server", "per s", "vs tokio-rustls", "CPU us/op", "vs tokio-rustls", "p99 us"), rows)
+
+    # Memory: the server's RSS with N idle connections up, less before.
+    n = args.idle_tls
+    rows = []
+    for name, argv, secure in (("muxloop-epoll TLS", [echo_srv, "--backend", "epoll", *common, *creds], True),
+                               ("tokio-rustls (peer)", [peer, "--mode", "echo", *common, *creds], True),
+                               ("muxloop-epoll plain", [echo_srv, "--backend", "epoll", *common], False)):
+        samples = []
+        for _ in range(max(1, args.rounds // 2)):
+            with Server(name, argv) as srv:
+                time.sleep(0.2)
+                before = rss_kib(srv.proc.pid)
+                load = [os.path.join(TLS_EX, "tls_load"), "--addr", srv.addr, "--mode", "idle",
+                        "--conns", str(n), "--hold", "30"]
+                load += ["--cacert", cert] if secure else ["--plain"]
+                proc = subprocess.Popen(pin(1, load), stdout=subprocess.PIPE, text=True)
+                line = proc.stdout.readline()
+                if not line.startswith("READY"):
+                    proc.kill()
+                    raise RuntimeError(f"{name}: idle load said {line!r}")
+                time.sleep(0.5)
+                after = rss_kib(srv.proc.pid)
+                proc.kill()
+                proc.wait()
+            samples.append((after - before) / n)
+        rows.append((name, f"{statistics.median(samples):.1f}"))
+    ref = float(rows[1][1])
+    rows = [(r[0], r[1], f"{float(r[1]) / ref:.2f}x") for r in rows]
+    table(f"memory: server RSS per idle connection ({n} connections up, each verified with one echo), KiB, "
+          f"median of {max(1, args.rounds // 2)}", ("server", "KiB/conn", "vs tokio-rustls"), rows)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--seconds", type=float, default=3.0)
     ap.add_argument("--conns", type=int, default=100)
+    ap.add_argument("--idle-tls", type=int, default=10000, metavar="N",
+                    help="idle TLS connections for the memory table (default 10000)")
     ap.add_argument("--quick", action="store_true", help="1 round, 1 s: a smoke run")
-    parts = ("bench", "echo", "idle", "instructions")
+    parts = ("bench", "echo", "idle", "instructions", "tls")
     ap.add_argument("--only", type=lambda v: v.split(","), metavar="PART[,PART...]",
                     help=f"run only these parts, of: {', '.join(parts)}")
     args = ap.parse_args()
@@ -308,9 +407,13 @@ def main():
             ap.error(f"--only: unknown part {part!r} (one of: {', '.join(parts)})")
     if args.quick:
         args.rounds, args.seconds = 1, 1.0
+    # The servers and loads inherit it: thousands of idle connections.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     print(f"machine: {os.cpu_count()} CPUs, {os.uname().release}; pinning: {'taskset' if TASKSET else 'none'}")
     t = time.time()
-    for name, fn in (("bench", bench_c), ("echo", echo), ("idle", idle), ("instructions", instructions)):
+    for name, fn in (("bench", bench_c), ("echo", echo), ("idle", idle), ("instructions", instructions),
+                     ("tls", tls)):
         if args.only is None or name in args.only:
             fn(args)
     print(f"\ntotal {time.time() - t:.0f} s")

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Builds muxloop's benchmark examples and the C peers, then runs the
 # comparison (benches/run.py): bench.c against libev and libevent, the echo
-# servers against the mio, tokio, libev and libevent peers, and the
-# idle-connections demo. Everything on loopback, bounded in time.
+# servers against the mio, tokio, libev and libevent peers, the
+# idle-connections demo, and TLS against tokio-rustls. Everything on
+# loopback, bounded in time.
 #
-#   bash benches/run.sh [--rounds N] [--seconds S] [--quick]
+#   bash benches/run.sh [--rounds N] [--seconds S] [--quick] [--only PART,...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,6 +21,11 @@ fi
 cargo build --release --quiet \
     --example bench --example echo_server --example echo_load \
     --example peer_mio_echo --example peer_tokio_echo
+# The TLS part: the same servers with feature tls, built apart so that the
+# plaintext parts above measure the default build.
+CARGO_TARGET_DIR=target/bench-tls cargo build --release --quiet --features tls \
+    --example echo_server --example http_hello --example make_cert \
+    --example tls_load --example peer_tokio_tls
 
 out=target/bench-c
 mkdir -p "$out"

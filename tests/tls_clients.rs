@@ -1,10 +1,12 @@
 //! The TLS example servers against real TLS clients, on every backend:
 //! `curl --cacert` reusing one keep-alive HTTPS connection, `openssl
-//! s_client` echoing through TLS 1.2 and TLS 1.3, and a renegotiation
-//! attempt, which ends that connection only. Each server is started with
+//! s_client` echoing through TLS 1.2 and TLS 1.3 (with key updates), and
+//! a renegotiation attempt, which ends that connection only. Each server is started with
 //! a certificate `make_cert` wrote, and each client runs the command line
 //! the server printed. Without curl or openssl the cases say so and pass,
-//! except under CI (`CI` set), where `.ci/run` installs them.
+//! except under CI (`CI` set), where `.ci/run` installs them. Also the
+//! TLS load generator (`tls_load`) against the TLS servers, the
+//! tokio-rustls peer and a plain one.
 #![cfg(all(feature = "tls", target_os = "linux"))]
 
 mod util;
@@ -118,67 +120,104 @@ fn tls_server(name: &str, kind: BackendKind, cert: &CertDir) -> (ServerProcess, 
     (server, words)
 }
 
-/// Kills `child` if it is still running after `limit`.
-fn watchdog(child: &Child, limit: Duration) -> mpsc::Sender<()> {
-    let pid = child.id() as libc::pid_t;
-    let (done, wait) = mpsc::channel::<()>();
-    std::thread::spawn(move || {
-        if wait.recv_timeout(limit) == Err(mpsc::RecvTimeoutError::Timeout) {
-            // SAFETY: kill has no memory preconditions; the pid is a child
-            // of this process not yet waited for.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-        }
-    });
-    done
+/// A running `openssl s_client`: its stdin, its stdout read line by line,
+/// its stderr lines as they come; killed if still running after 20 s.
+struct SClient {
+    child: Child,
+    out: BufReader<ChildStdout>,
+    err: mpsc::Receiver<String>,
+    err_seen: String,
+    done: mpsc::Sender<()>,
 }
 
-/// `openssl s_client`, started from the server's printed line plus
-/// `extra`, with its stdin and stdout piped.
-fn s_client(words: &[String], extra: &[&str]) -> (Child, BufReader<ChildStdout>) {
-    assert_eq!(words[..2], ["openssl", "s_client"], "{words:?}");
-    let mut child = Command::new(&words[0])
-        .args(&words[1..])
-        .args(extra)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let out = BufReader::new(child.stdout.take().unwrap());
-    (child, out)
-}
-
-/// Writes `line` to an s_client and reads lines until it comes back.
-fn echo_line(child: &mut Child, out: &mut BufReader<ChildStdout>, line: &str) {
-    child
-        .stdin
-        .as_mut()
-        .unwrap()
-        .write_all(format!("{line}\n").as_bytes())
-        .unwrap();
-    let mut got = String::new();
-    loop {
-        got.clear();
-        let n = out.read_line(&mut got).unwrap();
-        assert!(n > 0, "s_client ended before {line:?} came back");
-        if got.trim_end() == line {
-            return;
+impl SClient {
+    /// Starts the server's printed line plus `extra`.
+    fn start(words: &[String], extra: &[&str]) -> SClient {
+        assert_eq!(words[..2], ["openssl", "s_client"], "{words:?}");
+        let mut child = Command::new(&words[0])
+            .args(&words[1..])
+            .args(extra)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let out = BufReader::new(child.stdout.take().unwrap());
+        let stderr = BufReader::new(child.stderr.take().unwrap());
+        let (tx, err) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in stderr.lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let pid = child.id() as libc::pid_t;
+        let (done, wait) = mpsc::channel::<()>();
+        std::thread::spawn(move || {
+            if wait.recv_timeout(Duration::from_secs(20)) == Err(mpsc::RecvTimeoutError::Timeout) {
+                // SAFETY: kill has no memory preconditions; the pid is a
+                // child of this process not yet waited for.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        });
+        SClient {
+            child,
+            out,
+            err,
+            err_seen: String::new(),
+            done,
         }
     }
-}
 
-/// Ends an s_client (EOF on its stdin) and returns its exit status and
-/// stderr.
-fn finish(mut child: Child) -> (std::process::ExitStatus, String) {
-    drop(child.stdin.take());
-    let mut err = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
-    (child.wait().unwrap(), err)
+    fn write(&mut self, bytes: &[u8]) {
+        self.child.stdin.as_mut().unwrap().write_all(bytes).unwrap();
+    }
+
+    /// Writes `line` and reads lines until it comes back.
+    fn echo_line(&mut self, line: &str) {
+        self.write(format!("{line}\n").as_bytes());
+        let mut got = String::new();
+        loop {
+            got.clear();
+            let n = self.out.read_line(&mut got).unwrap();
+            assert!(n > 0, "s_client ended before {line:?} came back");
+            if got.trim_end() == line {
+                return;
+            }
+        }
+    }
+
+    /// Waits (at most 10 s) until `times` stderr lines said `what`: s_client
+    /// says it has acted on a command (and drops the rest of the input
+    /// it read with it: the next line must wait for this).
+    fn wait_err(&mut self, what: &str, times: usize) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.err_seen.matches(what).count() < times {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.err.recv_timeout(left) {
+                Ok(line) => {
+                    self.err_seen.push_str(&line);
+                    self.err_seen.push('\n');
+                }
+                Err(_) => panic!("s_client never said {what:?}: {}", self.err_seen),
+            }
+        }
+    }
+
+    /// Ends it (EOF on its stdin); its exit status and all of its stderr.
+    fn finish(mut self) -> (std::process::ExitStatus, String) {
+        drop(self.child.stdin.take());
+        let mut rest = String::new();
+        let _ = self.out.read_to_string(&mut rest);
+        let status = self.child.wait().unwrap();
+        let _ = self.done.send(());
+        for line in self.err.iter() {
+            self.err_seen.push_str(&line);
+            self.err_seen.push('\n');
+        }
+        (status, self.err_seen)
+    }
 }
 
 mod cases {
@@ -218,22 +257,32 @@ mod cases {
         assert!(log.contains("SSL certificate verify ok"), "{kind}: {log}");
     }
 
-    pub fn openssl_s_client_echoes_through_tls_1_2_and_1_3(kind: BackendKind) {
+    pub fn openssl_s_client_echoes_through_tls_1_2_and_1_3_and_key_updates(kind: BackendKind) {
         if !have("openssl") {
             return;
         }
         let cert = CertDir::new(&format!("s_client-{kind}"));
         let (_server, words) = tls_server("echo_server", kind, &cert);
         for version in ["-tls1_2", "-tls1_3"] {
-            let (mut child, mut out) = s_client(&words, &[version, "-no_ign_eof"]);
-            let done = watchdog(&child, Duration::from_secs(20));
+            let mut c = SClient::start(&words, &[version, "-no_ign_eof"]);
             for i in 0..3 {
-                echo_line(&mut child, &mut out, &format!("{version} line {i}"));
+                c.echo_line(&format!("{version} line {i}"));
             }
-            let (status, err) = finish(child);
-            let _ = done.send(());
+            let (status, err) = c.finish();
             assert!(status.success(), "{kind} {version}: {status}: {err}");
         }
+        // TLS 1.3 key updates (`K`: update, and ask the server to update
+        // too), answered mid-stream without a break in the echo.
+        let plain: Vec<String> = words.iter().filter(|w| *w != "-quiet").cloned().collect();
+        let mut c = SClient::start(&plain, &["-tls1_3"]);
+        c.echo_line("before the key update");
+        for i in 0..2 {
+            c.write(b"K\n");
+            c.wait_err("KEYUPDATE", i + 1);
+            c.echo_line(&format!("after key update {i}"));
+        }
+        let (status, err) = c.finish();
+        assert!(status.success(), "{kind}: {status}: {err}");
     }
 
     pub fn renegotiation_ends_that_connection_only(kind: BackendKind) {
@@ -243,44 +292,133 @@ mod cases {
         let cert = CertDir::new(&format!("reneg-{kind}"));
         let (server, words) = tls_server("echo_server", kind, &cert);
         // A bystander on TLS 1.3, open across the attempt.
-        let (mut other, mut other_out) = s_client(&words, &["-tls1_3", "-no_ign_eof"]);
-        let other_done = watchdog(&other, Duration::from_secs(30));
-        echo_line(&mut other, &mut other_out, "before");
+        let mut other = SClient::start(&words, &["-tls1_3", "-no_ign_eof"]);
+        other.echo_line("before");
         // Without -quiet, s_client reads a line holding `R` as "renegotiate".
         let plain: Vec<String> = words.iter().filter(|w| *w != "-quiet").cloned().collect();
-        let (mut child, mut out) = s_client(&plain, &["-tls1_2"]);
-        let done = watchdog(&child, Duration::from_secs(20));
-        echo_line(&mut child, &mut out, "ping");
+        let mut c = SClient::start(&plain, &["-tls1_2"]);
+        c.echo_line("ping");
         let started = Instant::now();
-        child.stdin.as_mut().unwrap().write_all(b"R\n").unwrap();
+        c.write(b"R\n");
+        c.wait_err("RENEGOTIATING", 1);
         // The server refuses; the connection ends, and s_client with it.
         let mut rest = String::new();
-        let _ = out.read_to_string(&mut rest);
-        let (status, err) = finish(child);
-        let _ = done.send(());
+        let _ = c.out.read_to_string(&mut rest);
         assert!(
             started.elapsed() < Duration::from_secs(15),
             "{kind}: not ended"
         );
-        assert!(err.contains("RENEGOTIATING"), "{kind}: {err}");
-        assert!(!status.success(), "{kind}: s_client thinks it renegotiated");
+        let (status, err) = c.finish();
+        assert!(!status.success(), "{kind}: s_client renegotiated: {err}");
         // Everyone else is served: the bystander, and a new client.
-        echo_line(&mut other, &mut other_out, "after");
-        let (status, err) = finish(other);
-        let _ = other_done.send(());
+        other.echo_line("after");
+        let (status, err) = other.finish();
         assert!(status.success(), "{kind}: {err}");
-        let (mut next, mut next_out) = s_client(&words, &["-no_ign_eof"]);
-        let next_done = watchdog(&next, Duration::from_secs(20));
-        echo_line(&mut next, &mut next_out, "next");
-        let (status, err) = finish(next);
-        let _ = next_done.send(());
+        let mut next = SClient::start(&words, &["-no_ign_eof"]);
+        next.echo_line("next");
+        let (status, err) = next.finish();
         assert!(status.success(), "{kind}: {err}");
         drop(server);
     }
 }
 
+/// `tls_load` against a server (10 connections unless `args` say), its
+/// RESULT fields, asserting it passed.
+fn tls_load(server: &ServerProcess, args: &[&str]) -> std::collections::HashMap<String, String> {
+    let conns: &[&str] = if args.contains(&"--conns") {
+        &[]
+    } else {
+        &["--conns", "10"]
+    };
+    let out = Command::new(example_path("tls_load"))
+        .args(["--addr", &server.addr.to_string(), "--duration", "0.3"])
+        .args(conns)
+        .args(args)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{args:?}: {stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let f = result_fields(&stdout);
+    assert_eq!(f["errors"], "0", "{args:?}");
+    assert!(f["ops"].parse::<u64>().unwrap() > 0, "{args:?}: {stdout}");
+    f
+}
+
+#[test]
+fn tls_load_verifies_against_the_tls_servers_and_the_tokio_rustls_peer() {
+    let cert = CertDir::new("load");
+    let ca = cert.0.join("cert.pem").display().to_string();
+    let kind = BackendKind::platform_default();
+    let (echo, _) = tls_server("echo_server", kind, &cert);
+    for mode in ["echo", "handshake"] {
+        let f = tls_load(&echo, &["--cacert", &ca, "--mode", mode]);
+        assert_eq!((f["mode"].as_str(), f["tls"].as_str()), (mode, "true"));
+    }
+    let f = tls_load(
+        &echo,
+        &["--cacert", &ca, "--mode", "idle", "--conns", "300"],
+    );
+    assert_eq!(f["ops"], "300", "each idle connection verified once");
+    let f = tls_load(&echo, &["--cacert", &ca, "--tls12", "--mode", "handshake"]);
+    assert_eq!(f["mode"], "handshake");
+    let (http, _) = tls_server("http_hello", kind, &cert);
+    tls_load(&http, &["--cacert", &ca, "--mode", "http"]);
+    // The peer, in both of its modes.
+    let mut cmd = Command::new(example_path("peer_tokio_tls"));
+    cmd.args(["--addr", "127.0.0.1:0", "--max-seconds", "60"])
+        .args(cert.flags());
+    let peer = start_server(cmd);
+    assert!(peer.first_line.ends_with("(backend tokio-peer)\n"));
+    tls_load(&peer, &["--cacert", &ca, "--mode", "echo"]);
+    tls_load(&peer, &["--cacert", &ca, "--mode", "handshake"]);
+    let mut cmd = Command::new(example_path("peer_tokio_tls"));
+    cmd.args([
+        "--addr",
+        "127.0.0.1:0",
+        "--max-seconds",
+        "60",
+        "--mode",
+        "http",
+    ])
+    .args(cert.flags());
+    let peer = start_server(cmd);
+    tls_load(&peer, &["--cacert", &ca, "--mode", "http"]);
+    // Plain TCP, for the cost of TLS.
+    let mut cmd = Command::new(example_path("echo_server"));
+    cmd.args(["--addr", "127.0.0.1:0"]);
+    let plain = start_server(cmd);
+    let f = tls_load(&plain, &["--plain", "--mode", "echo"]);
+    assert_eq!(f["tls"], "false");
+}
+
+#[test]
+fn tls_load_fails_on_a_certificate_it_does_not_trust() {
+    let cert = CertDir::new("load-srv");
+    let other = CertDir::new("load-other");
+    let (server, _) = tls_server("echo_server", BackendKind::platform_default(), &cert);
+    let out = Command::new(example_path("tls_load"))
+        .args(["--addr", &server.addr.to_string(), "--duration", "0.3"])
+        .arg("--cacert")
+        .arg(other.0.join("cert.pem"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("invalid peer certificate"), "{err}");
+    // Plaintext to the TLS port is an error too, not a pass.
+    let out = Command::new(example_path("tls_load"))
+        .args(["--addr", &server.addr.to_string(), "--plain"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+}
+
 per_backend!(
     curl_reuses_one_keep_alive_https_connection,
-    openssl_s_client_echoes_through_tls_1_2_and_1_3,
+    openssl_s_client_echoes_through_tls_1_2_and_1_3_and_key_updates,
     renegotiation_ends_that_connection_only,
 );
