@@ -32,6 +32,7 @@ unix_only! {
     mod sys;
     mod token;
     mod waker;
+    pub mod workers;
 
     pub use backend::{BACKEND_ENV, Backend, BackendKind, URING_ENV};
     pub use event::{Event, Events};

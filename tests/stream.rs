@@ -906,7 +906,6 @@ mod cases {
         let c = closed.clone();
         let started = Instant::now();
         server.close(&mut lp, Duration::from_millis(300), move |_, _| c.set(true));
-        assert!(TcpStream::connect(addr).is_err(), "the listener is closed");
         let read_all = std::thread::spawn(move || {
             let mut got = Vec::new();
             reader.read_to_end(&mut got).unwrap();
@@ -923,6 +922,7 @@ mod cases {
             "in-flight data delivered"
         );
         assert!(server.is_closed());
+        assert!(TcpStream::connect(addr).is_err(), "the listener is closed");
         assert_eq!(
             log.of("g")
                 .iter()
@@ -931,6 +931,40 @@ mod cases {
             2
         );
         drop(stuck);
+    }
+
+    pub fn graceful_close_serves_the_connections_still_queued(kind: BackendKind) {
+        let mut lp = new_loop(kind);
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = stream::serve(&mut lp, listener, ServeOptions::default(), |_, _| {
+            Some(Box::new(Probe::new("q")))
+        })
+        .unwrap();
+        // Connected (the kernel completed the handshakes), never accepted.
+        let clients: Vec<TcpStream> = (0..5)
+            .map(|_| {
+                let mut c = TcpStream::connect(addr).unwrap();
+                c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                c.write_all(b"hi").unwrap();
+                c.shutdown(std::net::Shutdown::Write).unwrap();
+                c
+            })
+            .collect();
+        let closed = std::rc::Rc::new(std::cell::Cell::new(false));
+        let c = closed.clone();
+        server.close(&mut lp, Duration::from_secs(5), move |_, _| c.set(true));
+        let mut log = Log::default();
+        run_until(&mut lp, &mut log, |_| closed.get());
+        assert_eq!(server.connections_served(), 5, "every queued one accepted");
+        assert_eq!(log.of("q").iter().filter(|e| **e == Ev::Made).count(), 5);
+        for mut c in clients {
+            let mut rest = Vec::new();
+            // An orderly close, not the reset of a listener closed over
+            // its queue.
+            c.read_to_end(&mut rest).unwrap();
+        }
+        assert!(TcpStream::connect(addr).is_err(), "the listener is closed");
     }
 
     pub fn connect_succeeds_is_refused_and_times_out(kind: BackendKind) {
@@ -1096,5 +1130,6 @@ per_backend!(
     serve_tcp_v4_v6_and_unix,
     serve_caps_connections_and_the_factory_may_refuse,
     graceful_close_flushes_then_aborts_what_is_left,
+    graceful_close_serves_the_connections_still_queued,
     connect_succeeds_is_refused_and_times_out,
 );

@@ -99,7 +99,8 @@ mod transport;
 pub use client::{Endpoint, connect};
 pub use connection::{ConnId, attach};
 pub use protocol::Protocol;
-pub use server::{Listener, ServeOptions, Server, serve};
+pub(crate) use server::DRAIN_SETTLE;
+pub use server::{Listener, ServeOptions, Server, serve, serve_adopted};
 pub use socket::{Addr, StreamSocket};
 pub use transport::{Transport, abort, close, send, with_transport};
 

@@ -184,6 +184,8 @@ pub(crate) struct Shared<S> {
     /// Whether the listener is watched now.
     watching: bool,
     closing: bool,
+    /// Closing, and the listener's queue not yet drained.
+    draining: bool,
     closed: bool,
     grace: Option<TimerId>,
     on_closed: Option<OnClosed<S>>,
@@ -211,16 +213,28 @@ impl<S> Shared<S> {
     }
 }
 
+/// The protocol factory of a server.
+type Factory<S> = dyn FnMut(&Addr, &mut S) -> Option<Box<dyn Protocol<S>>>;
+
+/// How a server admits a connection, accepted by its listener or handed
+/// to [`Server::adopt`]: its options and its factory.
+struct Admit<S> {
+    options: ServeOptions,
+    factory: RefCell<Box<Factory<S>>>,
+}
+
 /// A running server: pause, resume or close it, count its connections.
 /// Clones share the server.
 pub struct Server<S> {
     shared: Rc<RefCell<Shared<S>>>,
+    admit: Rc<Admit<S>>,
 }
 
 impl<S> Clone for Server<S> {
     fn clone(&self) -> Self {
         Server {
             shared: self.shared.clone(),
+            admit: self.admit.clone(),
         }
     }
 }
@@ -255,16 +269,84 @@ pub fn serve<S: 'static, F>(
     lp: &mut EventLoop<S>,
     listener: impl Into<Listener>,
     options: ServeOptions,
-    mut factory: F,
+    factory: F,
 ) -> io::Result<Server<S>>
 where
     F: FnMut(&Addr, &mut S) -> Option<Box<dyn Protocol<S>>> + 'static,
 {
     let listener = listener.into();
     listener.set_nonblocking()?;
+    let server = new_server(listener.local_addr().ok(), options, Box::new(factory));
+    let (sh, admit) = (server.shared.clone(), server.admit.clone());
+    let id = lp.add(
+        listener,
+        Interest::READABLE,
+        move |lp, listener, _, state| {
+            accept_batch(lp, &sh, &admit, listener, state);
+            PostAction::Continue
+        },
+    )?;
+    server.shared.borrow_mut().listener = Some(id);
+    log::debug!("stream=serve addr={:?}", server.shared.borrow().local_addr);
+    Ok(server)
+}
+
+/// A server without a listener of its own: its connections are sockets
+/// accepted elsewhere and handed to [`Server::adopt`] — by an acceptor
+/// thread that spreads one listener's connections over several loops
+/// ([`workers`](crate::workers)), or by a program that receives sockets
+/// over a Unix socket. Everything else is as [`serve`]: the factory, the
+/// options, the counts, [`close`](Server::close).
+///
+/// # Examples
+///
+/// ```
+/// use muxloop::EventLoop;
+/// use muxloop::stream::{self, Protocol, ServeOptions, Transport};
+/// use std::io::{Read, Write};
+///
+/// struct Hello;
+/// impl Protocol<()> for Hello {
+///     fn connection_made(&mut self, t: &mut Transport<'_, ()>, _: &mut ()) {
+///         t.write(b"hello\n");
+///         t.close();
+///     }
+///     fn data_received(&mut self, _: &mut Transport<'_, ()>, _: &[u8], _: &mut ()) {}
+/// }
+///
+/// let mut lp = EventLoop::<()>::new()?;
+/// let server = stream::serve_adopted(ServeOptions::default(), |_, _| {
+///     Some(Box::new(Hello))
+/// });
+/// let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+/// let mut client = std::net::TcpStream::connect(listener.local_addr()?)?;
+/// let (accepted, _) = listener.accept()?;
+/// server.adopt(&mut lp, accepted, &mut ())?;
+/// client.shutdown(std::net::Shutdown::Write)?;
+/// while server.connection_count() > 0 {
+///     lp.run_once(Some(std::time::Duration::from_millis(100)), &mut ())?;
+/// }
+/// let mut got = String::new();
+/// client.read_to_string(&mut got)?;
+/// assert_eq!(got, "hello\n");
+/// assert_eq!(server.connections_served(), 1);
+/// # Ok::<(), std::io::Error>(())
+/// ```
+pub fn serve_adopted<S: 'static, F>(options: ServeOptions, factory: F) -> Server<S>
+where
+    F: FnMut(&Addr, &mut S) -> Option<Box<dyn Protocol<S>>> + 'static,
+{
+    new_server(None, options, Box::new(factory))
+}
+
+fn new_server<S: 'static>(
+    local_addr: Option<Addr>,
+    options: ServeOptions,
+    factory: Box<Factory<S>>,
+) -> Server<S> {
     let shared = Rc::new(RefCell::new(Shared {
         listener: None,
-        local_addr: listener.local_addr().ok(),
+        local_addr,
         conns: HashSet::new(),
         max: options.max_connections,
         paused: false,
@@ -272,6 +354,7 @@ where
         backoff: None,
         watching: true,
         closing: false,
+        draining: false,
         closed: false,
         grace: None,
         on_closed: None,
@@ -281,35 +364,25 @@ where
         spare: File::open("/dev/null").ok(),
         last_warning: None,
     }));
-    let sh = shared.clone();
-    let id = lp.add(
-        listener,
-        Interest::READABLE,
-        move |lp, listener, _, state| {
-            accept_batch(lp, &sh, listener, &options, &mut factory, state);
-            PostAction::Continue
-        },
-    )?;
-    shared.borrow_mut().listener = Some(id);
-    log::debug!("stream=serve addr={:?}", shared.borrow().local_addr);
-    Ok(Server { shared })
+    let admit = Rc::new(Admit {
+        options,
+        factory: RefCell::new(factory),
+    });
+    Server { shared, admit }
 }
 
 fn is_out_of_fds(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
 }
 
-fn accept_batch<S: 'static, F>(
+fn accept_batch<S: 'static>(
     lp: &mut EventLoop<S>,
     shared: &Rc<RefCell<Shared<S>>>,
+    admit: &Admit<S>,
     listener: &mut Listener,
-    options: &ServeOptions,
-    factory: &mut F,
     state: &mut S,
-) where
-    F: FnMut(&Addr, &mut S) -> Option<Box<dyn Protocol<S>>>,
-{
-    for _ in 0..options.accept_batch.max(1) {
+) {
+    for _ in 0..admit.options.accept_batch.max(1) {
         {
             let mut sh = shared.borrow_mut();
             if sh.closing {
@@ -320,36 +393,8 @@ fn accept_batch<S: 'static, F>(
                 break;
             }
         }
-        match listener.accept(options.nodelay) {
-            Ok((sock, peer)) => {
-                let Some(protocol) = factory(&peer, state) else {
-                    shared.borrow_mut().refused += 1;
-                    log::debug!("stream=refused peer={peer}");
-                    continue;
-                };
-                let closing = connection::CloseSettings {
-                    linger: options.close_linger,
-                    timeout: options.close_timeout,
-                };
-                let registered = accepted_sock(sock, options).and_then(|sock| {
-                    connection::register(lp, sock, protocol, None, Some(shared.clone()), closing)
-                });
-                match registered {
-                    Ok(id) => {
-                        #[cfg(feature = "tls")]
-                        if let (Some(_), Some(timeout)) = (&options.tls, options.handshake_timeout)
-                        {
-                            connection::handshake_deadline(lp, id, timeout);
-                        }
-                        let mut sh = shared.borrow_mut();
-                        sh.conns.insert(id);
-                        sh.served += 1;
-                    }
-                    Err(e) => shared.borrow_mut().warn(format_args!(
-                        "stream=accept peer={peer} not registered: {e}"
-                    )),
-                }
-            }
+        match listener.accept(admit.options.nodelay) {
+            Ok((sock, peer)) => admit_one(lp, shared, admit, sock, peer, state),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
             Err(e)
                 if matches!(
@@ -369,6 +414,102 @@ fn accept_batch<S: 'static, F>(
         }
     }
     update_listener(shared, lp);
+}
+
+/// Gives an accepted connection its protocol and registers it. On a
+/// closing server (the connections its listener still held when it
+/// closed, or one handed over late) it is then closed as the others were.
+fn admit_one<S: 'static>(
+    lp: &mut EventLoop<S>,
+    shared: &Rc<RefCell<Shared<S>>>,
+    admit: &Admit<S>,
+    sock: StdSocket,
+    peer: Addr,
+    state: &mut S,
+) {
+    let protocol = {
+        let Ok(mut factory) = admit.factory.try_borrow_mut() else {
+            shared.borrow_mut().warn(format_args!(
+                "stream=accept peer={peer} refused: the server's factory is running (it adopted a connection)"
+            ));
+            return;
+        };
+        factory(&peer, state)
+    };
+    let Some(protocol) = protocol else {
+        shared.borrow_mut().refused += 1;
+        log::debug!("stream=refused peer={peer}");
+        return;
+    };
+    let options = &admit.options;
+    let closing = connection::CloseSettings {
+        linger: options.close_linger,
+        timeout: options.close_timeout,
+    };
+    let registered = accepted_sock(sock, options).and_then(|sock| {
+        connection::register(lp, sock, protocol, None, Some(shared.clone()), closing)
+    });
+    match registered {
+        Ok(id) => {
+            #[cfg(feature = "tls")]
+            if let (Some(_), Some(timeout)) = (&options.tls, options.handshake_timeout) {
+                connection::handshake_deadline(lp, id, timeout);
+            }
+            let closing = {
+                let mut sh = shared.borrow_mut();
+                sh.conns.insert(id);
+                sh.served += 1;
+                sh.closing
+            };
+            if closing {
+                super::close(lp, id);
+            }
+        }
+        Err(e) => shared.borrow_mut().warn(format_args!(
+            "stream=accept peer={peer} not registered: {e}"
+        )),
+    }
+}
+
+/// How long a closing listener that refuses new handshakes stays open
+/// (at most: never past the grace period) for those under way to complete
+/// into its queue — a SYN-ACK's round trip — before the last accepts.
+pub(crate) const DRAIN_SETTLE: Duration = Duration::from_millis(250);
+
+/// The most connections a closing server takes from its listener's queue.
+const DRAIN_MAX: usize = 65_536;
+
+/// A closing server's last accepts (the listener refuses new handshakes
+/// already, where it can): takes every connection its queue holds
+/// (closing the listener would reset them), then closes it.
+fn drain_and_close<S: 'static>(
+    lp: &mut EventLoop<S>,
+    shared: &Rc<RefCell<Shared<S>>>,
+    admit: &Admit<S>,
+    id: SourceId<Listener>,
+    state: &mut S,
+) {
+    let listener = match lp.remove(id) {
+        Ok(listener) => listener,
+        Err(e) => {
+            log::debug!("stream=server listener not drained: {e}");
+            let _ = lp.discard(id);
+            return;
+        }
+    };
+    let mut drained = 0;
+    while drained < DRAIN_MAX {
+        match listener.accept(admit.options.nodelay) {
+            Ok((sock, peer)) => {
+                drained += 1;
+                admit_one(lp, shared, admit, sock, peer, state);
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => {}
+            Err(_) => break,
+        }
+    }
+    log::debug!("stream=server listener closed, drained={drained}");
 }
 
 /// Out of fds: a pending connection keeps the listener readable, and a
@@ -451,7 +592,7 @@ fn connection_gone<S: 'static>(
     let done = {
         let mut sh = shared.borrow_mut();
         sh.conns.remove(&id);
-        sh.closing && sh.conns.is_empty() && !sh.closed
+        sh.closing && !sh.draining && sh.conns.is_empty() && !sh.closed
     };
     update_listener(shared, lp);
     if done {
@@ -525,13 +666,24 @@ impl<S: 'static> Server<S> {
         update_listener(&self.shared, lp);
     }
 
-    /// Shuts the server down gracefully: closes the listener at once, then
+    /// Shuts the server down gracefully: stops accepting at once, then
     /// closes every connection the way [`Transport::close`] does (reading
     /// stops, what was written is sent, then the socket is closed). A
     /// connection still not done after `grace` is aborted, dropping what
     /// it could not send (logged). `on_closed` runs once the last
     /// connection is gone — e.g. to stop the loop. A second call does
     /// nothing.
+    ///
+    /// Connections the kernel completed but the server had not accepted
+    /// yet are not lost: closing a listener resets what its queue holds.
+    /// So the listener refuses new handshakes at once (Linux: a socket
+    /// filter that drops bare SYNs; those clients retry and find the port
+    /// closed); handshakes already under way get 250 ms (or the grace, if
+    /// shorter) to complete; then the server accepts everything queued,
+    /// closes those connections as the others, and only then closes the
+    /// listener. Where there are no socket filters that happens on the
+    /// loop's next turn, and a connection that completes between the last
+    /// accept and the close is still reset.
     ///
     /// [`Transport::close`]: super::Transport::close
     pub fn close<F>(&self, lp: &mut EventLoop<S>, grace: Duration, on_closed: F)
@@ -551,15 +703,24 @@ impl<S: 'static> Server<S> {
             let conns: Vec<ConnId<S>> = sh.conns.iter().copied().collect();
             (sh.listener.take(), conns)
         };
+        let mut settle = Duration::ZERO;
         if let Some(id) = listener {
-            let _ = lp.discard(id);
+            // No new handshakes from now on; not watched any more; drained
+            // below, outside any callback, once the handshakes under way
+            // have had time to complete.
+            if let Some(Listener::Tcp(l)) = lp.source(id) {
+                match crate::sys::refuse_new_connections(l.as_raw_fd()) {
+                    Ok(true) => settle = grace.min(DRAIN_SETTLE),
+                    Ok(false) => {}
+                    Err(e) => {
+                        log::debug!("stream=server listener takes connections until it closes: {e}")
+                    }
+                }
+            }
+            let _ = lp.disable(id);
+            self.shared.borrow_mut().draining = true;
         }
         log::debug!("stream=server closing connections={}", conns.len());
-        if conns.is_empty() {
-            let shared = self.shared.clone();
-            lp.call_soon(move |lp, state| closed(&shared, lp, state));
-            return;
-        }
         for &id in &conns {
             super::close(lp, id);
         }
@@ -582,5 +743,45 @@ impl<S: 'static> Server<S> {
             }
         });
         self.shared.borrow_mut().grace = Some(timer);
+        let (shared, admit) = (self.shared.clone(), self.admit.clone());
+        lp.call_later(settle, move |lp, state| {
+            if let Some(id) = listener {
+                drain_and_close(lp, &shared, &admit, id, state);
+                shared.borrow_mut().draining = false;
+            }
+            let done = {
+                let sh = shared.borrow();
+                sh.conns.is_empty() && !sh.closed
+            };
+            if done {
+                closed(&shared, lp, state);
+            }
+        });
+    }
+
+    /// Serves `sock`, a TCP connection accepted elsewhere (by another
+    /// thread's listener, say), as if this server had accepted it: the
+    /// factory gives it a protocol, the options apply (`TCP_NODELAY`,
+    /// TLS, the close settings), it counts among the connections. On a
+    /// closing server it is closed at once, as the others were. Call it
+    /// on the loop's thread, with the loop's state (from a
+    /// [`LoopHandle::call_soon`](crate::LoopHandle::call_soon) callback,
+    /// e.g.).
+    ///
+    /// # Errors
+    ///
+    /// The socket cannot be made non-blocking, or has no peer address (it
+    /// is not connected): it is dropped.
+    pub fn adopt(&self, lp: &mut EventLoop<S>, sock: TcpStream, state: &mut S) -> io::Result<()> {
+        let peer = sock.peer_addr()?;
+        sock.set_nonblocking(true)?;
+        if self.admit.options.nodelay {
+            sock.set_nodelay(true)?;
+        }
+        crate::sys::no_sigpipe(sock.as_raw_fd())?;
+        let sock = StdSocket::Tcp(sock);
+        admit_one(lp, &self.shared, &self.admit, sock, Addr::Inet(peer), state);
+        update_listener(&self.shared, lp);
+        Ok(())
     }
 }

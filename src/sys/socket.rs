@@ -283,3 +283,122 @@ pub(crate) fn take_socket_error(fd: RawFd) -> io::Result<Option<io::Error>> {
     ))?;
     Ok((err != 0).then(|| io::Error::from_raw_os_error(err)))
 }
+
+/// Sets an `int` socket option to `value`.
+fn set_int_option(
+    fd: RawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
+    // SAFETY: `value` is a live c_int and the length passed is its size.
+    syscall!(setsockopt(
+        fd,
+        level,
+        name,
+        (&value as *const libc::c_int).cast(),
+        std::mem::size_of::<libc::c_int>() as libc::socklen_t
+    ))?;
+    Ok(())
+}
+
+/// The option that lets several listeners share a port with the kernel
+/// spreading connections across them: `SO_REUSEPORT` on Linux,
+/// `SO_REUSEPORT_LB` on FreeBSD; `None` where no such option exists (on
+/// macOS and the other BSDs `SO_REUSEPORT` shares a port but hands every
+/// connection to one listener).
+pub(crate) fn balanced_reuseport_option() -> Option<libc::c_int> {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    return Some(libc::SO_REUSEPORT);
+    #[cfg(target_os = "freebsd")]
+    return Some(libc::SO_REUSEPORT_LB);
+    #[allow(unreachable_code)]
+    None
+}
+
+/// A blocking TCP listener on `addr` with `SO_REUSEADDR` and, if given,
+/// the reuse-port option `reuse` set before the bind, listening with
+/// `backlog`.
+pub(crate) fn tcp_listener(
+    addr: &std::net::SocketAddr,
+    reuse: Option<libc::c_int>,
+    backlog: libc::c_int,
+) -> io::Result<std::net::TcpListener> {
+    let sa = SockAddr::inet(addr);
+    let fd = new_stream_socket(sa.family())?;
+    let raw = fd.as_raw_fd();
+    set_int_option(raw, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
+    if let Some(option) = reuse {
+        set_int_option(raw, libc::SOL_SOCKET, option, 1)?;
+    }
+    // SAFETY: `sa.storage` holds a valid address of `sa.len` bytes.
+    syscall!(bind(
+        raw,
+        (&sa.storage as *const libc::sockaddr_storage).cast(),
+        sa.len
+    ))?;
+    // SAFETY: no pointers involved.
+    syscall!(listen(raw, backlog))?;
+    let listener = std::net::TcpListener::from(fd);
+    listener.set_nonblocking(false)?;
+    Ok(listener)
+}
+
+/// Makes the TCP listener `fd` drop new connection requests (a bare SYN)
+/// while handshakes already under way still complete into its accept
+/// queue: a socket filter (Linux's classic BPF, `SO_ATTACH_FILTER`) that
+/// passes every segment but those with SYN set and ACK clear. Then what
+/// the queue holds can be accepted to the last connection before the
+/// listener closes (closing it resets what is still queued). `Ok(false)`
+/// where there are no socket filters; the refused client retransmits its
+/// SYN and finds the port closed, or another listener of the port.
+pub(crate) fn refuse_new_connections(fd: RawFd) -> io::Result<bool> {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        // For a TCP socket the filter sees the segment from its TCP
+        // header on: the flags are byte 13.
+        let program = [
+            // A = flags & (SYN | ACK)
+            bpf(libc::BPF_LD | libc::BPF_B | libc::BPF_ABS, 13),
+            bpf(libc::BPF_ALU | libc::BPF_AND | libc::BPF_K, 0x12),
+            // A == SYN alone: drop (keep 0 bytes); else keep all.
+            libc::sock_filter {
+                code: (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16,
+                jt: 0,
+                jf: 1,
+                k: 0x02,
+            },
+            bpf(libc::BPF_RET | libc::BPF_K, 0),
+            bpf(libc::BPF_RET | libc::BPF_K, u32::MAX),
+        ];
+        let prog = libc::sock_fprog {
+            len: program.len() as libc::c_ushort,
+            filter: program.as_ptr() as *mut libc::sock_filter,
+        };
+        // SAFETY: `prog` points at `program`, both live for the call; the
+        // kernel copies the program.
+        syscall!(setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_FILTER,
+            (&prog as *const libc::sock_fprog).cast(),
+            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t
+        ))?;
+        Ok(true)
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    {
+        let _ = fd;
+        Ok(false)
+    }
+}
+
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn bpf(code: u32, k: u32) -> libc::sock_filter {
+    libc::sock_filter {
+        code: code as u16,
+        jt: 0,
+        jf: 0,
+        k,
+    }
+}

@@ -84,3 +84,42 @@ fn timeouts_round_up_to_the_millisecond_and_saturate() {
     assert_eq!(timeout_ms(Some(Duration::from_secs(secs + 1))), max);
     assert_eq!(timeout_ms(Some(Duration::MAX)), max);
 }
+
+#[cfg(any(target_os = "linux", target_os = "android"))]
+#[test]
+fn a_refusing_listener_drops_new_handshakes_and_keeps_its_queue() {
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    use std::os::fd::AsRawFd;
+
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let queued = TcpStream::connect(addr).unwrap();
+    assert!(refuse_new_connections(listener.as_raw_fd()).unwrap());
+    // A new connection does not complete: its SYN is dropped.
+    let refused = std::thread::spawn(move || {
+        TcpStream::connect_timeout(&addr, std::time::Duration::from_millis(300)).is_err()
+    });
+    assert!(refused.join().unwrap(), "a SYN got through the filter");
+    // The one queued before is still there, and carries data.
+    let (mut accepted, _) = listener.accept().unwrap();
+    (&queued).write_all(b"x").unwrap();
+    let mut b = [0; 1];
+    accepted.read_exact(&mut b).unwrap();
+    assert_eq!(&b, b"x");
+}
+
+#[test]
+fn a_reuse_port_listener_binds_beside_another() {
+    let Some(option) = balanced_reuseport_option() else {
+        return;
+    };
+    let any = "127.0.0.1:0".parse().unwrap();
+    let first = tcp_listener(&any, Some(option), 128).unwrap();
+    let addr = first.local_addr().unwrap();
+    let second = tcp_listener(&addr, Some(option), 128).unwrap();
+    assert_eq!(second.local_addr().unwrap(), addr);
+    // Without the option the port is taken.
+    let e = tcp_listener(&addr, None, 128).unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::AddrInUse, "{e}");
+}
