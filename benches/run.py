@@ -18,6 +18,10 @@
    request, full handshakes per second and server CPU per handshake, the
    same servers over plain TCP (the cost of TLS), and the server's memory
    per idle TLS connection.
+6. Workers: echo_server on one loop, on --workers 1 and --workers 2
+   (reuse-port, and an acceptor), against tokio's multi-thread runtime on
+   two threads and a thread-per-connection server; the servers unpinned
+   (they may use both cores), the load on CPU 1, its CPU share reported.
 """
 import argparse
 import os
@@ -61,11 +65,12 @@ def cpu_ticks(pid):
 
 
 class Server:
-    def __init__(self, name, argv):
-        self.name, self.argv = name, argv
+    def __init__(self, name, argv, cpu=0):
+        self.name, self.argv, self.cpu = name, argv, cpu
 
     def __enter__(self):
-        self.proc = subprocess.Popen(pin(0, self.argv), stdout=subprocess.PIPE,
+        argv = self.argv if self.cpu is None else pin(self.cpu, self.argv)
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE,
                                      stderr=subprocess.DEVNULL, text=True)
         line = self.proc.stdout.readline()
         m = re.match(r"listening on (\S+)", line)
@@ -390,6 +395,43 @@ def tls(args):
           f"median of {max(1, args.rounds // 2)}", ("server", "KiB/conn", "vs tokio-rustls"), rows)
 
 
+def workers(args):
+    echo = os.path.join(EX, "echo_server")
+    common = ["--addr", "127.0.0.1:0", "--max-seconds", "600", "--backend", "epoll"]
+    cases = [
+        ("muxloop, one loop", [echo, *common]),
+        ("muxloop --workers 1", [echo, *common, "--workers", "1"]),
+        ("muxloop --workers 2 (reuse-port)", [echo, *common, "--workers", "2", "--balance", "reuseport"]),
+        ("muxloop --workers 2 (acceptor)", [echo, *common, "--workers", "2", "--balance", "acceptor"]),
+        ("tokio multi-thread, 2 threads", [os.path.join(EX, "peer_tokio_echo"), "--addr", "127.0.0.1:0",
+                                           "--max-seconds", "600", "--threads", "2"]),
+        ("thread per connection", [os.path.join(EX, "io_models"), "--serve", "threads", "--addr", "127.0.0.1:0"]),
+    ]
+    results = {}
+    for rnd in range(args.rounds):
+        for name, argv in cases:
+            with Server(name, argv, cpu=None) as srv:
+                before_srv = cpu_ticks(srv.proc.pid)
+                r = run_result(pin(1, [os.path.join(EX, "echo_load"), "--addr", srv.addr,
+                                       "--conns", str(args.conns), "--duration", str(args.seconds)]))
+                used = cpu_ticks(srv.proc.pid) - before_srv
+            rt = int(r["round_trips"])
+            cpu_ns = used / HZ * 1e9 / max(rt, 1)
+            load = float(r["cpu_s"]) / float(r["secs"])
+            results.setdefault(name, []).append((float(r["rt_per_s"]), cpu_ns, load, int(r["p99_us"])))
+            print(f"round {rnd + 1}/{args.rounds} {name:>34}: {float(r['rt_per_s']):>9.0f} rt/s, "
+                  f"server CPU {cpu_ns:>6.0f} ns/rt, load {100 * load:.0f} % of a core", file=sys.stderr)
+    med = {n: tuple(statistics.median(x[i] for x in v) for i in range(4)) for n, v in results.items()}
+    base = med["muxloop --workers 1"]
+    rows = [(n, f"{rt:.0f}", f"{rt / base[0]:.2f}x", f"{cpu:.0f}", f"{cpu / base[1]:.2f}x",
+             f"{100 * load:.0f} %", f"{p99:.0f}") for n, (rt, cpu, load, p99) in
+            ((n, med[n]) for n, _ in cases)]
+    table(f"workers: echo, {args.conns} connections x 64-byte ping-pong, {args.seconds} s, medians of "
+          f"{args.rounds} interleaved rounds; servers unpinned ({os.cpu_count()} CPUs), the load "
+          f"(one thread) on CPU 1; ratios vs --workers 1",
+          ("server", "rt/s", "vs 1 worker", "CPU ns/rt", "vs 1 worker", "load CPU", "p99 us"), rows)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=5)
@@ -398,7 +440,7 @@ def main():
     ap.add_argument("--idle-tls", type=int, default=10000, metavar="N",
                     help="idle TLS connections for the memory table (default 10000)")
     ap.add_argument("--quick", action="store_true", help="1 round, 1 s: a smoke run")
-    parts = ("bench", "echo", "idle", "instructions", "tls")
+    parts = ("bench", "echo", "idle", "instructions", "tls", "workers")
     ap.add_argument("--only", type=lambda v: v.split(","), metavar="PART[,PART...]",
                     help=f"run only these parts, of: {', '.join(parts)}")
     args = ap.parse_args()
@@ -413,7 +455,7 @@ def main():
     print(f"machine: {os.cpu_count()} CPUs, {os.uname().release}; pinning: {'taskset' if TASKSET else 'none'}")
     t = time.time()
     for name, fn in (("bench", bench_c), ("echo", echo), ("idle", idle), ("instructions", instructions),
-                     ("tls", tls)):
+                     ("tls", tls), ("workers", workers)):
         if args.only is None or name in args.only:
             fn(args)
     print(f"\ntotal {time.time() - t:.0f} s")

@@ -20,7 +20,7 @@ fi
 
 cargo build --release --quiet \
     --example bench --example echo_server --example echo_load \
-    --example peer_mio_echo --example peer_tokio_echo
+    --example peer_mio_echo --example peer_tokio_echo --example io_models
 # The TLS part: the same servers with feature tls, built apart so that the
 # plaintext parts above measure the default build.
 CARGO_TARGET_DIR=target/bench-tls cargo build --release --quiet --features tls \

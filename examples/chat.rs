@@ -12,7 +12,10 @@
 //! * a client that sends nothing for `--idle-timeout` seconds is closed
 //!   (0: never), and a close that cannot deliver what is left within 5 s
 //!   is an abort;
-//! * SIGINT/SIGTERM close every connection gracefully and stop.
+//! * SIGINT/SIGTERM close every connection gracefully and stop;
+//! * `--workers N`: N loops on N threads serving one port; a line goes to
+//!   the members on the other workers through `muxloop::workers::Peers`
+//!   (each worker's room keeps its own pace).
 //!
 //! ```text
 //! cargo run --example chat -- --addr 127.0.0.1:1235
@@ -21,14 +24,18 @@
 
 #[path = "common/cli.rs"]
 mod cli;
+#[path = "common/workers_flags.rs"]
+mod workers_flags;
 
 use std::collections::HashSet;
 use std::io;
 use std::net::TcpListener;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
 use muxloop::stream::{self, ConnId, Protocol, ServeOptions, Transport};
+use muxloop::workers::Peers;
 use muxloop::{BackendKind, EventLoop};
 
 /// A line-relay chat server.
@@ -48,6 +55,8 @@ struct Args {
     /// seconds while the room waits for it.
     #[arg(long, default_value_t = 5.0)]
     stall_timeout: f64,
+    #[command(flatten)]
+    workers: workers_flags::WorkerFlags,
 }
 
 /// The longest line a client may send.
@@ -67,9 +76,22 @@ struct Room {
     slow: HashSet<ConnId<Room>>,
     idle_timeout: Option<Duration>,
     stall_timeout: Duration,
+    /// With `--workers`: this worker's index and the other workers, whose
+    /// members get every line too.
+    peers: Option<(usize, Peers<Room>)>,
 }
 
 impl Room {
+    /// Lines from a member of another worker: to every member here.
+    fn relay(&self, lp: &mut EventLoop<Room>, lines: &[u8]) {
+        for &m in &self.members {
+            if stream::send(lp, m, lines).is_ok_and(|backlog| backlog > HARD) {
+                log::warn!("chat=drop reason=backlog-over-hard-limit");
+                stream::abort(lp, m);
+            }
+        }
+    }
+
     /// Pauses or resumes reading every member but `me` (whose own
     /// transport the caller holds), as the room's readers allow.
     fn set_reading(&self, t: &mut Transport<'_, Room>, reading: bool) {
@@ -152,6 +174,12 @@ impl Protocol<Room> for Member {
                     stream::abort(t.event_loop(), other);
                 }
             }
+            if let Some((me, peers)) = &room.peers {
+                // The members on the other workers (a copy each way; the
+                // room's pace is each worker's own).
+                let lines: Arc<[u8]> = lines.into();
+                peers.broadcast(Some(*me), move |lp, room: &mut Room| room.relay(lp, &lines));
+            }
             self.partial.drain(..complete);
         }
     }
@@ -218,13 +246,42 @@ fn main() -> io::Result<()> {
                 ),
             )
         })?;
-    let mut lp = EventLoop::<Room>::with_backend(args.backend)?;
-    let listener = TcpListener::bind(&args.addr)?;
-    let addr = listener.local_addr()?;
     let mut options = ServeOptions::default();
     // A member closed for idleness that does not read its backlog cannot
     // hold its fd for ever.
     options.close_timeout = Some(Duration::from_secs(5));
+    let idle_timeout = (args.idle_timeout > 0).then(|| Duration::from_secs(args.idle_timeout));
+    if args.workers.workers.is_some() {
+        let exits = workers_flags::run(
+            &args.workers,
+            args.backend,
+            &args.addr,
+            Duration::from_secs(2),
+            0,
+            |_| None,
+            move |_| Room {
+                members: HashSet::new(),
+                slow: HashSet::new(),
+                idle_timeout,
+                stall_timeout,
+                peers: None,
+            },
+            move |w, listener| {
+                let (index, peers) = (w.index(), w.peers());
+                w.state().peers = Some((index, peers));
+                w.serve(listener, options.clone(), |_, _| {
+                    Some(Box::new(Member::default()))
+                })?;
+                Ok(())
+            },
+        )?;
+        let served: u64 = exits.iter().map(|e| e.stats.connections).sum();
+        cli::tell!("stopped: {served} clients served");
+        return Ok(());
+    }
+    let mut lp = EventLoop::<Room>::with_backend(args.backend)?;
+    let listener = TcpListener::bind(&args.addr)?;
+    let addr = listener.local_addr()?;
     let server = stream::serve(&mut lp, listener, options, |_, _| {
         Some(Box::new(Member::default()))
     })?;
@@ -238,8 +295,9 @@ fn main() -> io::Result<()> {
     let mut room = Room {
         members: HashSet::new(),
         slow: HashSet::new(),
-        idle_timeout: (args.idle_timeout > 0).then(|| Duration::from_secs(args.idle_timeout)),
+        idle_timeout,
         stall_timeout,
+        peers: None,
     };
     lp.run(&mut room)?;
     cli::tell!("stopped: {} clients served", server.connections_served());

@@ -9,7 +9,7 @@
 //! ```
 //!
 //! The last line is machine-readable:
-//! `RESULT load conns=… idle=… size=… round_trips=… secs=… rt_per_s=… p50_us=… p99_us=… p999_us=… max_us=… errors=…`
+//! `RESULT load conns=… idle=… size=… round_trips=… secs=… rt_per_s=… p50_us=… p99_us=… p999_us=… max_us=… errors=… cpu_s=…`
 
 #[path = "common/cli.rs"]
 mod cli;
@@ -234,6 +234,17 @@ fn watch(
     Ok(())
 }
 
+/// The CPU time (user + system) this process has used, in seconds: how
+/// much of a core the load itself took.
+fn own_cpu_seconds() -> f64 {
+    // SAFETY: a zeroed rusage is a valid out-parameter for getrusage.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `ru` is a live, writable rusage.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    secs(ru.ru_utime) + secs(ru.ru_stime)
+}
+
 fn raise_fd_limit() {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
@@ -304,7 +315,7 @@ fn main() -> io::Result<()> {
     drop(idle);
     let h = &st.hist;
     cli::say!(
-        "RESULT load conns={} idle={} size={} short={} round_trips={} secs={:.3} rt_per_s={:.0} p50_us={} p99_us={} p999_us={} max_us={} errors={}",
+        "RESULT load conns={} idle={} size={} short={} round_trips={} secs={:.3} rt_per_s={:.0} p50_us={} p99_us={} p999_us={} max_us={} errors={} cpu_s={:.3}",
         args.conns,
         args.idle,
         args.size,
@@ -316,7 +327,8 @@ fn main() -> io::Result<()> {
         h.value_at_quantile(0.99),
         h.value_at_quantile(0.999),
         h.max(),
-        st.errors
+        st.errors,
+        own_cpu_seconds(),
     );
     if st.errors > 0 {
         std::process::exit(1);

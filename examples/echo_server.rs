@@ -12,10 +12,14 @@
 //!   up to `--grace` seconds to flush, then it prints counters and exits.
 //!
 //! * with `--tls-cert` and `--tls-key` (and `--features tls`), TLS: the
-//!   same protocol, over rustls.
+//!   same protocol, over rustls;
+//! * with `--workers N`, N loops on N threads serving one port
+//!   (`muxloop::workers`; `--balance` picks how connections are spread);
+//!   after the graceful stop it prints `worker K: N connections` for each.
 //!
 //! ```text
 //! cargo run --release --example echo_server -- --backend epoll --addr 127.0.0.1:1234
+//! cargo run --release --example echo_server -- --workers 2
 //! cargo run --example make_cert
 //! cargo run --release --features tls --example echo_server -- \
 //!     --tls-cert target/localhost-cert/cert.pem --tls-key target/localhost-cert/key.pem
@@ -25,6 +29,8 @@
 mod cli;
 #[path = "common/tls_flags.rs"]
 mod tls_flags;
+#[path = "common/workers_flags.rs"]
+mod workers_flags;
 
 use std::io;
 use std::net::TcpListener;
@@ -58,6 +64,8 @@ struct Args {
     max_seconds: u64,
     #[command(flatten)]
     tls: tls_flags::TlsFlags,
+    #[command(flatten)]
+    workers: workers_flags::WorkerFlags,
 }
 
 /// What every callback shares.
@@ -111,11 +119,50 @@ fn shut_down(server: &Server<Counters>, lp: &mut EventLoop<Counters>, grace: Dur
     server.close(lp, grace, |lp, _| lp.stop());
 }
 
+/// `--workers N`: the same server on N loops, one port.
+fn on_workers(args: &Args) -> io::Result<()> {
+    let mut options = ServeOptions::default();
+    args.tls.configure(&mut options, &[])?;
+    let (high_water, low_water) = (args.high_water, args.low_water.min(args.high_water));
+    let started = Instant::now();
+    let exits = workers_flags::run(
+        &args.workers,
+        args.backend,
+        &args.addr,
+        Duration::from_secs(args.grace),
+        args.max_seconds,
+        |addr| {
+            args.tls
+                .client_line(addr, false)
+                .map(|l| format!("TLS; try: {l}"))
+        },
+        move |_| Counters {
+            high_water,
+            low_water,
+            bytes: 0,
+        },
+        move |w, listener| {
+            w.serve(listener, options.clone(), |_, _| Some(Box::new(Echo)))?;
+            Ok(())
+        },
+    )?;
+    cli::tell!(
+        "stopped after {:.1?}: accepted={} bytes_echoed={}",
+        started.elapsed(),
+        exits.iter().map(|e| e.stats.connections).sum::<u64>(),
+        exits.iter().map(|e| e.state.bytes).sum::<u64>(),
+    );
+    Ok(())
+}
+
 fn main() -> io::Result<()> {
     cli::guard_stdio();
     env_logger::init();
     let args = Args::parse();
     raise_fd_limit();
+    if args.workers.workers.is_some() {
+        return on_workers(&args);
+    }
     let mut lp = EventLoop::<Counters>::with_backend(args.backend)?;
     let listener = TcpListener::bind(&args.addr)?;
     let addr = listener.local_addr()?;

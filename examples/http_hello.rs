@@ -15,7 +15,9 @@
 //!   connection is closed after `--idle-timeout` seconds;
 //! * HTTPS when `--tls-cert` and `--tls-key` are given (with
 //!   `--features tls`), ALPN `http/1.1`;
-//! * SIGINT/SIGTERM stop it gracefully, then it prints counters.
+//! * SIGINT/SIGTERM stop it gracefully, then it prints counters;
+//! * `--workers N`: N loops on N threads, one port (`muxloop::workers`),
+//!   and after the stop one line per worker, `worker K: N connections`.
 //!
 //! ```text
 //! cargo run --release --example http_hello -- --addr 127.0.0.1:8080
@@ -29,6 +31,8 @@
 mod cli;
 #[path = "common/tls_flags.rs"]
 mod tls_flags;
+#[path = "common/workers_flags.rs"]
+mod workers_flags;
 
 use std::io::{self, Write};
 use std::net::TcpListener;
@@ -63,6 +67,8 @@ struct Args {
     max_seconds: u64,
     #[command(flatten)]
     tls: tls_flags::TlsFlags,
+    #[command(flatten)]
+    workers: workers_flags::WorkerFlags,
 }
 
 /// The largest request head read; a longer one is answered `431`.
@@ -285,10 +291,52 @@ fn shut_down(server: &Server<Shared>, lp: &mut EventLoop<Shared>, grace: Duratio
     server.close(lp, grace, |lp, _| lp.stop());
 }
 
+/// `--workers N`: the same server on N loops, one port.
+fn on_workers(args: &Args) -> io::Result<()> {
+    let mut options = ServeOptions::default();
+    args.tls.configure(&mut options, &[b"http/1.1"])?;
+    let high_water = args.high_water;
+    let idle = (args.idle_timeout > 0).then(|| Duration::from_secs(args.idle_timeout));
+    let started = Instant::now();
+    let exits = workers_flags::run(
+        &args.workers,
+        args.backend,
+        &args.addr,
+        Duration::from_secs(args.grace),
+        args.max_seconds,
+        |addr| match args.tls.client_line(addr, true) {
+            Some(line) => Some(format!("HTTPS; try: {line}")),
+            None => Some(format!("try: curl http://{addr}/")),
+        },
+        move |_| Shared {
+            high_water,
+            idle,
+            requests: 0,
+            answer: Vec::with_capacity(4096),
+        },
+        move |w, listener| {
+            w.serve(listener, options.clone(), |_, _| {
+                Some(Box::new(Http::default()))
+            })?;
+            Ok(())
+        },
+    )?;
+    cli::tell!(
+        "stopped after {:.1?}: connections={} requests={}",
+        started.elapsed(),
+        exits.iter().map(|e| e.stats.connections).sum::<u64>(),
+        exits.iter().map(|e| e.state.requests).sum::<u64>(),
+    );
+    Ok(())
+}
+
 fn main() -> io::Result<()> {
     cli::guard_stdio();
     env_logger::init();
     let args = Args::parse();
+    if args.workers.workers.is_some() {
+        return on_workers(&args);
+    }
     let mut lp = EventLoop::<Shared>::with_backend(args.backend)?;
     let mut options = ServeOptions::default();
     args.tls.configure(&mut options, &[b"http/1.1"])?;

@@ -6,6 +6,7 @@
 //! | `threads` | blocking `std::net`, one thread per connection (socketserver's `ThreadingTCPServer`) |
 //! | `nonblocking` | one thread, non-blocking sockets, tries every socket in turn and never waits |
 //! | `select`, `poll`, `epoll`, `kqueue`, `mio`, `uring` | muxloop's `EventLoop` on that backend (where available) |
+//! | `epoll-workers` | one epoll loop per core (`muxloop::workers`, reuse-port listeners), a stream-layer echo on each; its threads are not pinned |
 //!
 //! Each step runs the server in a process of its own (pinned to CPU 1 when
 //! there are two) and `echo_load` in another (CPU 0): N connections doing
@@ -82,6 +83,8 @@ struct Args {
 enum Model {
     Threads,
     Nonblocking,
+    /// One epoll loop per core (`muxloop::workers`), one port.
+    EpollWorkers,
     /// muxloop's event loop on a backend, by name.
     Loop(String),
 }
@@ -92,6 +95,7 @@ impl FromStr for Model {
         match s {
             "threads" => Ok(Model::Threads),
             "nonblocking" => Ok(Model::Nonblocking),
+            "epoll-workers" => Ok(Model::EpollWorkers),
             name => Ok(Model::Loop(name.to_string())),
         }
     }
@@ -102,6 +106,7 @@ impl std::fmt::Display for Model {
         match self {
             Model::Threads => f.write_str("threads"),
             Model::Nonblocking => f.write_str("nonblocking"),
+            Model::EpollWorkers => f.write_str("epoll-workers"),
             Model::Loop(name) => f.write_str(name),
         }
     }
@@ -110,6 +115,10 @@ impl std::fmt::Display for Model {
 impl Model {
     /// Why this model cannot run here, if it cannot.
     fn unavailable(&self) -> Option<String> {
+        if *self == Model::EpollWorkers {
+            return (!BackendKind::Epoll.is_available())
+                .then(|| "epoll-workers needs the epoll backend (Linux)".to_string());
+        }
         let Model::Loop(name) = self else { return None };
         match name.parse::<BackendKind>() {
             Ok(kind) if kind.is_available() => None,
@@ -132,6 +141,9 @@ fn default_models() -> Vec<Model> {
     if !models.contains(&Model::Loop("uring".into())) {
         models.push(Model::Loop("uring".into()));
     }
+    if BackendKind::Epoll.is_available() {
+        models.push(Model::EpollWorkers);
+    }
     models
 }
 
@@ -141,10 +153,14 @@ fn serve(model: &Model, addr: &str) -> io::Result<()> {
     if let Some(why) = model.unavailable() {
         return Err(io::Error::new(io::ErrorKind::Unsupported, why));
     }
+    if *model == Model::EpollWorkers {
+        return serve_workers(addr);
+    }
     let listener = TcpListener::bind(addr)?;
     cli::say!("listening on {} (model {model})", listener.local_addr()?);
     io::stdout().flush()?;
     match model {
+        Model::EpollWorkers => unreachable!("served above"),
         Model::Threads => serve_threads(listener),
         Model::Nonblocking => serve_nonblocking(listener),
         Model::Loop(name) => serve_loop(listener, name.parse().map_err(io::Error::other)?),
@@ -303,6 +319,46 @@ fn serve_nonblocking(listener: TcpListener) -> io::Result<()> {
             }
         });
     }
+}
+
+/// One epoll loop per core, one port (reuse-port listeners, the kernel
+/// balancing), each an echo on the stream layer. Runs until killed.
+fn serve_workers(addr: &str) -> io::Result<()> {
+    use muxloop::stream::{Protocol, ServeOptions, Transport};
+    use muxloop::workers::{Balance, SharedListener, WorkerOptions, Workers};
+
+    struct Echo;
+    impl Protocol<()> for Echo {
+        fn data_received(&mut self, t: &mut Transport<'_, ()>, data: &[u8], _: &mut ()) {
+            t.write(data);
+        }
+    }
+
+    let addr = addr
+        .parse()
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("{addr}: {e}")))?;
+    let listener = SharedListener::bind(addr, Balance::Auto)?;
+    let local = listener.local_addr();
+    // One worker per core this process may use: counted (and the threads
+    // started) before the line that has the driver pin the main thread.
+    let mut options = WorkerOptions::default();
+    options.backend = Some(BackendKind::Epoll);
+    let workers = Workers::start(
+        options,
+        |_| (),
+        move |w| {
+            w.serve(&listener, ServeOptions::default(), |_, _| {
+                Some(Box::new(Echo))
+            })?;
+            Ok(())
+        },
+    )?;
+    cli::say!("listening on {local} (model {})", Model::EpollWorkers);
+    io::stdout().flush()?;
+    for outcome in workers.join() {
+        outcome.map_err(|e| io::Error::other(e.to_string()))?;
+    }
+    Ok(())
 }
 
 /// muxloop's event loop: a read per readiness event, the echo written at

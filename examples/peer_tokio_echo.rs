@@ -1,9 +1,11 @@
-//! A reference echo server on tokio's current-thread runtime (one task per
-//! connection). A peer for the benchmarks in `benches/run.sh`, not part of
-//! muxloop.
+//! A reference echo server on tokio (one task per connection): the
+//! current-thread runtime, or with `--threads N` the multi-thread one
+//! (work stealing over N threads). A peer for the benchmarks in
+//! `benches/run.sh`, not part of muxloop.
 //!
 //! ```text
 //! cargo run --release --example peer_tokio_echo -- --addr 127.0.0.1:1234
+//! cargo run --release --example peer_tokio_echo -- --threads 2
 //! ```
 
 #[path = "common/cli.rs"]
@@ -23,12 +25,28 @@ struct Args {
     /// Stop after this many seconds (0 = never).
     #[arg(long, default_value_t = 0)]
     max_seconds: u64,
+    /// Run on the multi-thread runtime with this many worker threads
+    /// (without it: the current-thread runtime).
+    #[arg(long)]
+    threads: Option<usize>,
 }
 
-#[tokio::main(flavor = "current_thread")]
-async fn main() -> std::io::Result<()> {
+fn main() -> std::io::Result<()> {
     cli::guard_stdio();
     let args = Args::parse();
+    let rt = match args.threads {
+        Some(n) => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n.max(1))
+            .enable_all()
+            .build()?,
+        None => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?,
+    };
+    rt.block_on(serve(args))
+}
+
+async fn serve(args: Args) -> std::io::Result<()> {
     let listener = TcpListener::bind(args.addr).await?;
     cli::say!(
         "listening on {} (backend tokio-peer)",

@@ -199,6 +199,9 @@ fn io_models_servers_echo_byte_for_byte() {
             .iter()
             .map(|k| k.name().to_string()),
     );
+    if BackendKind::Epoll.is_available() {
+        models.push("epoll-workers".to_string());
+    }
     for model in &models {
         let mut cmd = Command::new(example_path("io_models"));
         cmd.args(["--serve", model]);
@@ -257,6 +260,9 @@ fn io_models_runs_every_model_and_writes_the_csv() {
             .filter(|&&k| k != BackendKind::Mio)
             .map(|k| k.name()),
     );
+    if BackendKind::Epoll.is_available() {
+        models.push("epoll-workers");
+    }
     for model in models {
         for n in ["1", "4"] {
             let row = rows
@@ -271,6 +277,9 @@ fn io_models_runs_every_model_and_writes_the_csv() {
                     threads > n.parse().unwrap(),
                     "a thread per connection: {csv}"
                 );
+            } else if model == "epoll-workers" {
+                let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
+                assert_eq!(threads, cores as u64 + 1, "a loop per core: {csv}");
             } else {
                 assert_eq!(threads, 1, "{model}: {csv}");
             }

@@ -9,6 +9,7 @@
 //! | [`event_loop`] | one loop iteration, ownership, what callbacks may do |
 //! | [`streams`] | protocols and transports: callback order, flow control, servers |
 //! | [`embedding`] | the loop inside another program's loop, fork, signals, child processes |
+//! | [`workers`] | a loop per core: reuse-port or an acceptor, messages, graceful stop |
 //! | [`writing_a_backend`] | the [`Backend`](crate::Backend) contract |
 //! | [`reliability`] | model-based fuzzing, fault injection, scale, soak |
 //! | [`benchmarks`] | select vs poll vs epoll vs mio, muxloop vs libev and others |
@@ -37,6 +38,10 @@ pub mod streams {}
 #[doc = include_str!("links.md")]
 #[doc = include_str!("../../docs/embedding.md")]
 pub mod embedding {}
+
+#[doc = include_str!("links.md")]
+#[doc = include_str!("../../docs/workers.md")]
+pub mod workers {}
 
 #[doc = include_str!("links.md")]
 #[doc = include_str!("../../docs/writing-a-backend.md")]
