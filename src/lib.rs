@@ -37,7 +37,8 @@ unix_only! {
     pub use backend::{BACKEND_ENV, Backend, BackendKind, URING_ENV};
     pub use event::{Event, Events};
     pub use event_loop::{
-        EventLoop, LoopHandle, LoopStats, Paused, PostAction, SourceEvent, SourceId, TimerId,
+        BlockingPool, EventLoop, LoopHandle, LoopStats, Paused, PostAction, SourceEvent, SourceId,
+        TimerId,
     };
     pub use interest::Interest;
     pub use ready::Ready;

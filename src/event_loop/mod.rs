@@ -16,6 +16,7 @@ use std::time::Duration;
 use crate::waker::Waker;
 use crate::{BackendKind, Interest, Selector};
 
+mod blocking;
 mod children;
 mod embed;
 mod handle;
@@ -26,6 +27,7 @@ mod source;
 mod timer_heap;
 mod timers;
 
+pub use blocking::BlockingPool;
 pub use handle::LoopHandle;
 use handle::Remote;
 use signal_pipe::SignalPipe;
@@ -154,6 +156,8 @@ pub struct EventLoop<S = ()> {
     callback_ns: u64,
     /// A host asked for the backend fd, and so polls the kernel object.
     host_polls: std::cell::Cell<bool>,
+    /// Blocking work on a pool, and the callbacks waiting for it.
+    blocking: blocking::Pending<S>,
 }
 
 /// A requested stop: `Pending` until an iteration has run with it, then
@@ -233,6 +237,7 @@ impl<S> EventLoop<S> {
             wait_ns: 0,
             callback_ns: 0,
             host_polls: std::cell::Cell::new(false),
+            blocking: blocking::Pending::new(),
         })
     }
 
