@@ -90,6 +90,7 @@ mod buffer;
 mod client;
 mod connection;
 mod protocol;
+mod resolve;
 mod server;
 mod socket;
 #[cfg(feature = "tls")]
@@ -97,6 +98,7 @@ pub mod tls;
 mod transport;
 
 pub use client::{Endpoint, connect};
+pub use resolve::{HAPPY_EYEBALLS_DELAY, connect_any, connect_any_with, connect_host};
 pub use connection::{ConnId, attach};
 pub use protocol::Protocol;
 pub(crate) use server::DRAIN_SETTLE;

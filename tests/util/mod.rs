@@ -798,3 +798,35 @@ pub fn wait_child(pid: libc::pid_t, limit: Duration) -> libc::c_int {
 pub fn exit_code(status: libc::c_int) -> Option<i32> {
     libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status))
 }
+
+/// A listener on `addr` that drops every segment it is sent (a socket
+/// filter that keeps nothing): connects to it neither succeed nor fail,
+/// as to a host that does not answer.
+#[cfg(target_os = "linux")]
+pub fn unanswering_listener(addr: &str) -> std::net::TcpListener {
+    use std::os::fd::AsRawFd;
+    let l = std::net::TcpListener::bind(addr).unwrap();
+    let mut drop_all = [libc::sock_filter {
+        code: (libc::BPF_RET | libc::BPF_K) as u16,
+        jt: 0,
+        jf: 0,
+        k: 0,
+    }];
+    let prog = libc::sock_fprog {
+        len: 1,
+        filter: drop_all.as_mut_ptr(),
+    };
+    // SAFETY: `prog` points at `drop_all`, both live for the call; the
+    // kernel copies the program.
+    let rc = unsafe {
+        libc::setsockopt(
+            l.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_FILTER,
+            (&prog as *const libc::sock_fprog).cast(),
+            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+    l
+}
