@@ -274,3 +274,31 @@ per_backend!(
     idle_keep_alive_connections_are_closed,
     sigterm_stops_it_after_the_answers,
 );
+
+/// `fetch` (a client by host name) against `http_hello`.
+#[test]
+fn fetch_gets_the_hello_by_host_name() {
+    let server = http_hello(BackendKind::platform_default(), &[]);
+    let url = format!("http://localhost:{}/", server.addr.port());
+    let out = Command::new(example_path("fetch"))
+        .args([&url, "-v"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert_eq!(out.stdout, b"hello world\n");
+    assert!(err.contains("HTTP/1.1 200 OK"), "{err}");
+    let out = Command::new(example_path("fetch"))
+        .arg(format!("{url}missing"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("404"));
+    let out = Command::new(example_path("fetch"))
+        .args(["http://no-such-host.invalid/", "--timeout", "3"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no-such-host.invalid:80"), "{err}");
+}
