@@ -89,6 +89,7 @@
 mod buffer;
 mod client;
 mod connection;
+pub mod datagram;
 mod protocol;
 mod resolve;
 mod server;
@@ -98,9 +99,9 @@ pub mod tls;
 mod transport;
 
 pub use client::{Endpoint, connect};
-pub use resolve::{HAPPY_EYEBALLS_DELAY, connect_any, connect_any_with, connect_host};
 pub use connection::{ConnId, attach};
 pub use protocol::Protocol;
+pub use resolve::{HAPPY_EYEBALLS_DELAY, connect_any, connect_any_with, connect_host};
 pub(crate) use server::DRAIN_SETTLE;
 pub use server::{Listener, ServeOptions, Server, serve, serve_adopted};
 pub use socket::{Addr, StreamSocket};

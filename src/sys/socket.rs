@@ -243,7 +243,6 @@ pub(crate) fn accept_inet(fd: RawFd) -> io::Result<(OwnedFd, std::net::SocketAdd
 }
 
 /// The IPv4 or IPv6 address in `storage`, if it holds one.
-#[cfg(muxloop_sock_flags)]
 fn inet_of(storage: &libc::sockaddr_storage) -> Option<std::net::SocketAddr> {
     match libc::c_int::from(storage.ss_family) {
         libc::AF_INET => {
@@ -401,4 +400,204 @@ fn bpf(code: u32, k: u32) -> libc::sock_filter {
         jf: 0,
         k,
     }
+}
+
+/// One datagram a batch read took: its length, its sender, and whether
+/// it was cut to the slot's size.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Received {
+    pub(crate) len: usize,
+    pub(crate) from: Option<std::net::SocketAddr>,
+    pub(crate) truncated: bool,
+}
+
+/// A batch read's memory, kept from read to read: `n` slots of `slot`
+/// bytes, and the kernel's headers for them.
+pub(crate) struct RecvBatch {
+    buf: Vec<u8>,
+    slot: usize,
+    names: Vec<libc::sockaddr_storage>,
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    iovs: Vec<libc::iovec>,
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    msgs: Vec<libc::mmsghdr>,
+    got: Vec<Received>,
+}
+
+impl RecvBatch {
+    pub(crate) fn new(n: usize, slot: usize) -> RecvBatch {
+        let n = n.max(1);
+        let slot = slot.max(1);
+        RecvBatch {
+            buf: vec![0; n * slot],
+            slot,
+            // SAFETY: zeroed sockaddr_storage, iovec and mmsghdr values
+            // are valid, empty ones (filled in before each read).
+            names: vec![unsafe { std::mem::zeroed() }; n],
+            #[cfg(any(target_os = "linux", target_os = "android"))]
+            // SAFETY: as above.
+            iovs: vec![unsafe { std::mem::zeroed() }; n],
+            #[cfg(any(target_os = "linux", target_os = "android"))]
+            // SAFETY: as above.
+            msgs: vec![unsafe { std::mem::zeroed() }; n],
+            got: Vec::with_capacity(n),
+        }
+    }
+
+    /// Datagram `i` of the last read.
+    pub(crate) fn datagram(&self, i: usize) -> (&[u8], Received) {
+        let r = self.got[i];
+        (&self.buf[i * self.slot..][..r.len.min(self.slot)], r)
+    }
+
+    /// Reads up to `n` datagrams from the non-blocking socket `fd` with
+    /// one recvmmsg(2) (Linux) or recvfrom(2) calls (elsewhere): how many.
+    /// `WouldBlock` when none waits.
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    pub(crate) fn read(&mut self, fd: RawFd) -> io::Result<usize> {
+        self.got.clear();
+        let base = self.buf.as_mut_ptr();
+        for (i, ((m, iov), name)) in self
+            .msgs
+            .iter_mut()
+            .zip(self.iovs.iter_mut())
+            .zip(self.names.iter_mut())
+            .enumerate()
+        {
+            // SAFETY: slot `i` lies inside `buf` (it holds n slots).
+            iov.iov_base = unsafe { base.add(i * self.slot) }.cast();
+            iov.iov_len = self.slot;
+            m.msg_hdr.msg_name = (name as *mut libc::sockaddr_storage).cast();
+            m.msg_hdr.msg_namelen =
+                std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            m.msg_hdr.msg_iov = iov;
+            m.msg_hdr.msg_iovlen = 1;
+            m.msg_hdr.msg_flags = 0;
+            m.msg_len = 0;
+        }
+        // SAFETY: every mmsghdr points at a live iovec over its own slot
+        // of `buf` and at a live sockaddr_storage, all owned by `self` and
+        // untouched during the call; the kernel writes at most those sizes.
+        let got = syscall!(recvmmsg(
+            fd,
+            self.msgs.as_mut_ptr(),
+            self.msgs.len() as libc::c_uint,
+            libc::MSG_DONTWAIT,
+            std::ptr::null_mut()
+        ))? as usize;
+        for (m, name) in self.msgs.iter().zip(&self.names).take(got) {
+            self.got.push(Received {
+                len: m.msg_len as usize,
+                from: inet_of(name),
+                truncated: m.msg_hdr.msg_flags & libc::MSG_TRUNC != 0,
+            });
+        }
+        Ok(got)
+    }
+
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    pub(crate) fn read(&mut self, fd: RawFd) -> io::Result<usize> {
+        self.got.clear();
+        let n = self.names.len();
+        for i in 0..n {
+            let slot = &mut self.buf[i * self.slot..][..self.slot];
+            let name = &mut self.names[i];
+            let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            // SAFETY: `slot` and `name` are live and writable for the
+            // lengths given; MSG_TRUNC is not asked of the kernel (the
+            // length is at most the slot's).
+            let res = syscall!(recvfrom(
+                fd,
+                slot.as_mut_ptr().cast(),
+                slot.len(),
+                0,
+                (name as *mut libc::sockaddr_storage).cast(),
+                &mut len
+            ));
+            match res {
+                Ok(got) => self.got.push(Received {
+                    len: got as usize,
+                    from: inet_of(name),
+                    // Without MSG_TRUNC's report a full slot may be cut.
+                    truncated: got as usize == self.slot,
+                }),
+                Err(e) if i > 0 && e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    if i > 0 {
+                        break;
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Ok(self.got.len())
+    }
+}
+
+/// Sends `msgs` (each a datagram and its destination, `None` on a
+/// connected socket) with one sendmmsg(2): how many went, from the first.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+pub(crate) fn send_batch(
+    fd: RawFd,
+    msgs: &[(&[u8], Option<std::net::SocketAddr>)],
+) -> io::Result<usize> {
+    let names: Vec<Option<SockAddr>> = msgs
+        .iter()
+        .map(|(_, to)| to.as_ref().map(SockAddr::inet))
+        .collect();
+    let mut iovs: Vec<libc::iovec> = msgs
+        .iter()
+        .map(|(data, _)| libc::iovec {
+            iov_base: data.as_ptr() as *mut libc::c_void,
+            iov_len: data.len(),
+        })
+        .collect();
+    // SAFETY: a zeroed mmsghdr is a valid, empty one; filled in below.
+    let mut hdrs: Vec<libc::mmsghdr> = vec![unsafe { std::mem::zeroed() }; msgs.len()];
+    for ((h, iov), name) in hdrs.iter_mut().zip(iovs.iter_mut()).zip(&names) {
+        if let Some(name) = name {
+            h.msg_hdr.msg_name =
+                (&name.storage as *const libc::sockaddr_storage) as *mut libc::c_void;
+            h.msg_hdr.msg_namelen = name.len;
+        }
+        h.msg_hdr.msg_iov = iov;
+        h.msg_hdr.msg_iovlen = 1;
+    }
+    // SAFETY: every header points at a live iovec over a live datagram
+    // (only read by the kernel) and at a live address, outliving the call.
+    let sent = syscall!(sendmmsg(
+        fd,
+        hdrs.as_mut_ptr(),
+        hdrs.len() as libc::c_uint,
+        libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL
+    ))?;
+    Ok(sent as usize)
+}
+
+/// A non-blocking UDP socket bound to `addr`, with `SO_REUSEADDR` (and
+/// `SO_REUSEPORT` where it exists) set first when `reuse` (several
+/// sockets on one multicast group and port).
+pub(crate) fn udp_socket(
+    addr: &std::net::SocketAddr,
+    reuse: bool,
+) -> io::Result<std::net::UdpSocket> {
+    let sa = SockAddr::inet(addr);
+    // SAFETY: no pointers involved.
+    let fd = owned(syscall!(socket(sa.family(), libc::SOCK_DGRAM, 0))?);
+    let raw = fd.as_raw_fd();
+    // SAFETY: fcntl on a descriptor we own; no memory involved.
+    syscall!(fcntl(raw, libc::F_SETFD, libc::FD_CLOEXEC))?;
+    if reuse {
+        set_int_option(raw, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
+        set_int_option(raw, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1)?;
+    }
+    // SAFETY: `sa.storage` holds a valid address of `sa.len` bytes.
+    syscall!(bind(
+        raw,
+        (&sa.storage as *const libc::sockaddr_storage).cast(),
+        sa.len
+    ))?;
+    let sock = std::net::UdpSocket::from(fd);
+    sock.set_nonblocking(true)?;
+    Ok(sock)
 }

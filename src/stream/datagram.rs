@@ -1,0 +1,666 @@
+//! Datagrams (UDP) on the loop: an endpoint bound to an address, maybe
+//! connected to a peer, driving a [`DatagramProtocol`] (asyncio's
+//! `create_datagram_endpoint`).
+//!
+//! * reads are batched: one recvmmsg(2) takes up to
+//!   [`DatagramOptions::batch`] datagrams on Linux (recvfrom(2) calls
+//!   elsewhere), then the loop goes on to its other sources;
+//! * [`DatagramTransport::send_to`] never blocks: a datagram the kernel
+//!   has no room for is queued (and the queue flushed with sendmmsg(2) on
+//!   Linux) up to [`DatagramOptions::queue_limit`] bytes, with
+//!   `pause_writing` above the high-water mark and `resume_writing` at
+//!   the low one, as for streams; a datagram goes whole or not at all;
+//! * zero-length datagrams are delivered; one longer than
+//!   [`DatagramOptions::max_datagram`] is reported to `error_received` as
+//!   truncated (`InvalidData`), never handed over cut;
+//! * on a connected endpoint an ICMP port unreachable arrives as
+//!   `ConnectionRefused` in `error_received` (or from `send`).
+//!
+//! # Examples
+//!
+//! ```
+//! use muxloop::stream::datagram::{self, DatagramOptions, DatagramProtocol, DatagramTransport};
+//! use muxloop::stream::Addr;
+//! use muxloop::EventLoop;
+//! use std::time::Duration;
+//!
+//! struct Echo;
+//! impl DatagramProtocol<u32> for Echo {
+//!     fn datagram_received(&mut self, t: &mut DatagramTransport<'_, u32>, data: &[u8], from: Addr, n: &mut u32) {
+//!         *n += 1;
+//!         let _ = t.send_to(data, from.as_inet().unwrap());
+//!     }
+//! }
+//!
+//! let mut lp = EventLoop::new()?;
+//! let id = datagram::open(&mut lp, "127.0.0.1:0".parse().unwrap(), DatagramOptions::default(), Echo)?;
+//! let addr = datagram::local_addr(&lp, id).unwrap();
+//! let client = std::net::UdpSocket::bind("127.0.0.1:0")?;
+//! client.send_to(b"ping", addr)?;
+//! let mut n = 0;
+//! while n == 0 {
+//!     lp.run_once(Some(Duration::from_secs(1)), &mut n)?;
+//! }
+//! let mut buf = [0; 16];
+//! let (len, _) = client.recv_from(&mut buf)?;
+//! assert_eq!(&buf[..len], b"ping");
+//! # Ok::<(), std::io::Error>(())
+//! ```
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::io;
+use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+
+use super::Addr;
+use crate::sys::RecvBatch;
+use crate::{EventLoop, Interest, PostAction, SourceId};
+
+/// The largest UDP payload over IPv4 (65,535 less the IP and UDP headers).
+pub const MAX_UDP_PAYLOAD: usize = 65_507;
+
+/// What an endpoint does with its datagrams: asyncio's
+/// `DatagramProtocol`. Only `datagram_received` must be written.
+pub trait DatagramProtocol<S>: 'static {
+    /// The endpoint is open (the first callback).
+    fn connection_made(&mut self, t: &mut DatagramTransport<'_, S>, state: &mut S) {
+        let _ = (t, state);
+    }
+
+    /// One datagram (maybe empty) from `from`.
+    fn datagram_received(
+        &mut self,
+        t: &mut DatagramTransport<'_, S>,
+        data: &[u8],
+        from: Addr,
+        state: &mut S,
+    );
+
+    /// An error the socket reported — an ICMP error on a connected
+    /// endpoint (`ConnectionRefused`), a datagram cut to `max_datagram`
+    /// (`InvalidData`), one the kernel refused to send. The endpoint goes
+    /// on. Logged at debug level unless written.
+    fn error_received(
+        &mut self,
+        t: &mut DatagramTransport<'_, S>,
+        error: io::Error,
+        state: &mut S,
+    ) {
+        let _ = (t, state);
+        log::debug!("datagram=error error={error}");
+    }
+
+    /// The endpoint is closed (after `close` once its queue is sent, or
+    /// `abort`, or a fatal socket error, `Some`). The last callback.
+    fn connection_lost(&mut self, error: Option<io::Error>, state: &mut S) {
+        let _ = (error, state);
+    }
+
+    /// More than the high-water mark of datagrams waits in the queue.
+    fn pause_writing(&mut self, t: &mut DatagramTransport<'_, S>, state: &mut S) {
+        let _ = (t, state);
+    }
+
+    /// The queue is back at the low-water mark.
+    fn resume_writing(&mut self, t: &mut DatagramTransport<'_, S>, state: &mut S) {
+        let _ = (t, state);
+    }
+}
+
+/// How an endpoint is opened. `DatagramOptions::default()`, then change
+/// fields.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct DatagramOptions {
+    /// Connect to this peer: `send` goes there, only its datagrams are
+    /// received, and ICMP errors are reported. Default: `None`.
+    pub connect: Option<SocketAddr>,
+    /// At most this many datagrams per read (one recvmmsg(2) on Linux).
+    /// Default: 32.
+    pub batch: usize,
+    /// The largest datagram received whole; a longer one is reported as
+    /// truncated. Default: 65,536 (any UDP datagram).
+    pub max_datagram: usize,
+    /// `SO_BROADCAST`. Default: false.
+    pub broadcast: bool,
+    /// `SO_REUSEADDR` and `SO_REUSEPORT` before the bind (several
+    /// endpoints on one multicast port). Default: false.
+    pub reuse_address: bool,
+    /// IPv4 multicast groups to join: (group, local interface address;
+    /// `0.0.0.0` lets the kernel pick). Default: none.
+    pub join_multicast_v4: Vec<(std::net::Ipv4Addr, std::net::Ipv4Addr)>,
+    /// Queued bytes above which `pause_writing` is called, and at or
+    /// below which `resume_writing`. Default: 64 KiB and 16 KiB.
+    pub high_water: usize,
+    /// See [`high_water`](DatagramOptions::high_water).
+    pub low_water: usize,
+    /// The most bytes queued; `send_to` refuses a datagram beyond it
+    /// (`WouldBlock`; the datagram is dropped). Default: 1 MiB.
+    pub queue_limit: usize,
+}
+
+impl Default for DatagramOptions {
+    fn default() -> DatagramOptions {
+        DatagramOptions {
+            connect: None,
+            batch: 32,
+            max_datagram: 65_536,
+            broadcast: false,
+            reuse_address: false,
+            join_multicast_v4: Vec::new(),
+            high_water: 64 * 1024,
+            low_water: 16 * 1024,
+            queue_limit: 1024 * 1024,
+        }
+    }
+}
+
+/// Identifies an endpoint of a loop: send on it, close it from outside
+/// its callbacks.
+pub struct DatagramId<S>(SourceId<Endpoint<S>>);
+
+impl<S> Clone for DatagramId<S> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<S> Copy for DatagramId<S> {}
+
+impl<S> PartialEq for DatagramId<S> {
+    fn eq(&self, other: &Self) -> bool {
+        self.0 == other.0
+    }
+}
+
+impl<S> Eq for DatagramId<S> {}
+
+impl<S> fmt::Debug for DatagramId<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("DatagramId").field(&self.0).finish()
+    }
+}
+
+/// An endpoint's state apart from its protocol and its read batch.
+struct Core {
+    sock: UdpSocket,
+    connected: Option<SocketAddr>,
+    queue: VecDeque<(Vec<u8>, Option<SocketAddr>)>,
+    queued: usize,
+    high: usize,
+    low: usize,
+    limit: usize,
+    batch: usize,
+    /// Above the high mark; and whether the protocol was told.
+    paused: bool,
+    told_paused: bool,
+    closing: bool,
+    aborted: bool,
+    /// Errors from sends outside a callback, for `error_received`.
+    errors: Vec<io::Error>,
+    interest: Interest,
+}
+
+/// A loop source: the socket, the protocol (out while it runs), the
+/// reads' memory.
+pub struct Endpoint<S> {
+    core: Core,
+    protocol: Option<Box<dyn DatagramProtocol<S>>>,
+    batch: RecvBatch,
+    made: bool,
+}
+
+impl<S> AsFd for Endpoint<S> {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.core.sock.as_fd()
+    }
+}
+
+/// What a [`DatagramProtocol`] callback acts on its endpoint with.
+pub struct DatagramTransport<'a, S> {
+    core: &'a mut Core,
+    lp: &'a mut EventLoop<S>,
+    id: DatagramId<S>,
+}
+
+impl<S> fmt::Debug for DatagramTransport<'_, S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DatagramTransport")
+            .field("id", &self.id)
+            .field("queued", &self.core.queued)
+            .finish()
+    }
+}
+
+impl Core {
+    fn send(&mut self, data: &[u8], to: Option<SocketAddr>) -> io::Result<()> {
+        if self.closing || self.aborted {
+            return Err(io::Error::new(
+                io::ErrorKind::NotConnected,
+                "datagram endpoint is closing",
+            ));
+        }
+        if data.len() > MAX_UDP_PAYLOAD {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "datagram of {} bytes: at most {MAX_UDP_PAYLOAD} fit in one",
+                    data.len()
+                ),
+            ));
+        }
+        if self.queue.is_empty() {
+            let sent = match to {
+                Some(to) => self.sock.send_to(data, to),
+                None => self.sock.send(data),
+            };
+            match sent {
+                Ok(_) => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if self.queued + data.len() > self.limit {
+            return Err(io::Error::new(
+                io::ErrorKind::WouldBlock,
+                format!(
+                    "datagram queue full ({} bytes queued, limit {}): dropped",
+                    self.queued, self.limit
+                ),
+            ));
+        }
+        self.queue.push_back((data.to_vec(), to));
+        self.queued += data.len();
+        if self.queued > self.high {
+            self.paused = true;
+        }
+        Ok(())
+    }
+
+    /// Sends what is queued, as far as the kernel takes it.
+    fn flush(&mut self) {
+        while !self.queue.is_empty() {
+            match self.send_front() {
+                Ok(0) => break,
+                Ok(n) => {
+                    for _ in 0..n {
+                        if let Some((d, _)) = self.queue.pop_front() {
+                            self.queued -= d.len();
+                        }
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    // That datagram cannot go: drop it, tell the protocol.
+                    if let Some((d, _)) = self.queue.pop_front() {
+                        self.queued -= d.len();
+                    }
+                    self.errors.push(e);
+                }
+            }
+        }
+        if self.paused && self.queued <= self.low {
+            self.paused = false;
+        }
+    }
+
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    fn send_front(&mut self) -> io::Result<usize> {
+        let msgs: Vec<(&[u8], Option<SocketAddr>)> = self
+            .queue
+            .iter()
+            .take(self.batch.max(1))
+            .map(|(d, to)| (&d[..], *to))
+            .collect();
+        crate::sys::send_batch(self.sock.as_raw_fd(), &msgs)
+    }
+
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    fn send_front(&mut self) -> io::Result<usize> {
+        let mut sent = 0;
+        for (d, to) in self.queue.iter().take(self.batch.max(1)) {
+            let res = match to {
+                Some(to) => self.sock.send_to(d, *to),
+                None => self.sock.send(d),
+            };
+            match res {
+                Ok(_) => sent += 1,
+                Err(e) if sent == 0 => return Err(e),
+                Err(_) => break,
+            }
+        }
+        Ok(sent)
+    }
+
+    fn wanted(&self) -> Interest {
+        if !self.queue.is_empty() || self.closing || self.aborted {
+            Interest::READABLE | Interest::WRITABLE
+        } else {
+            Interest::READABLE
+        }
+    }
+}
+
+impl<S: 'static> DatagramTransport<'_, S> {
+    /// Sends `data` to `to` as one datagram, now or (the kernel's buffer
+    /// full) from the queue.
+    ///
+    /// # Errors
+    ///
+    /// `InvalidInput` for more than [`MAX_UDP_PAYLOAD`] bytes;
+    /// `WouldBlock` when the queue is at its limit (the datagram is
+    /// dropped); `NotConnected` once closing; the kernel's error for this
+    /// datagram (`ConnectionRefused` after an ICMP error, say).
+    pub fn send_to(&mut self, data: &[u8], to: SocketAddr) -> io::Result<()> {
+        self.core.send(data, Some(to))
+    }
+
+    /// Sends `data` to the peer of a connected endpoint.
+    ///
+    /// # Errors
+    ///
+    /// As [`send_to`](DatagramTransport::send_to); `NotConnected` if the
+    /// endpoint has no peer.
+    pub fn send(&mut self, data: &[u8]) -> io::Result<()> {
+        if self.core.connected.is_none() {
+            return Err(io::Error::new(
+                io::ErrorKind::NotConnected,
+                "send on an endpoint without a peer: use send_to",
+            ));
+        }
+        self.core.send(data, None)
+    }
+
+    /// Bytes of datagrams waiting in the queue.
+    pub fn queued_bytes(&self) -> usize {
+        self.core.queued
+    }
+
+    /// Whether the queue is above its high-water mark.
+    pub fn is_writing_paused(&self) -> bool {
+        self.core.paused
+    }
+
+    /// Closes once the queue is sent; nothing more is read.
+    pub fn close(&mut self) {
+        self.core.closing = true;
+    }
+
+    /// Closes at once, dropping the queue.
+    pub fn abort(&mut self) {
+        self.core.aborted = true;
+    }
+
+    /// The socket's address.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.core.sock.local_addr()
+    }
+
+    /// The peer of a connected endpoint.
+    pub fn peer_addr(&self) -> Option<SocketAddr> {
+        self.core.connected
+    }
+
+    /// The socket, for its options: TTL, multicast membership and loop,
+    /// broadcast (`std::net::UdpSocket`'s methods).
+    pub fn socket(&self) -> &UdpSocket {
+        &self.core.sock
+    }
+
+    /// The endpoint's id.
+    pub fn id(&self) -> DatagramId<S> {
+        self.id
+    }
+
+    /// The loop the endpoint runs on.
+    pub fn event_loop(&mut self) -> &mut EventLoop<S> {
+        self.lp
+    }
+}
+
+/// Opens a UDP endpoint bound to `bind` (port 0 picks one) on the loop,
+/// driven by `protocol` (`connection_made` comes on the loop's next
+/// turn).
+///
+/// # Errors
+///
+/// The bind (naming the address), the connect, an option or a multicast
+/// join failing; the loop refusing the socket.
+pub fn open<S: 'static>(
+    lp: &mut EventLoop<S>,
+    bind: SocketAddr,
+    options: DatagramOptions,
+    protocol: impl DatagramProtocol<S>,
+) -> io::Result<DatagramId<S>> {
+    let sock = crate::sys::udp_socket(&bind, options.reuse_address)
+        .map_err(|e| io::Error::new(e.kind(), format!("binding UDP {bind}: {e}")))?;
+    crate::sys::no_sigpipe(sock.as_raw_fd())?;
+    if options.broadcast {
+        sock.set_broadcast(true)?;
+    }
+    for (group, iface) in &options.join_multicast_v4 {
+        sock.join_multicast_v4(group, iface).map_err(|e| {
+            io::Error::new(e.kind(), format!("joining multicast group {group}: {e}"))
+        })?;
+    }
+    if let Some(peer) = options.connect {
+        sock.connect(peer)
+            .map_err(|e| io::Error::new(e.kind(), format!("connecting UDP to {peer}: {e}")))?;
+    }
+    let endpoint = Endpoint {
+        core: Core {
+            sock,
+            connected: options.connect,
+            queue: VecDeque::new(),
+            queued: 0,
+            high: options.high_water,
+            low: options.low_water.min(options.high_water),
+            limit: options.queue_limit,
+            batch: options.batch.max(1),
+            paused: false,
+            told_paused: false,
+            closing: false,
+            aborted: false,
+            errors: Vec::new(),
+            interest: Interest::READABLE | Interest::WRITABLE,
+        },
+        protocol: Some(Box::new(protocol)),
+        batch: RecvBatch::new(options.batch, options.max_datagram),
+        made: false,
+    };
+    // Watched for writing at first: the first callback says
+    // connection_made, then only reading is watched while nothing waits.
+    let id = lp.add(
+        endpoint,
+        Interest::READABLE | Interest::WRITABLE,
+        |lp, ep, ev, state| {
+            let id = DatagramId(ev.id());
+            ep.run(lp, id, ev.is_readable(), ev.is_writable(), state)
+        },
+    )?;
+    log::debug!("datagram=open addr={bind}");
+    Ok(DatagramId(id))
+}
+
+impl<S: 'static> Endpoint<S> {
+    fn run(
+        &mut self,
+        lp: &mut EventLoop<S>,
+        id: DatagramId<S>,
+        readable: bool,
+        writable: bool,
+        state: &mut S,
+    ) -> PostAction {
+        let Some(mut protocol) = self.protocol.take() else {
+            return PostAction::Remove;
+        };
+        if !self.made {
+            self.made = true;
+            let mut t = DatagramTransport {
+                core: &mut self.core,
+                lp,
+                id,
+            };
+            protocol.connection_made(&mut t, state);
+        }
+        if writable && !self.core.queue.is_empty() {
+            self.core.flush();
+        }
+        let mut fatal = None;
+        if readable && !self.core.closing && !self.core.aborted {
+            match self.batch.read(self.core.sock.as_raw_fd()) {
+                Ok(n) => {
+                    for i in 0..n {
+                        let (data, r) = self.batch.datagram(i);
+                        let from = r.from.map_or_else(
+                            || Addr::Inet(SocketAddr::from(([0, 0, 0, 0], 0))),
+                            Addr::Inet,
+                        );
+                        let mut t = DatagramTransport {
+                            core: &mut self.core,
+                            lp,
+                            id,
+                        };
+                        if r.truncated {
+                            let e = io::Error::new(
+                                io::ErrorKind::InvalidData,
+                                format!(
+                                    "datagram from {from} longer than max_datagram ({} bytes): dropped",
+                                    data.len()
+                                ),
+                            );
+                            protocol.error_received(&mut t, e, state);
+                        } else {
+                            protocol.datagram_received(&mut t, data, from, state);
+                        }
+                        if t.core.closing || t.core.aborted {
+                            break;
+                        }
+                    }
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                    ) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::ConnectionRefused
+                            | io::ErrorKind::ConnectionReset
+                            | io::ErrorKind::HostUnreachable
+                            | io::ErrorKind::NetworkUnreachable
+                    ) || e.raw_os_error() == Some(libc::EMSGSIZE) =>
+                {
+                    self.core.errors.push(e)
+                }
+                Err(e) => fatal = Some(e),
+            }
+        }
+        self.notify(&mut *protocol, lp, id, state);
+        if fatal.is_some() || self.core.aborted || (self.core.closing && self.core.queue.is_empty())
+        {
+            log::debug!("datagram=closed error={fatal:?}");
+            protocol.connection_lost(fatal, state);
+            return PostAction::Remove;
+        }
+        let want = self.core.wanted();
+        if want != self.core.interest && lp.modify(id.0, want).is_ok() {
+            self.core.interest = want;
+        }
+        self.protocol = Some(protocol);
+        PostAction::Continue
+    }
+
+    /// Tells the protocol of errors and of pauses and resumes since.
+    fn notify(
+        &mut self,
+        protocol: &mut dyn DatagramProtocol<S>,
+        lp: &mut EventLoop<S>,
+        id: DatagramId<S>,
+        state: &mut S,
+    ) {
+        for e in std::mem::take(&mut self.core.errors) {
+            let mut t = DatagramTransport {
+                core: &mut self.core,
+                lp,
+                id,
+            };
+            protocol.error_received(&mut t, e, state);
+        }
+        if self.core.paused != self.core.told_paused {
+            self.core.told_paused = self.core.paused;
+            let mut t = DatagramTransport {
+                core: &mut self.core,
+                lp,
+                id,
+            };
+            if t.core.paused {
+                protocol.pause_writing(&mut t, state);
+            } else {
+                protocol.resume_writing(&mut t, state);
+            }
+        }
+    }
+}
+
+/// Makes sure the endpoint's callback runs soon (to flush, to tell its
+/// protocol, or to close), by watching it for writing: a UDP socket is
+/// writable almost always.
+fn poke<S: 'static>(lp: &mut EventLoop<S>, id: DatagramId<S>) {
+    let want = Interest::READABLE | Interest::WRITABLE;
+    let changed = lp.with_source(id.0, |_, ep| {
+        let changed = ep.core.interest != want;
+        ep.core.interest = want;
+        changed
+    });
+    if changed == Some(true) {
+        let _ = lp.modify(id.0, want);
+    }
+}
+
+/// Sends a datagram on an endpoint from outside its callbacks (a timer,
+/// another connection's callback), as [`DatagramTransport::send_to`]
+/// (`to` `None`: to the connected peer).
+///
+/// # Errors
+///
+/// As [`DatagramTransport::send_to`]; `NotFound` if the endpoint is gone
+/// or its own callback is running.
+pub fn send_to<S: 'static>(
+    lp: &mut EventLoop<S>,
+    id: DatagramId<S>,
+    data: &[u8],
+    to: Option<SocketAddr>,
+) -> io::Result<()> {
+    let sent = lp
+        .with_source(id.0, |_, ep| ep.core.send(data, to))
+        .ok_or_else(|| {
+            io::Error::new(io::ErrorKind::NotFound, format!("{id:?} is gone or busy"))
+        })?;
+    if lp
+        .with_source(id.0, |_, ep| !ep.core.queue.is_empty() || ep.core.paused)
+        .unwrap_or(false)
+    {
+        poke(lp, id);
+    }
+    sent
+}
+
+/// Closes an endpoint from outside its callbacks, as
+/// [`DatagramTransport::close`].
+pub fn close<S: 'static>(lp: &mut EventLoop<S>, id: DatagramId<S>) {
+    if lp
+        .with_source(id.0, |_, ep| ep.core.closing = true)
+        .is_some()
+    {
+        poke(lp, id);
+    }
+}
+
+/// The address an endpoint is bound to.
+pub fn local_addr<S: 'static>(lp: &EventLoop<S>, id: DatagramId<S>) -> Option<SocketAddr> {
+    lp.source(id.0)
+        .and_then(|ep| ep.core.sock.local_addr().ok())
+}
