@@ -22,6 +22,10 @@
    (reuse-port, and an acceptor), against tokio's multi-thread runtime on
    two threads and a thread-per-connection server; the servers unpinned
    (they may use both cores), the load on CPU 1, its CPU share reported.
+7. UDP: udp_echo (batches of 32, and of 1) against tokio's UdpSocket echo
+   (examples/peer_tokio_udp.rs), driven by examples/udp_load.rs (1 and 50
+   endpoints ping-ponging): datagrams/s, server CPU per datagram, and
+   system calls per datagram (strace -c, if installed).
 """
 import argparse
 import os
@@ -432,6 +436,69 @@ def workers(args):
           ("server", "rt/s", "vs 1 worker", "CPU ns/rt", "vs 1 worker", "load CPU", "p99 us"), rows)
 
 
+def udp(args):
+    servers = [
+        ("muxloop udp_echo, batch 32", [os.path.join(EX, "udp_echo"), "--addr", "127.0.0.1:0", "--backend", "epoll"]),
+        ("muxloop udp_echo, batch 1", [os.path.join(EX, "udp_echo"), "--addr", "127.0.0.1:0", "--backend", "epoll",
+                                       "--batch", "1"]),
+        ("tokio UdpSocket (peer)", [os.path.join(EX, "peer_tokio_udp"), "--addr", "127.0.0.1:0"]),
+    ]
+    rows = []
+    for conns in (1, 50):
+        results = {}
+        for rnd in range(args.rounds):
+            for name, argv in servers:
+                with Server(name, argv) as srv:
+                    before = cpu_ticks(srv.proc.pid)
+                    r = run_result(pin(1, [os.path.join(EX, "udp_load"), "--addr", srv.addr,
+                                           "--conns", str(conns), "--duration", str(args.seconds)]))
+                    used = cpu_ticks(srv.proc.pid) - before
+                n = int(r["datagrams"])
+                cpu_ns = used / HZ * 1e9 / max(n, 1)
+                load = float(r["cpu_s"]) / float(r["secs"])
+                results.setdefault(name, []).append((float(r["dg_per_s"]), cpu_ns, load))
+                print(f"round {rnd + 1}/{args.rounds} {conns:>2} endpoints {name:>28}: "
+                      f"{float(r['dg_per_s']):>9.0f} dg/s, server CPU {cpu_ns:>5.0f} ns/dg, "
+                      f"load {100 * load:.0f} %", file=sys.stderr)
+        med = {n: tuple(statistics.median(x[i] for x in v) for i in range(3)) for n, v in results.items()}
+        ref = med["tokio UdpSocket (peer)"]
+        for name, _ in servers:
+            dg, cpu, load = med[name]
+            rows.append((conns, name, f"{dg:.0f}", f"{dg / ref[0]:.2f}x", f"{cpu:.0f}", f"{cpu / ref[1]:.2f}x",
+                         f"{100 * load:.0f} %"))
+    table(f"UDP echo, 64-byte datagrams ping-pong, {args.seconds} s, medians of {args.rounds} interleaved rounds "
+          f"(server on CPU 0, load on CPU 1); ratios vs tokio",
+          ("endpoints", "server", "dg/s", "vs tokio", "CPU ns/dg", "vs tokio", "load CPU"), rows)
+    if not shutil.which("strace"):
+        print("\n(strace not installed: system calls per datagram skipped)")
+        return
+    rows = []
+    for name, argv in servers:
+        out = os.path.join(ROOT, "target", "udp-strace.txt")
+        with Server(name, ["strace", "-f", "-c", "-o", out] + argv, cpu=None) as srv:
+            r = run_result(pin(1, [os.path.join(EX, "udp_load"), "--addr", srv.addr,
+                                   "--conns", "50", "--duration", "1"]))
+            # The server (strace's child) stops on SIGTERM; strace then
+            # writes its counts.
+            subprocess.run(["pkill", "-TERM", "-P", str(srv.proc.pid)], check=False)
+            try:
+                srv.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
+        n = int(r["datagrams"])
+        calls = {}
+        with open(out) as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) >= 5 and parts[-1].isidentifier() and parts[-1] != "total" and parts[3].isdigit():
+                    calls[parts[-1]] = int(parts[3])
+        total = sum(calls.values())
+        top = ", ".join(f"{k} {v / n:.2f}" for k, v in sorted(calls.items(), key=lambda kv: -kv[1])[:4])
+        rows.append((name, n, f"{total / n:.2f}", top))
+    table("UDP echo under strace -c -f (50 endpoints, 1 s): system calls per datagram echoed",
+          ("server", "datagrams", "syscalls/dg", "most frequent, per datagram"), rows)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=5)
@@ -440,7 +507,7 @@ def main():
     ap.add_argument("--idle-tls", type=int, default=10000, metavar="N",
                     help="idle TLS connections for the memory table (default 10000)")
     ap.add_argument("--quick", action="store_true", help="1 round, 1 s: a smoke run")
-    parts = ("bench", "echo", "idle", "instructions", "tls", "workers")
+    parts = ("bench", "echo", "idle", "instructions", "tls", "workers", "udp")
     ap.add_argument("--only", type=lambda v: v.split(","), metavar="PART[,PART...]",
                     help=f"run only these parts, of: {', '.join(parts)}")
     args = ap.parse_args()
@@ -455,7 +522,7 @@ def main():
     print(f"machine: {os.cpu_count()} CPUs, {os.uname().release}; pinning: {'taskset' if TASKSET else 'none'}")
     t = time.time()
     for name, fn in (("bench", bench_c), ("echo", echo), ("idle", idle), ("instructions", instructions),
-                     ("tls", tls), ("workers", workers)):
+                     ("tls", tls), ("workers", workers), ("udp", udp)):
         if args.only is None or name in args.only:
             fn(args)
     print(f"\ntotal {time.time() - t:.0f} s")

@@ -20,7 +20,8 @@ fi
 
 cargo build --release --quiet \
     --example bench --example echo_server --example echo_load \
-    --example peer_mio_echo --example peer_tokio_echo --example io_models
+    --example peer_mio_echo --example peer_tokio_echo --example io_models \
+    --example udp_echo --example udp_load --example peer_tokio_udp
 # The TLS part: the same servers with feature tls, built apart so that the
 # plaintext parts above measure the default build.
 CARGO_TARGET_DIR=target/bench-tls cargo build --release --quiet --features tls \

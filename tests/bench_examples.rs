@@ -298,3 +298,29 @@ fn io_models_runs_every_model_and_writes_the_csv() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn udp_load_verifies_against_udp_echo_and_the_tokio_peer() {
+    for (name, extra) in [
+        ("udp_echo", vec!["--backend", "poll"]),
+        ("udp_echo", vec!["--batch", "1"]),
+        ("peer_tokio_udp", vec![]),
+    ] {
+        let mut cmd = Command::new(example_path(name));
+        cmd.args(["--addr", "127.0.0.1:0"]).args(&extra);
+        let server = start_server(cmd);
+        let out = Command::new(example_path("udp_load"))
+            .args(["--addr", &server.addr.to_string()])
+            .args(["--conns", "10", "--duration", "0.3", "--size", "300"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let f = result_fields(&String::from_utf8_lossy(&out.stdout));
+        assert_eq!(f["errors"], "0", "{name}");
+        assert!(f["datagrams"].parse::<u64>().unwrap() > 10, "{name}: {f:?}");
+    }
+}

@@ -4,7 +4,10 @@
 //!
 //! * reads are batched: one recvmmsg(2) takes up to
 //!   [`DatagramOptions::batch`] datagrams on Linux (recvfrom(2) calls
-//!   elsewhere), then the loop goes on to its other sources;
+//!   elsewhere), then the loop goes on to its other sources; what the
+//!   protocol sends while it handles a batch of more than one datagram
+//!   goes out together right after it (one sendmmsg(2) on Linux), so an
+//!   echo costs well under one system call per datagram;
 //! * [`DatagramTransport::send_to`] never blocks: a datagram the kernel
 //!   has no room for is queued (and the queue flushed with sendmmsg(2) on
 //!   Linux) up to [`DatagramOptions::queue_limit`] bytes, with
@@ -199,6 +202,9 @@ struct Core {
     aborted: bool,
     /// Errors from sends outside a callback, for `error_received`.
     errors: Vec<io::Error>,
+    /// Within a read batch: sends are queued, and go together after it
+    /// (one sendmmsg(2) on Linux).
+    corked: bool,
     interest: Interest,
 }
 
@@ -250,7 +256,7 @@ impl Core {
                 ),
             ));
         }
-        if self.queue.is_empty() {
+        if self.queue.is_empty() && !self.corked {
             let sent = match to {
                 Some(to) => self.sock.send_to(data, to),
                 None => self.sock.send(data),
@@ -463,6 +469,7 @@ pub fn open<S: 'static>(
             closing: false,
             aborted: false,
             errors: Vec::new(),
+            corked: false,
             interest: Interest::READABLE | Interest::WRITABLE,
         },
         protocol: Some(Box::new(protocol)),
@@ -511,6 +518,8 @@ impl<S: 'static> Endpoint<S> {
         if readable && !self.core.closing && !self.core.aborted {
             match self.batch.read(self.core.sock.as_raw_fd()) {
                 Ok(n) => {
+                    // Answers to this batch go out together after it.
+                    self.core.corked = n > 1;
                     for i in 0..n {
                         let (data, r) = self.batch.datagram(i);
                         let from = r.from.map_or_else(
@@ -557,6 +566,10 @@ impl<S: 'static> Endpoint<S> {
                 }
                 Err(e) => fatal = Some(e),
             }
+        }
+        if self.core.corked {
+            self.core.corked = false;
+            self.core.flush();
         }
         self.notify(&mut *protocol, lp, id, state);
         if fatal.is_some() || self.core.aborted || (self.core.closing && self.core.queue.is_empty())
