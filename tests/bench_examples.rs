@@ -324,3 +324,26 @@ fn udp_load_verifies_against_udp_echo_and_the_tokio_peer() {
         assert!(f["datagrams"].parse::<u64>().unwrap() > 10, "{name}: {f:?}");
     }
 }
+
+#[test]
+fn pool_latency_runs_every_job_within_the_bound() {
+    for in_flight in [None, Some("1")] {
+        let mut cmd = Command::new(example_path("pool_latency"));
+        cmd.args(["--jobs", "5000", "--threads", "2", "--queued", "64"]);
+        if let Some(n) = in_flight {
+            cmd.args(["--in-flight", n]);
+        }
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let f = result_fields(&String::from_utf8_lossy(&out.stdout));
+        assert_eq!(f["jobs"], "5000");
+        assert!(f["p99_us"].parse::<u64>().unwrap() > 0, "{f:?}");
+        if in_flight.is_some() {
+            assert_eq!(f["refused"], "0", "one at a time never fills the pool");
+        }
+    }
+}
