@@ -234,31 +234,6 @@ fn watch(
     Ok(())
 }
 
-/// The CPU time (user + system) this process has used, in seconds: how
-/// much of a core the load itself took.
-fn own_cpu_seconds() -> f64 {
-    // SAFETY: a zeroed rusage is a valid out-parameter for getrusage.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: `ru` is a live, writable rusage.
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
-    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    secs(ru.ru_utime) + secs(ru.ru_stime)
-}
-
-fn raise_fd_limit() {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: valid rlimit out-pointer; raising soft to hard is allowed.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
-            lim.rlim_cur = lim.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-        }
-    }
-}
-
 fn main() -> io::Result<()> {
     cli::guard_stdio();
     env_logger::init();
@@ -267,7 +242,7 @@ fn main() -> io::Result<()> {
         cli::tell!("echo_load: --size and --conns must be at least 1");
         std::process::exit(2);
     }
-    raise_fd_limit();
+    cli::raise_fd_limit();
     let mut idle = Vec::with_capacity(args.idle);
     for _ in 0..args.idle {
         idle.push(TcpStream::connect(args.addr)?);
@@ -328,7 +303,7 @@ fn main() -> io::Result<()> {
         h.value_at_quantile(0.999),
         h.max(),
         st.errors,
-        own_cpu_seconds(),
+        cli::own_cpu_seconds(),
     );
     if st.errors > 0 {
         std::process::exit(1);

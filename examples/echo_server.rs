@@ -98,22 +98,6 @@ impl Protocol<Counters> for Echo {
     }
 }
 
-/// Raises the soft fd limit to the hard one: a server wants every fd it
-/// may have (shedding handles running out).
-fn raise_fd_limit() {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: a valid rlimit out-pointer; raising soft to hard is allowed.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
-            lim.rlim_cur = lim.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-        }
-    }
-}
-
 /// Stops accepting, lets connections flush for `grace`, then stops the loop.
 fn shut_down(server: &Server<Counters>, lp: &mut EventLoop<Counters>, grace: Duration) {
     server.close(lp, grace, |lp, _| lp.stop());
@@ -159,7 +143,7 @@ fn main() -> io::Result<()> {
     cli::guard_stdio();
     env_logger::init();
     let args = Args::parse();
-    raise_fd_limit();
+    cli::raise_fd_limit();
     if args.workers.workers.is_some() {
         return on_workers(&args);
     }

@@ -73,7 +73,7 @@ fn main() -> io::Result<()> {
     while run.done < args.jobs {
         while submitted < args.jobs && submitted - run.done < args.in_flight.unwrap_or(usize::MAX) {
             let r = lp.spawn_blocking(
-                || Instant::now(),
+                Instant::now,
                 |_, run: &mut Run, ready| {
                     let us = ready.expect("no panic").elapsed().as_micros().max(1) as u64;
                     let _ = run.hist.record(us.min(run.hist.high()));

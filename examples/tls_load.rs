@@ -320,20 +320,6 @@ fn client_config(args: &Args, ca: &std::path::Path) -> io::Result<Arc<rustls::Cl
     Ok(Arc::new(config))
 }
 
-fn raise_fd_limit() {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: valid rlimit out-pointer; raising soft to hard is allowed.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
-            lim.rlim_cur = lim.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-        }
-    }
-}
-
 fn main() -> io::Result<()> {
     cli::guard_stdio();
     env_logger::init();
@@ -342,7 +328,7 @@ fn main() -> io::Result<()> {
         cli::tell!("tls_load: --size and --conns must be at least 1");
         std::process::exit(2);
     }
-    raise_fd_limit();
+    cli::raise_fd_limit();
     let config = match (&args.cacert, args.plain) {
         (Some(ca), false) => Some(client_config(&args, ca)?),
         _ => None,

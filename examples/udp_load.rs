@@ -112,16 +112,6 @@ impl DatagramProtocol<Load> for Pinger {
     }
 }
 
-/// The CPU time (user + system) this process has used, in seconds.
-fn own_cpu_seconds() -> f64 {
-    // SAFETY: a zeroed rusage is a valid out-parameter for getrusage.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: `ru` is a live, writable rusage.
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
-    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    secs(ru.ru_utime) + secs(ru.ru_stime)
-}
-
 fn main() -> io::Result<()> {
     cli::guard_stdio();
     env_logger::init();
@@ -172,7 +162,7 @@ fn main() -> io::Result<()> {
         h.value_at_quantile(0.50),
         h.value_at_quantile(0.99),
         st.errors,
-        own_cpu_seconds(),
+        cli::own_cpu_seconds(),
     );
     if st.errors > 0 {
         std::process::exit(1);

@@ -227,7 +227,8 @@ impl<S> Pending<S> {
     }
 }
 
-fn panic_message(p: &(dyn Any + Send)) -> String {
+/// The message a panic carried (its `&str` or `String` payload).
+pub(crate) fn panic_message(p: &(dyn Any + Send)) -> String {
     if let Some(s) = p.downcast_ref::<&str>() {
         s.to_string()
     } else if let Some(s) = p.downcast_ref::<String>() {

@@ -28,6 +28,7 @@ mod timer_heap;
 mod timers;
 
 pub use blocking::BlockingPool;
+pub(crate) use blocking::panic_message;
 pub use handle::LoopHandle;
 use handle::Remote;
 use signal_pipe::SignalPipe;

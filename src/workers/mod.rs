@@ -65,7 +65,6 @@
 
 mod listen;
 
-use std::any::Any;
 use std::fmt;
 use std::io;
 use std::net::TcpStream;
@@ -635,8 +634,12 @@ impl<S: Send + 'static> Workers<S> {
             .drain(..)
             .enumerate()
             .map(|(i, t)| {
-                t.join()
-                    .unwrap_or_else(|p| Err(WorkerError::Panicked(i, panic_message(&p))))
+                t.join().unwrap_or_else(|p| {
+                    Err(WorkerError::Panicked(
+                        i,
+                        crate::event_loop::panic_message(&*p),
+                    ))
+                })
             })
             .collect();
         for t in self.acceptors.drain(..) {
@@ -665,16 +668,6 @@ impl<S> Drop for Workers<S> {
     }
 }
 
-fn panic_message(p: &Box<dyn Any + Send>) -> String {
-    if let Some(s) = p.downcast_ref::<&str>() {
-        s.to_string()
-    } else if let Some(s) = p.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "(no message)".to_string()
-    }
-}
-
 /// What a worker thread starts with.
 struct Start<S> {
     index: usize,
@@ -697,7 +690,7 @@ impl<S: 'static> Start<S> {
         let seen = peers_seen.clone();
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.work(&seen)))
             .unwrap_or_else(|p| {
-                let msg = panic_message(&p);
+                let msg = crate::event_loop::panic_message(&*p);
                 log::warn!("workers=panic worker={index} message={msg:?}: stopping the others");
                 Err(WorkerError::Panicked(index, msg))
             });
