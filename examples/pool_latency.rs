@@ -72,14 +72,11 @@ fn main() -> io::Result<()> {
     let (mut submitted, mut refused) = (0, 0u64);
     while run.done < args.jobs {
         while submitted < args.jobs && submitted - run.done < args.in_flight.unwrap_or(usize::MAX) {
-            let r = lp.spawn_blocking(
-                Instant::now,
-                |_, run: &mut Run, ready| {
-                    let us = ready.expect("no panic").elapsed().as_micros().max(1) as u64;
-                    let _ = run.hist.record(us.min(run.hist.high()));
-                    run.done += 1;
-                },
-            );
+            let r = lp.spawn_blocking(Instant::now, |_, run: &mut Run, ready| {
+                let us = ready.expect("no panic").elapsed().as_micros().max(1) as u64;
+                let _ = run.hist.record(us.min(run.hist.high()));
+                run.done += 1;
+            });
             match r {
                 Ok(()) => submitted += 1,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
