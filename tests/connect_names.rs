@@ -186,6 +186,38 @@ mod cases {
             let e = stream::connect_host(&mut lp, bad, None, Client).unwrap_err();
             assert_eq!(e.kind(), io::ErrorKind::InvalidInput, "{bad}");
         }
+        let e = stream::connect_host(&mut lp, ("", 80), None, Client).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+    }
+
+    pub fn a_host_and_port_pair_and_a_resolver_that_hangs(kind: BackendKind) {
+        init_logging();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let mut lp = EventLoop::with_backend(kind).unwrap();
+        stream::connect_host(&mut lp, ("localhost", port), None, Client).unwrap();
+        let mut log = Log::default();
+        run_until_decided(&mut lp, &mut log);
+        assert_eq!(log.made, Some(listener.local_addr().unwrap()));
+        // One pool thread, held by a job that takes 2 s: the resolution
+        // waits behind it, as behind a resolver that hangs, and the
+        // connect's timeout ends it first.
+        lp.set_blocking_pool(muxloop::BlockingPool::new(1, 4));
+        lp.spawn_blocking(|| std::thread::sleep(Duration::from_secs(2)), |_, _, _| {})
+            .unwrap();
+        let started = Instant::now();
+        let to = format!("localhost:{port}");
+        stream::connect_host(&mut lp, &to, Some(Duration::from_millis(300)), Client).unwrap();
+        let mut log = Log::default();
+        run_until_decided(&mut lp, &mut log);
+        let (kind_, msg) = log.failed.unwrap();
+        assert_eq!(kind_, io::ErrorKind::TimedOut, "{msg}");
+        assert!(msg.contains(&to), "{msg}");
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_millis(290) && took < Duration::from_millis(1900),
+            "{took:?}"
+        );
     }
 }
 
@@ -195,4 +227,5 @@ per_backend!(
     a_refused_address_has_the_next_one_tried_at_once,
     all_failing_gives_one_error_naming_each_address,
     names_that_do_not_resolve_and_the_timeout,
+    a_host_and_port_pair_and_a_resolver_that_hangs,
 );

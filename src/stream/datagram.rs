@@ -31,13 +31,13 @@
 //! impl DatagramProtocol<u32> for Echo {
 //!     fn datagram_received(&mut self, t: &mut DatagramTransport<'_, u32>, data: &[u8], from: Addr, n: &mut u32) {
 //!         *n += 1;
-//!         let _ = t.send_to(data, from.as_inet().unwrap());
+//!         let _ = t.send_to(data, from);
 //!     }
 //! }
 //!
 //! let mut lp = EventLoop::new()?;
 //! let id = datagram::open(&mut lp, "127.0.0.1:0".parse().unwrap(), DatagramOptions::default(), Echo)?;
-//! let addr = datagram::local_addr(&lp, id).unwrap();
+//! let addr = datagram::local_addr(&lp, id).unwrap().as_inet().unwrap();
 //! let client = std::net::UdpSocket::bind("127.0.0.1:0")?;
 //! client.send_to(b"ping", addr)?;
 //! let mut n = 0;
@@ -50,15 +50,20 @@
 //! # Ok::<(), std::io::Error>(())
 //! ```
 
+use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::fmt;
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::time::Duration;
 
 use super::Addr;
-use crate::sys::RecvBatch;
-use crate::{EventLoop, Interest, PostAction, SourceId};
+use crate::sys::{RecvBatch, SockAddr};
+use crate::{EventLoop, Interest, PostAction, SourceId, TimerId};
 
 /// The largest UDP payload over IPv4 (65,535 less the IP and UDP headers).
 pub const MAX_UDP_PAYLOAD: usize = 65_507;
@@ -94,6 +99,15 @@ pub trait DatagramProtocol<S>: 'static {
         log::debug!("datagram=error error={error}");
     }
 
+    /// An endpoint opened by name ([`connect_host`]) could not be: the
+    /// name did not resolve, no address could be bound and connected to,
+    /// or the timeout passed. The only callback then. Logged at warn level
+    /// unless written.
+    fn connection_failed(&mut self, error: io::Error, state: &mut S) {
+        let _ = state;
+        log::warn!("datagram=connect error={error}");
+    }
+
     /// The endpoint is closed (after `close` once its queue is sent, or
     /// `abort`, or a fatal socket error, `Some`). The last callback.
     fn connection_lost(&mut self, error: Option<io::Error>, state: &mut S) {
@@ -119,6 +133,9 @@ pub struct DatagramOptions {
     /// Connect to this peer: `send` goes there, only its datagrams are
     /// received, and ICMP errors are reported. Default: `None`.
     pub connect: Option<SocketAddr>,
+    /// For a Unix-domain endpoint ([`open_unix`]): connect to the socket
+    /// bound at this path. Default: `None`.
+    pub connect_path: Option<PathBuf>,
     /// At most this many datagrams per read (one recvmmsg(2) on Linux).
     /// Default: 32.
     pub batch: usize,
@@ -147,6 +164,7 @@ impl Default for DatagramOptions {
     fn default() -> DatagramOptions {
         DatagramOptions {
             connect: None,
+            connect_path: None,
             batch: 32,
             max_datagram: 65_536,
             broadcast: false,
@@ -185,11 +203,48 @@ impl<S> fmt::Debug for DatagramId<S> {
     }
 }
 
+/// An endpoint's socket.
+enum Socket {
+    Udp(UdpSocket),
+    Unix(UnixDatagram),
+}
+
+impl Socket {
+    fn local_addr(&self) -> io::Result<Addr> {
+        match self {
+            Socket::Udp(s) => s.local_addr().map(Addr::Inet),
+            Socket::Unix(s) => s.local_addr().map(Addr::Unix),
+        }
+    }
+
+    /// `to` in the kernel's form, if it is of this socket's family.
+    fn name(&self, to: &Addr) -> io::Result<SockAddr> {
+        match (self, to) {
+            (Socket::Udp(_), Addr::Inet(a)) => Ok(SockAddr::inet(a)),
+            (Socket::Unix(_), Addr::Unix(a)) => SockAddr::unix_addr(a),
+            _ => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("cannot send to {to} from a socket of the other family"),
+            )),
+        }
+    }
+}
+
+impl AsFd for Socket {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            Socket::Udp(s) => s.as_fd(),
+            Socket::Unix(s) => s.as_fd(),
+        }
+    }
+}
+
 /// An endpoint's state apart from its protocol and its read batch.
 struct Core {
-    sock: UdpSocket,
-    connected: Option<SocketAddr>,
-    queue: VecDeque<(Vec<u8>, Option<SocketAddr>)>,
+    sock: Socket,
+    connected: Option<Addr>,
+    /// Datagrams and their destinations (`None`: the connected peer).
+    queue: VecDeque<(Vec<u8>, Option<SockAddr>)>,
     queued: usize,
     high: usize,
     low: usize,
@@ -215,6 +270,8 @@ pub struct Endpoint<S> {
     protocol: Option<Box<dyn DatagramProtocol<S>>>,
     batch: RecvBatch,
     made: bool,
+    /// What an unbound Unix-domain sender is reported as.
+    unnamed: Option<std::os::unix::net::SocketAddr>,
 }
 
 impl<S> AsFd for Endpoint<S> {
@@ -240,7 +297,7 @@ impl<S> fmt::Debug for DatagramTransport<'_, S> {
 }
 
 impl Core {
-    fn send(&mut self, data: &[u8], to: Option<SocketAddr>) -> io::Result<()> {
+    fn send(&mut self, data: &[u8], to: Option<&Addr>) -> io::Result<()> {
         if self.closing || self.aborted {
             return Err(io::Error::new(
                 io::ErrorKind::NotConnected,
@@ -256,12 +313,9 @@ impl Core {
                 ),
             ));
         }
+        let to = to.map(|a| self.sock.name(a)).transpose()?;
         if self.queue.is_empty() && !self.corked {
-            let sent = match to {
-                Some(to) => self.sock.send_to(data, to),
-                None => self.sock.send(data),
-            };
-            match sent {
+            match crate::sys::send_one(self.sock.as_fd().as_raw_fd(), data, to.as_ref()) {
                 Ok(_) => return Ok(()),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => return Err(e),
@@ -313,24 +367,21 @@ impl Core {
 
     #[cfg(any(target_os = "linux", target_os = "android"))]
     fn send_front(&mut self) -> io::Result<usize> {
-        let msgs: Vec<(&[u8], Option<SocketAddr>)> = self
+        let msgs: Vec<(&[u8], Option<&SockAddr>)> = self
             .queue
             .iter()
             .take(self.batch.max(1))
-            .map(|(d, to)| (&d[..], *to))
+            .map(|(d, to)| (&d[..], to.as_ref()))
             .collect();
-        crate::sys::send_batch(self.sock.as_raw_fd(), &msgs)
+        crate::sys::send_batch(self.sock.as_fd().as_raw_fd(), &msgs)
     }
 
     #[cfg(not(any(target_os = "linux", target_os = "android")))]
     fn send_front(&mut self) -> io::Result<usize> {
         let mut sent = 0;
+        let fd = self.sock.as_fd().as_raw_fd();
         for (d, to) in self.queue.iter().take(self.batch.max(1)) {
-            let res = match to {
-                Some(to) => self.sock.send_to(d, *to),
-                None => self.sock.send(d),
-            };
-            match res {
+            match crate::sys::send_one(fd, d, to.as_ref()) {
                 Ok(_) => sent += 1,
                 Err(e) if sent == 0 => return Err(e),
                 Err(_) => break,
@@ -358,8 +409,11 @@ impl<S: 'static> DatagramTransport<'_, S> {
     /// `WouldBlock` when the queue is at its limit (the datagram is
     /// dropped); `NotConnected` once closing; the kernel's error for this
     /// datagram (`ConnectionRefused` after an ICMP error, say).
-    pub fn send_to(&mut self, data: &[u8], to: SocketAddr) -> io::Result<()> {
-        self.core.send(data, Some(to))
+    ///
+    /// `to` is an IP address and port on a UDP endpoint, a bound Unix
+    /// socket's address on a Unix-domain one (`InvalidInput` otherwise).
+    pub fn send_to(&mut self, data: &[u8], to: impl Into<Addr>) -> io::Result<()> {
+        self.core.send(data, Some(&to.into()))
     }
 
     /// Sends `data` to the peer of a connected endpoint.
@@ -399,19 +453,30 @@ impl<S: 'static> DatagramTransport<'_, S> {
     }
 
     /// The socket's address.
-    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+    pub fn local_addr(&self) -> io::Result<Addr> {
         self.core.sock.local_addr()
     }
 
     /// The peer of a connected endpoint.
-    pub fn peer_addr(&self) -> Option<SocketAddr> {
-        self.core.connected
+    pub fn peer_addr(&self) -> Option<Addr> {
+        self.core.connected.clone()
     }
 
-    /// The socket, for its options: TTL, multicast membership and loop,
-    /// broadcast (`std::net::UdpSocket`'s methods).
-    pub fn socket(&self) -> &UdpSocket {
-        &self.core.sock
+    /// A UDP endpoint's socket, for its options: TTL, multicast
+    /// membership and loop, broadcast (`std::net::UdpSocket`'s methods).
+    pub fn udp_socket(&self) -> Option<&UdpSocket> {
+        match &self.core.sock {
+            Socket::Udp(s) => Some(s),
+            Socket::Unix(_) => None,
+        }
+    }
+
+    /// A Unix-domain endpoint's socket.
+    pub fn unix_socket(&self) -> Option<&UnixDatagram> {
+        match &self.core.sock {
+            Socket::Unix(s) => Some(s),
+            Socket::Udp(_) => None,
+        }
     }
 
     /// The endpoint's id.
@@ -439,7 +504,166 @@ pub fn open<S: 'static>(
     options: DatagramOptions,
     protocol: impl DatagramProtocol<S>,
 ) -> io::Result<DatagramId<S>> {
-    let sock = crate::sys::udp_socket(&bind, options.reuse_address)
+    if options.connect_path.is_some() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "connect_path is for Unix-domain endpoints (open_unix): use connect",
+        ));
+    }
+    let sock = udp_socket(&bind, &options)?;
+    let connected = options.connect.map(Addr::Inet);
+    let id = start(
+        lp,
+        Socket::Udp(sock),
+        connected,
+        None,
+        &options,
+        Box::new(protocol),
+    )?;
+    log::debug!("datagram=open addr={bind}");
+    Ok(id)
+}
+
+/// Opens a UDP endpoint connected to `to` — `"host:port"` or
+/// `(host, port)`, a name or an IP address — resolving the name on the
+/// loop's [blocking pool](crate::BlockingPool) as
+/// [`stream::connect_host`](super::connect_host) does. It is bound to the
+/// wildcard address of the peer's family (port 0), and connected to the
+/// first address that takes it (the families alternating as RFC 8305
+/// orders them). `connection_made` gives the endpoint's id
+/// ([`DatagramTransport::id`]); a name that does not resolve, addresses
+/// that all fail, a full pool or `timeout` passing before the endpoint is
+/// open reach [`DatagramProtocol::connection_failed`] with an error
+/// naming `host:port` instead.
+///
+/// # Errors
+///
+/// `InvalidInput` if `to` is not a host and port, or `options` already
+/// connects ([`connect`](DatagramOptions::connect),
+/// [`connect_path`](DatagramOptions::connect_path)).
+///
+/// # Examples
+///
+/// ```
+/// use muxloop::stream::datagram::{self, DatagramOptions, DatagramProtocol, DatagramTransport};
+/// use muxloop::stream::Addr;
+/// use muxloop::EventLoop;
+/// use std::time::Duration;
+///
+/// #[derive(Default)]
+/// struct Got(Option<Vec<u8>>);
+/// struct Ask;
+/// impl DatagramProtocol<Got> for Ask {
+///     fn connection_made(&mut self, t: &mut DatagramTransport<'_, Got>, _: &mut Got) {
+///         t.send(b"time?").unwrap();
+///     }
+///     fn datagram_received(&mut self, t: &mut DatagramTransport<'_, Got>, data: &[u8], _: Addr, got: &mut Got) {
+///         got.0 = Some(data.to_vec());
+///         t.close();
+///     }
+/// }
+///
+/// let server = std::net::UdpSocket::bind("127.0.0.1:0")?;
+/// let port = server.local_addr()?.port();
+/// let mut lp = EventLoop::new()?;
+/// datagram::connect_host(&mut lp, ("localhost", port), Some(Duration::from_secs(5)), DatagramOptions::default(), Ask)?;
+/// let mut got = Got::default();
+/// let mut buf = [0; 16];
+/// while got.0.is_none() {
+///     lp.run_once(Some(Duration::from_millis(10)), &mut got)?;
+///     server.set_nonblocking(true)?;
+///     if let Ok((n, from)) = server.recv_from(&mut buf) {
+///         assert_eq!(&buf[..n], b"time?");
+///         server.send_to(b"noon", from)?;
+///     }
+/// }
+/// assert_eq!(got.0.as_deref(), Some(&b"noon"[..]));
+/// # Ok::<(), std::io::Error>(())
+/// ```
+pub fn connect_host<S: 'static>(
+    lp: &mut EventLoop<S>,
+    to: impl super::HostPort,
+    timeout: Option<Duration>,
+    options: DatagramOptions,
+    protocol: impl DatagramProtocol<S>,
+) -> io::Result<()> {
+    if options.connect.is_some() || options.connect_path.is_some() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "connect_host connects the endpoint itself: leave connect and connect_path unset",
+        ));
+    }
+    let (host, port) = to.host_port()?;
+    let label = super::resolve::label(host, port);
+    type Pending<S> = Option<(
+        Box<dyn DatagramProtocol<S>>,
+        DatagramOptions,
+        Option<TimerId>,
+    )>;
+    let pending: Rc<RefCell<Pending<S>>> =
+        Rc::new(RefCell::new(Some((Box::new(protocol), options, None))));
+    if let Some(timeout) = timeout {
+        let p = pending.clone();
+        let l = label.clone();
+        let timer = lp.call_later(timeout, move |_, state| {
+            if let Some((mut protocol, ..)) = p.borrow_mut().take() {
+                protocol.connection_failed(
+                    io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("opening a UDP endpoint to {l}: timed out after {timeout:?}"),
+                    ),
+                    state,
+                );
+            }
+        });
+        if let Some(p) = pending.borrow_mut().as_mut() {
+            p.2 = Some(timer);
+        }
+    }
+    super::resolve::resolve(lp, host, port, move |lp, state, resolved| {
+        let Some((mut protocol, options, timer)) = pending.borrow_mut().take() else {
+            return;
+        };
+        if let Some(timer) = timer {
+            lp.cancel(timer);
+        }
+        let addrs = match resolved {
+            Ok(addrs) => addrs,
+            Err(e) => return protocol.connection_failed(e, state),
+        };
+        let mut errors = Vec::new();
+        for addr in addrs {
+            let any = match addr {
+                SocketAddr::V4(_) => SocketAddr::from(([0, 0, 0, 0], 0)),
+                SocketAddr::V6(_) => SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0)),
+            };
+            let mut o = options.clone();
+            o.connect = Some(addr);
+            match udp_socket(&any, &o) {
+                Ok(sock) => {
+                    let connected = Some(Addr::Inet(addr));
+                    let started = start(lp, Socket::Udp(sock), connected, None, &o, protocol);
+                    if let Err(e) = started {
+                        // The protocol went with the refused socket.
+                        log::warn!("datagram=connect to={label} not registered: {e}");
+                    }
+                    return;
+                }
+                Err(e) => errors.push(format!("{addr}: {e}")),
+            }
+        }
+        let e = io::Error::other(format!(
+            "opening a UDP endpoint to {label}: {}",
+            errors.join("; ")
+        ));
+        protocol.connection_failed(e, state);
+    });
+    Ok(())
+}
+
+/// A UDP socket bound to `bind` with `options` set, connected if they say.
+fn udp_socket(bind: &SocketAddr, options: &DatagramOptions) -> io::Result<UdpSocket> {
+    let sock = crate::sys::udp_socket(bind, options.reuse_address)
         .map_err(|e| io::Error::new(e.kind(), format!("binding UDP {bind}: {e}")))?;
     crate::sys::no_sigpipe(sock.as_raw_fd())?;
     if options.broadcast {
@@ -454,10 +678,119 @@ pub fn open<S: 'static>(
         sock.connect(peer)
             .map_err(|e| io::Error::new(e.kind(), format!("connecting UDP to {peer}: {e}")))?;
     }
+    Ok(sock)
+}
+
+/// Opens a Unix-domain datagram endpoint bound to `bind` (`None`: unbound,
+/// which can send but not be answered), driven by `protocol` as
+/// [`open`]'s; [`DatagramOptions::connect_path`] connects it. The
+/// options for IP (broadcast, multicast, `connect`) do not apply. Bound
+/// paths stay behind in the file system, as with bind(2): remove one
+/// before binding it again.
+///
+/// # Errors
+///
+/// The bind or the connect failing (naming the path); IP options given;
+/// the loop refusing the socket.
+///
+/// # Examples
+///
+/// ```
+/// use muxloop::stream::datagram::{self, DatagramOptions, DatagramProtocol, DatagramTransport};
+/// use muxloop::stream::Addr;
+/// use muxloop::EventLoop;
+/// use std::time::Duration;
+///
+/// struct Upper;
+/// impl DatagramProtocol<u32> for Upper {
+///     fn datagram_received(&mut self, t: &mut DatagramTransport<'_, u32>, data: &[u8], from: Addr, n: &mut u32) {
+///         *n += 1;
+///         let _ = t.send_to(&data.to_ascii_uppercase(), from);
+///     }
+/// }
+///
+/// let dir = std::env::temp_dir().join(format!("muxloop-doc-dgram-{}", std::process::id()));
+/// std::fs::create_dir_all(&dir)?;
+/// let (server, client) = (dir.join("server"), dir.join("client"));
+/// let mut lp = EventLoop::new()?;
+/// datagram::open_unix(&mut lp, Some(&server), DatagramOptions::default(), Upper)?;
+/// let c = std::os::unix::net::UnixDatagram::bind(&client)?;
+/// c.send_to(b"hello", &server)?;
+/// let mut n = 0;
+/// while n == 0 {
+///     lp.run_once(Some(Duration::from_secs(1)), &mut n)?;
+/// }
+/// let mut buf = [0; 16];
+/// let len = c.recv(&mut buf)?;
+/// assert_eq!(&buf[..len], b"HELLO");
+/// std::fs::remove_dir_all(&dir)?;
+/// # Ok::<(), std::io::Error>(())
+/// ```
+pub fn open_unix<S: 'static>(
+    lp: &mut EventLoop<S>,
+    bind: Option<&Path>,
+    options: DatagramOptions,
+    protocol: impl DatagramProtocol<S>,
+) -> io::Result<DatagramId<S>> {
+    if options.connect.is_some()
+        || options.broadcast
+        || options.reuse_address
+        || !options.join_multicast_v4.is_empty()
+    {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "connect, broadcast, reuse_address and multicast are for UDP endpoints: \
+             a Unix-domain one connects with connect_path",
+        ));
+    }
+    let sock = match bind {
+        Some(path) => UnixDatagram::bind(path).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("binding Unix datagram socket {}: {e}", path.display()),
+            )
+        })?,
+        None => UnixDatagram::unbound()?,
+    };
+    sock.set_nonblocking(true)?;
+    crate::sys::no_sigpipe(sock.as_raw_fd())?;
+    let mut connected = None;
+    if let Some(path) = &options.connect_path {
+        sock.connect(path).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("connecting Unix datagram socket to {}: {e}", path.display()),
+            )
+        })?;
+        connected = Some(Addr::Unix(sock.peer_addr()?));
+    }
+    // Unbound senders are reported as this (std builds it from a socket).
+    let unnamed = UnixDatagram::unbound()?.local_addr()?;
+    let id = start(
+        lp,
+        Socket::Unix(sock),
+        connected,
+        Some(unnamed),
+        &options,
+        Box::new(protocol),
+    )?;
+    log::debug!("datagram=open path={bind:?}");
+    Ok(id)
+}
+
+/// Adds an endpoint over a bound (maybe connected) socket to the loop.
+fn start<S: 'static>(
+    lp: &mut EventLoop<S>,
+    sock: Socket,
+    connected: Option<Addr>,
+    unnamed: Option<std::os::unix::net::SocketAddr>,
+    options: &DatagramOptions,
+    protocol: Box<dyn DatagramProtocol<S>>,
+) -> io::Result<DatagramId<S>> {
     let endpoint = Endpoint {
         core: Core {
             sock,
-            connected: options.connect,
+            connected,
             queue: VecDeque::new(),
             queued: 0,
             high: options.high_water,
@@ -472,9 +805,10 @@ pub fn open<S: 'static>(
             corked: false,
             interest: Interest::READABLE | Interest::WRITABLE,
         },
-        protocol: Some(Box::new(protocol)),
+        protocol: Some(protocol),
         batch: RecvBatch::new(options.batch, options.max_datagram),
         made: false,
+        unnamed,
     };
     // Watched for writing at first: the first callback says
     // connection_made, then only reading is watched while nothing waits.
@@ -486,7 +820,6 @@ pub fn open<S: 'static>(
             ep.run(lp, id, ev.is_readable(), ev.is_writable(), state)
         },
     )?;
-    log::debug!("datagram=open addr={bind}");
     Ok(DatagramId(id))
 }
 
@@ -516,16 +849,20 @@ impl<S: 'static> Endpoint<S> {
         }
         let mut fatal = None;
         if readable && !self.core.closing && !self.core.aborted {
-            match self.batch.read(self.core.sock.as_raw_fd()) {
+            match self.batch.read(self.core.sock.as_fd().as_raw_fd()) {
                 Ok(n) => {
                     // Answers to this batch go out together after it.
                     self.core.corked = n > 1;
                     for i in 0..n {
                         let (data, r) = self.batch.datagram(i);
-                        let from = r.from.map_or_else(
-                            || Addr::Inet(SocketAddr::from(([0, 0, 0, 0], 0))),
-                            Addr::Inet,
-                        );
+                        let from = match (&r.from, &self.unnamed) {
+                            (crate::sys::Sender::Inet(a), _) => Addr::Inet(*a),
+                            (crate::sys::Sender::Unix(a), _) => Addr::Unix(a.clone()),
+                            (crate::sys::Sender::Unnamed, Some(u)) => Addr::Unix(u.clone()),
+                            (crate::sys::Sender::Unnamed, None) => {
+                                Addr::Inet(SocketAddr::from(([0, 0, 0, 0], 0)))
+                            }
+                        };
                         let mut t = DatagramTransport {
                             core: &mut self.core,
                             lp,
@@ -645,10 +982,10 @@ pub fn send_to<S: 'static>(
     lp: &mut EventLoop<S>,
     id: DatagramId<S>,
     data: &[u8],
-    to: Option<SocketAddr>,
+    to: Option<Addr>,
 ) -> io::Result<()> {
     let sent = lp
-        .with_source(id.0, |_, ep| ep.core.send(data, to))
+        .with_source(id.0, |_, ep| ep.core.send(data, to.as_ref()))
         .ok_or_else(|| {
             io::Error::new(io::ErrorKind::NotFound, format!("{id:?} is gone or busy"))
         })?;
@@ -673,7 +1010,7 @@ pub fn close<S: 'static>(lp: &mut EventLoop<S>, id: DatagramId<S>) {
 }
 
 /// The address an endpoint is bound to.
-pub fn local_addr<S: 'static>(lp: &EventLoop<S>, id: DatagramId<S>) -> Option<SocketAddr> {
+pub fn local_addr<S: 'static>(lp: &EventLoop<S>, id: DatagramId<S>) -> Option<Addr> {
     lp.source(id.0)
         .and_then(|ep| ep.core.sock.local_addr().ok())
 }

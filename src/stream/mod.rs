@@ -101,7 +101,7 @@ mod transport;
 pub use client::{Endpoint, connect};
 pub use connection::{ConnId, attach};
 pub use protocol::Protocol;
-pub use resolve::{HAPPY_EYEBALLS_DELAY, connect_any, connect_any_with, connect_host};
+pub use resolve::{HAPPY_EYEBALLS_DELAY, HostPort, connect_any, connect_any_with, connect_host};
 pub(crate) use server::DRAIN_SETTLE;
 pub use server::{Listener, ServeOptions, Server, serve, serve_adopted};
 pub use socket::{Addr, StreamSocket};

@@ -41,8 +41,115 @@ struct Race<S> {
 
 type Shared<S> = Rc<RefCell<Race<S>>>;
 
+/// A host and port to connect to by name: `"host:port"` (`"[v6]:port"`
+/// for an IPv6 address), as a `&str` or `String`, or a `(host, port)`
+/// pair.
+pub trait HostPort {
+    /// The host (a name or an IP address, without brackets) and port.
+    ///
+    /// # Errors
+    ///
+    /// `InvalidInput` if this is not a host and a port.
+    fn host_port(&self) -> io::Result<(&str, u16)>;
+}
+
+impl HostPort for str {
+    fn host_port(&self) -> io::Result<(&str, u16)> {
+        split_host_port(self)
+    }
+}
+
+impl HostPort for String {
+    fn host_port(&self) -> io::Result<(&str, u16)> {
+        split_host_port(self)
+    }
+}
+
+impl<H: AsRef<str>> HostPort for (H, u16) {
+    fn host_port(&self) -> io::Result<(&str, u16)> {
+        let host = self.0.as_ref();
+        let host = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host);
+        if host.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "connecting by name: the host is empty",
+            ));
+        }
+        Ok((host, self.1))
+    }
+}
+
+impl<T: HostPort + ?Sized> HostPort for &T {
+    fn host_port(&self) -> io::Result<(&str, u16)> {
+        (**self).host_port()
+    }
+}
+
+/// How `host` and `port` are named in errors: `host:port`, `[v6]:port`.
+pub(super) fn label(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+/// Resolves `host` with `getaddrinfo` on the loop's blocking pool and
+/// hands `done` the addresses (never none) on the loop, or an error
+/// naming `host:port`: no address, the resolver's error, a full pool (on
+/// the loop's next turn). An IP address needs no resolver and is handed
+/// over on the loop's next turn.
+pub(super) fn resolve<S: 'static>(
+    lp: &mut EventLoop<S>,
+    host: &str,
+    port: u16,
+    done: impl FnOnce(&mut EventLoop<S>, &mut S, io::Result<Vec<SocketAddr>>) + 'static,
+) {
+    if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+        lp.call_soon(move |lp, state| done(lp, state, Ok(vec![SocketAddr::new(ip, port)])));
+        return;
+    }
+    let label = label(host, port);
+    let host = host.to_string();
+    let done = Rc::new(RefCell::new(Some(done)));
+    let d = done.clone();
+    let l = label.clone();
+    let spawned = lp.spawn_blocking(
+        move || {
+            (host.as_str(), port)
+                .to_socket_addrs()
+                .map(Iterator::collect::<Vec<_>>)
+        },
+        move |lp, state, resolved| {
+            let resolved = match resolved.and_then(|r| r) {
+                Ok(addrs) if !addrs.is_empty() => Ok(interleave(addrs)),
+                Ok(_) => Err(io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!("resolving {l}: no address"),
+                )),
+                Err(e) => Err(io::Error::new(e.kind(), format!("resolving {l}: {e}"))),
+            };
+            if let Some(done) = d.borrow_mut().take() {
+                done(lp, state, resolved);
+            }
+        },
+    );
+    if let Err(e) = spawned {
+        // The pool is full: said on the loop, as every other outcome.
+        let e = io::Error::new(e.kind(), format!("resolving {label}: {e}"));
+        lp.call_soon(move |lp, state| {
+            if let Some(done) = done.borrow_mut().take() {
+                done(lp, state, Err(e));
+            }
+        });
+    }
+}
+
 /// Connects to `host:port` (a name, or an IP address; `[v6]:port` for an
-/// IPv6 one) as [`connect`](super::connect) does, resolving the name with
+/// IPv6 one; or a `(host, port)` pair) as [`connect`](super::connect) does, resolving the name with
 /// `getaddrinfo` on the loop's [blocking pool](crate::BlockingPool) and
 /// racing the addresses it gives ([`connect_any`]). `timeout` covers the
 /// resolution and every attempt. A name that does not resolve, a full
@@ -57,6 +164,10 @@ type Shared<S> = Rc<RefCell<Race<S>>>;
 /// # Errors
 ///
 /// `InvalidInput` if `to` is not `host:port`.
+///
+/// [`connect`](super::connect) itself takes addresses only: it hands back
+/// the [`ConnId`](super::ConnId) at once, which needs the socket, which
+/// needs the address's family.
 ///
 /// # Examples
 ///
@@ -86,12 +197,12 @@ type Shared<S> = Rc<RefCell<Race<S>>>;
 /// ```
 pub fn connect_host<S: 'static>(
     lp: &mut EventLoop<S>,
-    to: &str,
+    to: impl HostPort,
     timeout: Option<Duration>,
     protocol: impl Protocol<S>,
 ) -> io::Result<()> {
-    let (host, port) = split_host_port(to)?;
-    let label = to.to_string();
+    let (host, port) = to.host_port()?;
+    let label = label(host, port);
     // An address needs no resolver.
     if let Ok(ip) = host.parse::<std::net::IpAddr>() {
         let race = new_race(label, Box::new(protocol), vec![SocketAddr::new(ip, port)]);
@@ -102,48 +213,20 @@ pub fn connect_host<S: 'static>(
     }
     let race = new_race(label, Box::new(protocol), Vec::new());
     arm(lp, &race, timeout);
-    let host = host.to_string();
     let r = race.clone();
-    let spawned = lp.spawn_blocking(
-        move || {
-            (host.as_str(), port)
-                .to_socket_addrs()
-                .map(Iterator::collect::<Vec<_>>)
-        },
-        move |lp, state, resolved| {
-            if r.borrow().decided {
-                return;
+    resolve(lp, host, port, move |lp, state, resolved| {
+        if r.borrow().decided {
+            return;
+        }
+        match resolved {
+            Ok(addrs) => {
+                r.borrow_mut().addrs = addrs;
+                start_next(lp, &r);
+                settle(lp, &r, state);
             }
-            match resolved.and_then(|r| r) {
-                Ok(addrs) if !addrs.is_empty() => {
-                    r.borrow_mut().addrs = interleave(addrs);
-                    start_next(lp, &r);
-                    settle(lp, &r, state);
-                }
-                Ok(_) => {
-                    let label = r.borrow().label.clone();
-                    fail(
-                        lp,
-                        &r,
-                        io::Error::new(io::ErrorKind::NotFound, format!("{label}: no address")),
-                        state,
-                    );
-                }
-                Err(e) => {
-                    let label = r.borrow().label.clone();
-                    let e = io::Error::new(e.kind(), format!("resolving {label}: {e}"));
-                    fail(lp, &r, e, state);
-                }
-            }
-        },
-    );
-    if let Err(e) = spawned {
-        // The pool is full: say so through the protocol, as every other
-        // failure of the connect.
-        let label = race.borrow().label.clone();
-        let e = io::Error::new(e.kind(), format!("resolving {label}: {e}"));
-        lp.call_soon(move |lp, state| fail(lp, &race, e, state));
-    }
+            Err(e) => fail(lp, &r, e, state),
+        }
+    });
     Ok(())
 }
 

@@ -28,6 +28,18 @@ impl Addr {
     }
 }
 
+impl From<std::net::SocketAddr> for Addr {
+    fn from(a: std::net::SocketAddr) -> Addr {
+        Addr::Inet(a)
+    }
+}
+
+impl From<std::os::unix::net::SocketAddr> for Addr {
+    fn from(a: std::os::unix::net::SocketAddr) -> Addr {
+        Addr::Unix(a)
+    }
+}
+
 impl fmt::Display for Addr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -164,6 +164,43 @@ impl SockAddr {
             len: (base + bytes.len() + 1) as libc::socklen_t,
         })
     }
+
+    /// A Unix-domain socket's address: its path, or (Linux) its abstract
+    /// name. `InvalidInput` for an unnamed one, which nothing can reach.
+    pub(crate) fn unix_addr(addr: &std::os::unix::net::SocketAddr) -> io::Result<SockAddr> {
+        if let Some(path) = addr.as_pathname() {
+            return SockAddr::unix(path);
+        }
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        {
+            #[cfg(target_os = "android")]
+            use std::os::android::net::SocketAddrExt;
+            #[cfg(target_os = "linux")]
+            use std::os::linux::net::SocketAddrExt;
+            if let Some(name) = addr.as_abstract_name() {
+                // SAFETY: a zeroed sockaddr_storage is a valid, empty address.
+                let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+                // SAFETY: sockaddr_storage is large and aligned enough for
+                // sockaddr_un.
+                let sun = unsafe { &mut *(&mut storage as *mut _ as *mut libc::sockaddr_un) };
+                // std built the name, so it fits after the leading NUL.
+                let n = name.len().min(sun.sun_path.len() - 1);
+                sun.sun_family = libc::AF_UNIX as libc::sa_family_t;
+                for (dst, src) in sun.sun_path[1..].iter_mut().zip(&name[..n]) {
+                    *dst = *src as libc::c_char;
+                }
+                let base = std::mem::size_of::<libc::sockaddr_un>() - sun.sun_path.len();
+                return Ok(SockAddr {
+                    storage,
+                    len: (base + 1 + n) as libc::socklen_t,
+                });
+            }
+        }
+        Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "an unnamed Unix socket cannot be sent to",
+        ))
+    }
 }
 
 /// Starts a connect of the non-blocking socket `fd` to `addr`: `Ok(false)`
@@ -402,12 +439,58 @@ fn bpf(code: u32, k: u32) -> libc::sock_filter {
     }
 }
 
+/// Who sent a datagram, as the kernel named it.
+#[derive(Clone, Debug)]
+pub(crate) enum Sender {
+    /// An IPv4 or IPv6 address.
+    Inet(std::net::SocketAddr),
+    /// A bound Unix-domain socket (a path, or an abstract name on Linux).
+    Unix(std::os::unix::net::SocketAddr),
+    /// An unbound Unix-domain socket, or no name given.
+    Unnamed,
+}
+
+/// The sender named by the first `len` bytes of `storage`.
+fn sender_of(storage: &libc::sockaddr_storage, len: libc::socklen_t) -> Sender {
+    if let Some(a) = inet_of(storage) {
+        return Sender::Inet(a);
+    }
+    if libc::c_int::from(storage.ss_family) != libc::AF_UNIX {
+        return Sender::Unnamed;
+    }
+    // SAFETY: the family says the storage holds a sockaddr_un, and
+    // sockaddr_storage is large and aligned enough for it.
+    let sun = unsafe { &*(storage as *const _ as *const libc::sockaddr_un) };
+    let base = std::mem::size_of::<libc::sockaddr_un>() - sun.sun_path.len();
+    let n = (len as usize).saturating_sub(base).min(sun.sun_path.len());
+    // c_char is i8 or u8 by target: either way one byte of the name.
+    let bytes: Vec<u8> = sun.sun_path[..n].iter().map(|&c| c as u8).collect();
+    match bytes.first() {
+        None => Sender::Unnamed,
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        Some(0) => {
+            #[cfg(target_os = "android")]
+            use std::os::android::net::SocketAddrExt;
+            #[cfg(target_os = "linux")]
+            use std::os::linux::net::SocketAddrExt;
+            std::os::unix::net::SocketAddr::from_abstract_name(&bytes[1..])
+                .map_or(Sender::Unnamed, Sender::Unix)
+        }
+        Some(_) => {
+            use std::os::unix::ffi::OsStrExt;
+            let path = bytes.split(|&b| b == 0).next().unwrap_or_default();
+            std::os::unix::net::SocketAddr::from_pathname(std::ffi::OsStr::from_bytes(path))
+                .map_or(Sender::Unnamed, Sender::Unix)
+        }
+    }
+}
+
 /// One datagram a batch read took: its length, its sender, and whether
 /// it was cut to the slot's size.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub(crate) struct Received {
     pub(crate) len: usize,
-    pub(crate) from: Option<std::net::SocketAddr>,
+    pub(crate) from: Sender,
     pub(crate) truncated: bool,
 }
 
@@ -445,8 +528,8 @@ impl RecvBatch {
     }
 
     /// Datagram `i` of the last read.
-    pub(crate) fn datagram(&self, i: usize) -> (&[u8], Received) {
-        let r = self.got[i];
+    pub(crate) fn datagram(&self, i: usize) -> (&[u8], &Received) {
+        let r = &self.got[i];
         (&self.buf[i * self.slot..][..r.len.min(self.slot)], r)
     }
 
@@ -488,7 +571,7 @@ impl RecvBatch {
         for (m, name) in self.msgs.iter().zip(&self.names).take(got) {
             self.got.push(Received {
                 len: m.msg_len as usize,
-                from: inet_of(name),
+                from: sender_of(name, m.msg_hdr.msg_namelen),
                 truncated: m.msg_hdr.msg_flags & libc::MSG_TRUNC != 0,
             });
         }
@@ -517,7 +600,7 @@ impl RecvBatch {
             match res {
                 Ok(got) => self.got.push(Received {
                     len: got as usize,
-                    from: inet_of(name),
+                    from: sender_of(name, len),
                     // Without MSG_TRUNC's report a full slot may be cut.
                     truncated: got as usize == self.slot,
                 }),
@@ -534,17 +617,30 @@ impl RecvBatch {
     }
 }
 
+/// Sends one datagram on the non-blocking socket `fd`, to `to` (`None`:
+/// its connected peer), never raising SIGPIPE: sendto(2).
+pub(crate) fn send_one(fd: RawFd, data: &[u8], to: Option<&SockAddr>) -> io::Result<usize> {
+    let (name, len) = match to {
+        Some(a) => ((&a.storage as *const libc::sockaddr_storage).cast(), a.len),
+        None => (std::ptr::null(), 0),
+    };
+    // SAFETY: `data` is live for its length and only read; `name` is null
+    // (length 0) or a live address of `len` bytes, outliving the call.
+    let sent = syscall!(sendto(
+        fd,
+        data.as_ptr().cast(),
+        data.len(),
+        SEND_FLAGS | libc::MSG_DONTWAIT,
+        name,
+        len
+    ))?;
+    Ok(sent as usize)
+}
+
 /// Sends `msgs` (each a datagram and its destination, `None` on a
 /// connected socket) with one sendmmsg(2): how many went, from the first.
 #[cfg(any(target_os = "linux", target_os = "android"))]
-pub(crate) fn send_batch(
-    fd: RawFd,
-    msgs: &[(&[u8], Option<std::net::SocketAddr>)],
-) -> io::Result<usize> {
-    let names: Vec<Option<SockAddr>> = msgs
-        .iter()
-        .map(|(_, to)| to.as_ref().map(SockAddr::inet))
-        .collect();
+pub(crate) fn send_batch(fd: RawFd, msgs: &[(&[u8], Option<&SockAddr>)]) -> io::Result<usize> {
     let mut iovs: Vec<libc::iovec> = msgs
         .iter()
         .map(|(data, _)| libc::iovec {
@@ -554,7 +650,7 @@ pub(crate) fn send_batch(
         .collect();
     // SAFETY: a zeroed mmsghdr is a valid, empty one; filled in below.
     let mut hdrs: Vec<libc::mmsghdr> = vec![unsafe { std::mem::zeroed() }; msgs.len()];
-    for ((h, iov), name) in hdrs.iter_mut().zip(iovs.iter_mut()).zip(&names) {
+    for ((h, iov), (_, name)) in hdrs.iter_mut().zip(iovs.iter_mut()).zip(msgs) {
         if let Some(name) = name {
             h.msg_hdr.msg_name =
                 (&name.storage as *const libc::sockaddr_storage) as *mut libc::c_void;

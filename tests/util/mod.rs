@@ -830,3 +830,22 @@ pub fn unanswering_listener(addr: &str) -> std::net::TcpListener {
     assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
     l
 }
+
+/// Whether `tool` runs here (`tool arg` starts and exits 0); if not, a
+/// panic under CI (which installs it: .ci/run), a notice elsewhere.
+pub fn have(tool: &str, arg: &str) -> bool {
+    let found = std::process::Command::new(tool)
+        .arg(arg)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{tool} is not installed (.ci/run installs it)"
+        );
+        eprintln!("skipped: {tool} is not installed");
+    }
+    found
+}
