@@ -22,20 +22,20 @@
 //! cargo run --example chat_client -- --addr 127.0.0.1:1235   # in two terminals
 //! ```
 
+#[path = "common/chat_room.rs"]
+mod chat_room;
 #[path = "common/cli.rs"]
 mod cli;
 #[path = "common/workers_flags.rs"]
 mod workers_flags;
 
-use std::collections::HashSet;
 use std::io;
 use std::net::TcpListener;
-use std::sync::Arc;
 use std::time::Duration;
 
+use chat_room::{Member, Room};
 use clap::Parser;
-use muxloop::stream::{self, ConnId, Protocol, ServeOptions, Transport};
-use muxloop::workers::Peers;
+use muxloop::stream::{self, ServeOptions};
 use muxloop::{BackendKind, EventLoop};
 
 /// A line-relay chat server.
@@ -57,177 +57,6 @@ struct Args {
     stall_timeout: f64,
     #[command(flatten)]
     workers: workers_flags::WorkerFlags,
-}
-
-/// The longest line a client may send.
-const MAX_LINE: usize = 1024 * 1024;
-/// A member's backlog above this pauses the room; back at `LOW`, it goes on.
-const HIGH: usize = 256 * 1024;
-const LOW: usize = 64 * 1024;
-/// A member's backlog above this cuts it off at once.
-const HARD: usize = 4 * 1024 * 1024;
-/// The key of a member's stall check timer.
-const STALL_CHECK: u64 = 1;
-
-/// The room: who is connected (the loop's state, shared by every client).
-struct Room {
-    members: HashSet<ConnId<Room>>,
-    /// Members over their high mark: while there is one, no member is read.
-    slow: HashSet<ConnId<Room>>,
-    idle_timeout: Option<Duration>,
-    stall_timeout: Duration,
-    /// With `--workers`: this worker's index and the other workers, whose
-    /// members get every line too.
-    peers: Option<(usize, Peers<Room>)>,
-}
-
-impl Room {
-    /// Lines from a member of another worker: to every member here.
-    fn relay(&self, lp: &mut EventLoop<Room>, lines: &[u8]) {
-        for &m in &self.members {
-            if stream::send(lp, m, lines).is_ok_and(|backlog| backlog > HARD) {
-                log::warn!("chat=drop reason=backlog-over-hard-limit");
-                stream::abort(lp, m);
-            }
-        }
-    }
-
-    /// Pauses or resumes reading every member but `me` (whose own
-    /// transport the caller holds), as the room's readers allow.
-    fn set_reading(&self, t: &mut Transport<'_, Room>, reading: bool) {
-        let me = t.id();
-        for &m in self.members.iter().filter(|&&m| m != me) {
-            stream::with_transport(t.event_loop(), m, |other| {
-                if reading {
-                    other.resume_reading()
-                } else {
-                    other.pause_reading()
-                }
-            });
-        }
-        if reading {
-            t.resume_reading();
-        } else {
-            t.pause_reading();
-        }
-    }
-}
-
-/// One client.
-#[derive(Default)]
-struct Member {
-    /// What it sent after its last complete line.
-    partial: Vec<u8>,
-    /// Its backlog at the last stall check, while it is slow.
-    backlog_at_check: Option<usize>,
-}
-
-impl Member {
-    fn cut_off(t: &mut Transport<'_, Room>, why: &str) {
-        log::warn!("chat=drop reason={why} peer={:?}", t.peer_addr().ok());
-        t.abort();
-    }
-}
-
-impl Protocol<Room> for Member {
-    fn connection_made(&mut self, t: &mut Transport<'_, Room>, room: &mut Room) {
-        t.set_write_buffer_limits(HIGH, LOW).expect("low <= high");
-        t.set_idle_timeout(room.idle_timeout);
-        if !room.slow.is_empty() {
-            t.pause_reading(); // the room is waiting for a slow reader
-        }
-        room.members.insert(t.id());
-        log::info!(
-            "chat=join peer={:?} members={}",
-            t.peer_addr().ok(),
-            room.members.len()
-        );
-    }
-
-    fn data_received(&mut self, t: &mut Transport<'_, Room>, data: &[u8], room: &mut Room) {
-        let old = self.partial.len();
-        self.partial.extend_from_slice(data);
-        // Only the new bytes are searched; a line's length counts from the
-        // last newline before them.
-        let mut line_start = 0;
-        let mut complete = 0;
-        for (i, &b) in data.iter().enumerate() {
-            if b == b'\n' {
-                let end = old + i + 1;
-                if end - line_start > MAX_LINE {
-                    return Member::cut_off(t, "line-too-long");
-                }
-                line_start = end;
-                complete = end;
-            }
-        }
-        if self.partial.len() - line_start > MAX_LINE {
-            return Member::cut_off(t, "line-too-long");
-        }
-        if complete > 0 {
-            // Every complete line of this read, in one write per member.
-            let me = t.id();
-            let lines = &self.partial[..complete];
-            for &other in room.members.iter().filter(|&&m| m != me) {
-                if t.write_to(other, lines).is_ok_and(|backlog| backlog > HARD) {
-                    log::warn!("chat=drop reason=backlog-over-hard-limit");
-                    stream::abort(t.event_loop(), other);
-                }
-            }
-            if let Some((me, peers)) = &room.peers {
-                // The members on the other workers (a copy each way; the
-                // room's pace is each worker's own).
-                let lines: Arc<[u8]> = lines.into();
-                peers.broadcast(Some(*me), move |lp, room: &mut Room| room.relay(lp, &lines));
-            }
-            self.partial.drain(..complete);
-        }
-    }
-
-    fn pause_writing(&mut self, t: &mut Transport<'_, Room>, room: &mut Room) {
-        // Over its high mark: the room waits for this reader.
-        if room.slow.insert(t.id()) && room.slow.len() == 1 {
-            room.set_reading(t, false);
-        }
-        self.backlog_at_check = Some(t.write_buffer_size());
-        t.call_later(room.stall_timeout, STALL_CHECK);
-    }
-
-    fn resume_writing(&mut self, t: &mut Transport<'_, Room>, room: &mut Room) {
-        self.backlog_at_check = None;
-        if room.slow.remove(&t.id()) && room.slow.is_empty() {
-            room.set_reading(t, true);
-        }
-    }
-
-    fn timer_fired(&mut self, t: &mut Transport<'_, Room>, key: u64, room: &mut Room) {
-        let Some(before) = self.backlog_at_check else {
-            return; // caught up since
-        };
-        if key != STALL_CHECK {
-            return;
-        }
-        let now = t.write_buffer_size();
-        if now >= before {
-            return Member::cut_off(t, "no-progress");
-        }
-        // Slow, but reading: check again later.
-        self.backlog_at_check = Some(now);
-        t.call_later(room.stall_timeout, STALL_CHECK);
-    }
-
-    fn connection_lost(
-        &mut self,
-        t: &mut Transport<'_, Room>,
-        e: Option<io::Error>,
-        room: &mut Room,
-    ) {
-        room.members.remove(&t.id());
-        if room.slow.remove(&t.id()) && room.slow.is_empty() {
-            room.set_reading(t, true);
-        }
-        log::info!("chat=leave error={e:?} members={}", room.members.len());
-    }
 }
 
 fn main() -> io::Result<()> {
@@ -259,13 +88,7 @@ fn main() -> io::Result<()> {
             Duration::from_secs(2),
             0,
             |_| None,
-            move |_| Room {
-                members: HashSet::new(),
-                slow: HashSet::new(),
-                idle_timeout,
-                stall_timeout,
-                peers: None,
-            },
+            move |_| Room::new(idle_timeout, stall_timeout),
             move |w, listener| {
                 let (index, peers) = (w.index(), w.peers());
                 w.state().peers = Some((index, peers));
@@ -292,13 +115,7 @@ fn main() -> io::Result<()> {
         })?;
     }
     cli::say!("listening on {addr} (backend {})", lp.backend_name());
-    let mut room = Room {
-        members: HashSet::new(),
-        slow: HashSet::new(),
-        idle_timeout,
-        stall_timeout,
-        peers: None,
-    };
+    let mut room = Room::new(idle_timeout, stall_timeout);
     lp.run(&mut room)?;
     cli::tell!("stopped: {} clients served", server.connections_served());
     Ok(())

@@ -21,6 +21,7 @@ macro_rules! unix_only {
 
 unix_only! {
     mod backend;
+    mod clock;
     mod event;
     mod event_loop;
     mod fd_table;
@@ -28,6 +29,7 @@ unix_only! {
     mod interest;
     mod ready;
     mod selector;
+    pub mod sim;
     pub mod stream;
     mod sys;
     mod token;
@@ -35,6 +37,7 @@ unix_only! {
     pub mod workers;
 
     pub use backend::{BACKEND_ENV, Backend, BackendKind, URING_ENV};
+    pub use clock::VirtualClock;
     pub use event::{Event, Events};
     pub use event_loop::{
         BlockingPool, EventLoop, LoopHandle, LoopStats, Paused, PostAction, SourceEvent, SourceId,

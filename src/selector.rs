@@ -201,6 +201,8 @@ pub struct Selector<T> {
     /// How many keys are parked, or more (a parked key unregistered other
     /// than by `unpark_all` stays counted until then).
     parked_live: usize,
+    /// The backend's clock, if it keeps one; else the system's.
+    clock: Option<crate::VirtualClock>,
 }
 
 fn closed_error() -> io::Error {
@@ -271,8 +273,10 @@ impl<T> Selector<T> {
     pub fn from_backend(backend: Box<dyn Backend>) -> Selector<T> {
         let name = backend.name();
         let each_once = backend.reports_each_fd_once();
+        let clock = backend.virtual_clock();
         log::debug!("selector=open backend={name}");
         Selector {
+            clock,
             each_once,
             orphans: 0,
             parked: Vec::new(),
@@ -291,6 +295,17 @@ impl<T> Selector<T> {
     /// The backend's name (`"epoll"`, …).
     pub fn backend_name(&self) -> &'static str {
         self.name
+    }
+
+    /// The time timeouts are measured in: the system's monotonic clock,
+    /// or the backend's [`VirtualClock`](crate::VirtualClock) if it keeps
+    /// one (a simulation).
+    #[inline]
+    pub fn now(&self) -> Instant {
+        match &self.clock {
+            None => Instant::now(),
+            Some(c) => c.now(),
+        }
     }
 
     fn backend(&mut self) -> io::Result<&mut Box<dyn Backend>> {
@@ -1046,7 +1061,7 @@ impl<T> Selector<T> {
         // No clock read for the common "forever" and "don't block" cases;
         // an unrepresentable deadline is as good as none.
         let deadline = match timeout {
-            Some(t) if !t.is_zero() => Instant::now().checked_add(t),
+            Some(t) if !t.is_zero() => self.now().checked_add(t),
             _ => None,
         };
         let mut remaining = timeout;
@@ -1067,7 +1082,7 @@ impl<T> Selector<T> {
             // signal, or only events for stale registrations. Wait out the
             // rest so the caller never wakes early.
             if let Some(deadline) = deadline {
-                let now = Instant::now();
+                let now = self.now();
                 if now >= deadline {
                     return Ok(());
                 }

@@ -94,6 +94,14 @@ pub trait Backend: Send {
         timeout: Option<Duration>,
     ) -> io::Result<()>;
 
+    /// The clock this backend keeps, if it keeps one (a simulation's
+    /// [`VirtualClock`](crate::VirtualClock)): the selector and the loop
+    /// over it then read all time from it. `None`, the default: the
+    /// system's monotonic clock.
+    fn virtual_clock(&self) -> Option<crate::VirtualClock> {
+        None
+    }
+
     /// Whether `wait` reports each fd at most once per call (true for
     /// select, poll and epoll; kqueue reports read and write apart). The
     /// default, `false`, is always safe: the selector then merges records.

@@ -6,7 +6,7 @@ use std::io;
 use std::os::fd::{BorrowedFd, RawFd};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::handle::Remote;
 use super::{EventLoop, Registrant};
@@ -91,7 +91,7 @@ impl<S> EventLoop<S> {
             return Some(Duration::ZERO);
         }
         let deadline = self.timers.next_deadline()?;
-        Some(deadline.saturating_duration_since(Instant::now()))
+        Some(deadline.saturating_duration_since(self.selector.now()))
     }
 
     /// For a host that polls fds itself (GLib's way; the only way on the

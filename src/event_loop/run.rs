@@ -2,7 +2,7 @@
 
 use std::io;
 use std::os::fd::RawFd;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use std::cell::Cell;
 use std::rc::Rc;
@@ -323,7 +323,7 @@ impl<S> EventLoop<S> {
         }
         match self.timers.next_deadline() {
             Some(deadline) => {
-                let until = deadline.saturating_duration_since(Instant::now());
+                let until = deadline.saturating_duration_since(self.selector.now());
                 Some(cap.map_or(until, |c| c.min(until)))
             }
             None => cap,

@@ -54,6 +54,21 @@ impl<Src> PartialEq for SourceId<Src> {
 
 impl<Src> Eq for SourceId<Src> {}
 
+/// Ids of one loop are ordered by their tokens: the order sources were
+/// added in, as far as freed slots are not reused (and the same for the
+/// same program, run after run — a simulation relies on that).
+impl<Src> PartialOrd for SourceId<Src> {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl<Src> Ord for SourceId<Src> {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.token, self.loop_id).cmp(&(other.token, other.loop_id))
+    }
+}
+
 impl<Src> std::hash::Hash for SourceId<Src> {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
         self.token.hash(state);

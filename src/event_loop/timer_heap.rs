@@ -295,16 +295,29 @@ impl<C> TimerHeap<C> {
         let top = self.heap.first()?;
         let slot = &self.slots[top.index as usize];
         if slot.at == top.at && slot.seq == top.seq {
-            return slot.timer.as_ref().map(|t| t.deadline);
+            // Not before its key: a timer scheduled during an expiry pass
+            // at a deadline already past is keyed just after the pass's
+            // `now`, and a loop told its old deadline would wait zero and
+            // find nothing due, over and over, on a clock that does not
+            // move by itself (virtual time).
+            let at = self.instant(top.at);
+            return slot.timer.as_ref().map(|t| t.deadline.max(at));
         }
         Some(self.instant(top.at))
     }
 
-    /// The instant of a key (the inverse of `key`; keys before the epoch
-    /// map to the epoch, which is past anyway).
+    /// The instant of a key: the inverse of `key`, exact on both sides of
+    /// the epoch (a virtual clock's instants may lie before it), saturating
+    /// where `Instant` cannot go.
     fn instant(&self, at: u64) -> Instant {
         const ZERO: u64 = 1 << 63;
-        self.epoch + Duration::from_nanos(at.saturating_sub(ZERO))
+        if at >= ZERO {
+            self.epoch + Duration::from_nanos(at - ZERO)
+        } else {
+            self.epoch
+                .checked_sub(Duration::from_nanos(ZERO - at))
+                .unwrap_or(self.epoch)
+        }
     }
 
     /// Takes the earliest timer if it is due at `now`. Its slot stays
@@ -443,6 +456,36 @@ mod tests {
             })
         })
         .collect()
+    }
+
+    #[test]
+    fn a_timer_scheduled_in_a_pass_is_not_reported_due_before_its_key() {
+        let now = Instant::now() + Duration::from_secs(1);
+        let mut timers = TimerHeap::new(1);
+        timers.begin_pass(now);
+        // Scheduled by a callback of the pass, at a deadline already past:
+        // it waits for the next pass, and the next deadline says when.
+        timers.insert(now - Duration::from_millis(5), None, "soon");
+        timers.end_pass();
+        let next = timers.next_deadline().unwrap();
+        assert!(next > now, "{:?} before the pass's now", now - next);
+        assert!(timers.pop_expired(now).is_none());
+        assert_eq!(drain(&mut timers, next), vec!["soon"]);
+    }
+
+    #[test]
+    fn deadlines_before_the_heap_was_made_are_kept_exactly() {
+        let before = Instant::now();
+        std::thread::sleep(Duration::from_millis(2));
+        let mut timers = TimerHeap::new(1);
+        timers.begin_pass(before);
+        timers.insert(before, None, "past");
+        timers.end_pass();
+        // Keyed one nanosecond after `before`, which is before the epoch.
+        assert_eq!(
+            timers.next_deadline(),
+            Some(before + Duration::from_nanos(1))
+        );
     }
 
     #[test]

@@ -11,12 +11,21 @@ pub(super) enum TimerCallback<S> {
 }
 
 impl<S> EventLoop<S> {
+    /// The loop's time: the system's monotonic clock, or the backend's
+    /// [`VirtualClock`](crate::VirtualClock) in a simulation
+    /// ([`crate::sim`]). Timers and timeouts are measured in it; use it
+    /// for [`call_at`](EventLoop::call_at) deadlines.
+    #[inline]
+    pub fn now(&self) -> Instant {
+        self.selector.now()
+    }
+
     /// Runs `callback` once, `delay` from now (never earlier).
     pub fn call_later<F>(&mut self, delay: Duration, callback: F) -> TimerId
     where
         F: FnOnce(&mut EventLoop<S>, &mut S) + 'static,
     {
-        let now = Instant::now();
+        let now = self.selector.now();
         let at = now.checked_add(delay).unwrap_or_else(|| far_future(now));
         self.call_at(at, callback)
     }
@@ -39,7 +48,7 @@ impl<S> EventLoop<S> {
     where
         F: FnMut(&mut EventLoop<S>, &mut S) -> PostAction + 'static,
     {
-        let now = Instant::now();
+        let now = self.selector.now();
         let at = now.checked_add(interval).unwrap_or_else(|| far_future(now));
         self.timers
             .insert(at, Some(interval), TimerCallback::Every(Box::new(callback)))
@@ -78,7 +87,7 @@ impl<S> EventLoop<S> {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn reset_timer(&mut self, id: TimerId, delay: Duration) -> bool {
-        let now = Instant::now();
+        let now = self.selector.now();
         let at = now.checked_add(delay).unwrap_or_else(|| far_future(now));
         self.timers.reset(id, at)
     }
@@ -106,7 +115,7 @@ impl<S> EventLoop<S> {
         if self.timers.is_empty() {
             return;
         }
-        let now = Instant::now();
+        let now = self.selector.now();
         // Timers scheduled by the callbacks below at a deadline already
         // past wait for the next iteration: the loop polls I/O in between.
         self.timers.begin_pass(now);

@@ -59,6 +59,20 @@ impl<S> PartialEq for ConnId<S> {
 
 impl<S> Eq for ConnId<S> {}
 
+/// Ordered as their loop's [`SourceId`]s: a `BTreeSet` of connections
+/// iterates in one order, run after run.
+impl<S> PartialOrd for ConnId<S> {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl<S> Ord for ConnId<S> {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.cmp(&other.0)
+    }
+}
+
 impl<S> Hash for ConnId<S> {
     fn hash<H: Hasher>(&self, state: &mut H) {
         self.0.hash(state)
@@ -644,6 +658,23 @@ pub fn attach<S: 'static>(
         lp,
         Sock::of(socket),
         Box::new(protocol),
+        None,
+        None,
+        CloseSettings::default(),
+    )
+}
+
+/// [`attach`] with the protocol already boxed (for the crate's own
+/// connectors: the simulation's).
+pub(crate) fn attach_boxed<S: 'static>(
+    lp: &mut EventLoop<S>,
+    socket: impl StreamSocket,
+    protocol: Box<dyn Protocol<S>>,
+) -> io::Result<ConnId<S>> {
+    register(
+        lp,
+        Sock::of(socket),
+        protocol,
         None,
         None,
         CloseSettings::default(),

@@ -99,10 +99,12 @@ pub mod tls;
 mod transport;
 
 pub use client::{Endpoint, connect};
+pub(crate) use connection::attach_boxed;
 pub use connection::{ConnId, attach};
 pub use protocol::Protocol;
 pub use resolve::{HAPPY_EYEBALLS_DELAY, HostPort, connect_any, connect_any_with, connect_host};
 pub(crate) use server::DRAIN_SETTLE;
+pub(crate) use server::serve_adopted_at;
 pub use server::{Listener, ServeOptions, Server, serve, serve_adopted};
 pub use socket::{Addr, StreamSocket};
 pub use transport::{Transport, abort, close, send, with_transport};

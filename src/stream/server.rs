@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use super::connection::{self, ConnId};
 use super::socket::{Sock, StdSocket};
-use super::{Addr, Protocol};
+use super::{Addr, Protocol, StreamSocket};
 use crate::{EventLoop, Interest, PostAction, SourceId, TimerId};
 
 /// A listening socket: TCP (IPv4 or IPv6) or Unix-domain.
@@ -339,6 +339,19 @@ where
     new_server(None, options, Box::new(factory))
 }
 
+/// [`serve_adopted`] for a server that answers at `local` (the
+/// simulation's listeners, which are no sockets).
+pub(crate) fn serve_adopted_at<S: 'static, F>(
+    local: Addr,
+    options: ServeOptions,
+    factory: F,
+) -> Server<S>
+where
+    F: FnMut(&Addr, &mut S) -> Option<Box<dyn Protocol<S>>> + 'static,
+{
+    new_server(Some(local), options, Box::new(factory))
+}
+
 fn new_server<S: 'static>(
     local_addr: Option<Addr>,
     options: ServeOptions,
@@ -427,6 +440,19 @@ fn admit_one<S: 'static>(
     peer: Addr,
     state: &mut S,
 ) {
+    admit_sock(lp, shared, admit, |o| accepted_sock(sock, o), peer, state)
+}
+
+/// Admits one connection whose socket `make` makes (after the factory
+/// said yes), as [`admit_one`].
+fn admit_sock<S: 'static>(
+    lp: &mut EventLoop<S>,
+    shared: &Rc<RefCell<Shared<S>>>,
+    admit: &Admit<S>,
+    make: impl FnOnce(&ServeOptions) -> io::Result<Sock>,
+    peer: Addr,
+    state: &mut S,
+) {
     let protocol = {
         let Ok(mut factory) = admit.factory.try_borrow_mut() else {
             shared.borrow_mut().warn(format_args!(
@@ -446,7 +472,7 @@ fn admit_one<S: 'static>(
         linger: options.close_linger,
         timeout: options.close_timeout,
     };
-    let registered = accepted_sock(sock, options).and_then(|sock| {
+    let registered = make(options).and_then(|sock| {
         connection::register(lp, sock, protocol, None, Some(shared.clone()), closing)
     });
     match registered {
@@ -783,5 +809,33 @@ impl<S: 'static> Server<S> {
         admit_one(lp, &self.shared, &self.admit, sock, Addr::Inet(peer), state);
         update_listener(&self.shared, lp);
         Ok(())
+    }
+
+    /// Hands the server a connected socket of any [`StreamSocket`] type
+    /// (a wrapper, a simulated socket from [`crate::sim`]), as
+    /// [`adopt`](Server::adopt) does for a `TcpStream`. The socket must
+    /// be non-blocking. [`ServeOptions::nodelay`] and the TLS options do
+    /// not apply: the socket is driven as it is.
+    ///
+    /// # Errors
+    ///
+    /// The socket's `peer_addr` failing.
+    pub fn adopt_socket(
+        &self,
+        lp: &mut EventLoop<S>,
+        sock: impl StreamSocket,
+        state: &mut S,
+    ) -> io::Result<()> {
+        let peer = sock.peer_addr()?;
+        let make = |_: &ServeOptions| Ok(Sock::of(sock));
+        admit_sock(lp, &self.shared, &self.admit, make, peer, state);
+        update_listener(&self.shared, lp);
+        Ok(())
+    }
+
+    /// Whether [`close`](Server::close) was called: a closing server
+    /// takes no new connections.
+    pub fn is_closing(&self) -> bool {
+        self.shared.borrow().closing
     }
 }
