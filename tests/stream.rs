@@ -769,37 +769,6 @@ mod cases {
         assert_order(&log.of("t"));
     }
 
-    pub fn the_idle_timeout_is_pushed_back_by_reads(kind: BackendKind) {
-        let (a, mut peer) = conn_pair();
-        let mut lp = new_loop(kind);
-        let mut p = Probe::new("i");
-        p.on_made = Some(Box::new(|t, _| {
-            t.set_idle_timeout(Some(Duration::from_millis(150)));
-        }));
-        stream::attach(&mut lp, a, p).unwrap();
-        let started = Instant::now();
-        let mut log = Log::default();
-        let mut last = started;
-        // Traffic every 50 ms for 300 ms keeps it alive.
-        while started.elapsed() < Duration::from_millis(300) {
-            peer.write_all(b".").unwrap();
-            last = Instant::now();
-            let until = Instant::now() + Duration::from_millis(50);
-            while Instant::now() < until {
-                lp.run_once(Some(Duration::from_millis(10)), &mut log)
-                    .unwrap();
-            }
-        }
-        assert!(!log.lost("i"), "{:?}", log.of("i"));
-        run_until(&mut lp, &mut log, |l| l.lost("i"));
-        assert!(last.elapsed() >= Duration::from_millis(150), "never early");
-        let events = log.of("i");
-        assert_order(&events);
-        assert!(events.contains(&Ev::Idle));
-        let mut rest = Vec::new();
-        peer.read_to_end(&mut rest).unwrap();
-    }
-
     pub fn serve_tcp_v4_v6_and_unix(kind: BackendKind) {
         let dir = std::env::temp_dir().join(format!(
             "muxloop-stream-{}-{}",
@@ -1126,7 +1095,6 @@ per_backend!(
     pause_reading_is_idempotent_and_loses_nothing,
     write_to_reaches_another_connection_with_its_flow_control,
     connection_timers_fire_and_die_with_the_connection,
-    the_idle_timeout_is_pushed_back_by_reads,
     serve_tcp_v4_v6_and_unix,
     serve_caps_connections_and_the_factory_may_refuse,
     graceful_close_flushes_then_aborts_what_is_left,

@@ -12,6 +12,7 @@
 //! | [`workers`] | a loop per core: reuse-port or an acceptor, messages, graceful stop |
 //! | [`writing_a_backend`] | the [`Backend`](crate::Backend) contract |
 //! | [`reliability`] | model-based fuzzing, fault injection, scale, soak |
+//! | [`simulation`] | testing a protocol in virtual time: seeds, faults, replay |
 //! | [`benchmarks`] | select vs poll vs epoll vs mio, muxloop vs libev and others |
 //! | [`io_models`] | threads vs non-blocking vs select/poll/epoll/io_uring servers, measured |
 
@@ -50,6 +51,10 @@ pub mod writing_a_backend {}
 #[doc = include_str!("links.md")]
 #[doc = include_str!("../../docs/reliability.md")]
 pub mod reliability {}
+
+#[doc = include_str!("links.md")]
+#[doc = include_str!("../../docs/simulation.md")]
+pub mod simulation {}
 
 #[doc = include_str!("links.md")]
 #[doc = include_str!("../../docs/benchmarks.md")]

@@ -6,8 +6,7 @@
 //! [`event_loop`](World::event_loop) is an ordinary [`EventLoop`] on the
 //! world's backend, so the same [`Protocol`]s, timers and callbacks run
 //! unchanged; [`World::serve`] and [`World::connect`] are
-//! [`stream::serve`](crate::stream::serve) and
-//! [`stream::connect`](crate::stream::connect) on the simulated network.
+//! [`stream::serve`] and [`stream::connect`] on the simulated network.
 //!
 //! * **Virtual time.** When nothing is ready, the clock jumps to the next
 //!   timer or the next packet's arrival: a five-minute idle timeout takes
@@ -210,7 +209,8 @@ impl World {
 
     /// Changes the network's knobs from now on: a fault injected in the
     /// middle of a run (latency rising, resets starting), or a seed's own
-    /// choice of setting.
+    /// choice of setting. `change` runs with the network locked: it must
+    /// not call back into the world.
     pub fn configure(&self, change: impl FnOnce(&mut SimConfig)) {
         let mut net = lock(&self.net);
         change(&mut net.config);
@@ -246,7 +246,7 @@ impl World {
     }
 
     /// Serves `addr` on the simulated network, as
-    /// [`stream::serve`](crate::stream::serve) serves a listener: each
+    /// [`stream::serve`] serves a listener: each
     /// connection that reaches it gets a protocol from `factory` (or is
     /// refused). The returned [`Server`] is the usual one: count its
     /// connections, pause it, close it (a closed server refuses new
@@ -280,7 +280,7 @@ impl World {
     }
 
     /// Connects to `to` on the simulated network, as
-    /// [`stream::connect`](crate::stream::connect) does: after a round
+    /// [`stream::connect`] does: after a round
     /// trip the protocol's `connection_made` runs (its id is in the
     /// transport), or `connection_failed` — refused where nothing listens
     /// or the server is closing, out of sockets on the server's side, or
