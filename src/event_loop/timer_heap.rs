@@ -145,6 +145,21 @@ impl<C> TimerHeap<C> {
         self.floor = 0;
     }
 
+    /// The key of `deadline`, not before the pass's floor; a deadline the
+    /// floor moves is moved with it, so that `next_deadline` never names
+    /// an instant before the timer's key (a loop told the old one would
+    /// wait zero and find nothing due, over and over, on a clock that
+    /// does not move by itself: virtual time).
+    #[inline]
+    fn floored(&self, deadline: &mut Instant) -> u64 {
+        let key = self.key(*deadline);
+        if key < self.floor {
+            *deadline = self.instant(self.floor);
+            return self.floor;
+        }
+        key
+    }
+
     /// `t` as a heap key: nanoseconds from the epoch, offset by 2^63 so
     /// instants before the epoch keep their order too. Exact (Instant has
     /// nanosecond resolution at best) and monotonic within 292 years either
@@ -197,10 +212,11 @@ impl<C> TimerHeap<C> {
 
     /// Schedules `timer` under `id`, whose slot is empty: new, or taken by
     /// [`pop_expired`](TimerHeap::pop_expired) and not released.
-    pub(crate) fn schedule(&mut self, id: TimerId, timer: Timer<C>) {
+    pub(crate) fn schedule(&mut self, id: TimerId, mut timer: Timer<C>) {
         let (index, _) = parts(id);
+        let at = self.floored(&mut timer.deadline);
         let entry = HeapEntry {
-            at: self.key(timer.deadline).max(self.floor),
+            at,
             seq: self.next_seq,
             index: index as u32,
         };
@@ -268,7 +284,8 @@ impl<C> TimerHeap<C> {
         let Some(index) = self.scheduled(id) else {
             return false;
         };
-        let at = self.key(deadline).max(self.floor);
+        let mut deadline = deadline;
+        let at = self.floored(&mut deadline);
         let seq = self.next_seq;
         self.next_seq += 1;
         let slot = &mut self.slots[index];
@@ -295,13 +312,7 @@ impl<C> TimerHeap<C> {
         let top = self.heap.first()?;
         let slot = &self.slots[top.index as usize];
         if slot.at == top.at && slot.seq == top.seq {
-            // Not before its key: a timer scheduled during an expiry pass
-            // at a deadline already past is keyed just after the pass's
-            // `now`, and a loop told its old deadline would wait zero and
-            // find nothing due, over and over, on a clock that does not
-            // move by itself (virtual time).
-            let at = self.instant(top.at);
-            return slot.timer.as_ref().map(|t| t.deadline.max(at));
+            return slot.timer.as_ref().map(|t| t.deadline);
         }
         Some(self.instant(top.at))
     }
