@@ -14,6 +14,8 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use muxloop::sim::{self, SimConfig, World};
+use muxloop::stream::Addr;
+use muxloop::stream::datagram::{self, DatagramOptions, DatagramProtocol, DatagramTransport};
 use muxloop::stream::{Protocol, ServeOptions, Transport};
 use muxloop::{EventLoop, VirtualClock};
 use util::*;
@@ -634,4 +636,112 @@ fn sim_chat_passes_replays_and_finds_the_planted_bug() {
             .unwrap()
             .starts_with("1 seeds, 1 failed")
     );
+}
+
+/// Datagrams in simulation: an echo endpoint answers a connected client
+/// (whole datagrams, maybe out of order), lost ones are lost, and a
+/// connected endpoint whose peer is not there hears `ConnectionRefused`.
+#[test]
+fn datagrams_are_echoed_lost_and_refused() {
+    #[derive(Default)]
+    struct Got {
+        back: Vec<Vec<u8>>,
+        errors: Vec<io::ErrorKind>,
+    }
+    struct Echo;
+    impl DatagramProtocol<Got> for Echo {
+        fn datagram_received(
+            &mut self,
+            t: &mut DatagramTransport<'_, Got>,
+            data: &[u8],
+            from: Addr,
+            _: &mut Got,
+        ) {
+            t.send_to(data, from).unwrap();
+        }
+    }
+    struct Client;
+    impl DatagramProtocol<Got> for Client {
+        fn datagram_received(
+            &mut self,
+            _: &mut DatagramTransport<'_, Got>,
+            data: &[u8],
+            _: Addr,
+            got: &mut Got,
+        ) {
+            got.back.push(data.to_vec());
+        }
+        fn error_received(
+            &mut self,
+            _: &mut DatagramTransport<'_, Got>,
+            e: io::Error,
+            got: &mut Got,
+        ) {
+            got.errors.push(e.kind());
+        }
+    }
+    let run = |seed: u64, drop: u32| -> (Got, u64) {
+        let mut config = SimConfig::default();
+        config.drop_per_million = drop;
+        let world = World::new(seed, config);
+        let mut lp = world.event_loop::<Got>().unwrap();
+        let server: SocketAddr = "10.0.0.1:53".parse().unwrap();
+        world
+            .open_datagram(&mut lp, server, DatagramOptions::default(), Echo)
+            .unwrap();
+        let mut options = DatagramOptions::default();
+        options.connect = Some(server);
+        let client = world
+            .open_datagram(&mut lp, "10.0.0.2:0".parse().unwrap(), options, Client)
+            .unwrap();
+        for i in 0..100usize {
+            datagram::send_to(&mut lp, client, &vec![i as u8; i * 10], None).unwrap();
+        }
+        let mut got = Got::default();
+        world
+            .run_until(&mut lp, &mut got, Duration::from_secs(5), |g| {
+                g.back.len() == 100
+            })
+            .unwrap();
+        (got, world.trace_hash())
+    };
+    let (got, hash) = run(5, 0);
+    let mut back = got.back.clone();
+    back.sort_by_key(|d| d.len());
+    let want: Vec<Vec<u8>> = (0..100usize).map(|i| vec![i as u8; i * 10]).collect();
+    assert_eq!(back, want, "every datagram back, whole");
+    assert_ne!(got.back, want, "latencies of their own reorder them");
+    assert_eq!(run(5, 0).1, hash, "one seed, one trace");
+    let (lossy, _) = run(5, 100_000);
+    assert!(
+        lossy.back.len() < 100 && lossy.back.len() > 50,
+        "{}",
+        lossy.back.len()
+    );
+    // Nobody at the peer's address: refused, reported to the endpoint.
+    let world = World::new(1, SimConfig::default());
+    let mut lp = world.event_loop::<Got>().unwrap();
+    let mut options = DatagramOptions::default();
+    options.connect = Some("10.0.0.9:9".parse().unwrap());
+    let id = world
+        .open_datagram(&mut lp, "10.0.0.2:0".parse().unwrap(), options, Client)
+        .unwrap();
+    datagram::send_to(&mut lp, id, b"anyone?", None).unwrap();
+    let mut got = Got::default();
+    world
+        .run_until(&mut lp, &mut got, Duration::from_secs(5), |g| {
+            !g.errors.is_empty()
+        })
+        .unwrap();
+    assert_eq!(got.errors, vec![io::ErrorKind::ConnectionRefused]);
+    // Bound twice: refused.
+    let e = world
+        .open_datagram(
+            &mut lp,
+            "10.0.0.2:40000".parse().unwrap(),
+            DatagramOptions::default(),
+            Client,
+        )
+        .unwrap_err();
+    assert_eq!(e.kind(), io::ErrorKind::AddrInUse);
 }

@@ -6,7 +6,9 @@
 //! [`event_loop`](World::event_loop) is an ordinary [`EventLoop`] on the
 //! world's backend, so the same [`Protocol`]s, timers and callbacks run
 //! unchanged; [`World::serve`] and [`World::connect`] are
-//! [`stream::serve`] and [`stream::connect`] on the simulated network.
+//! [`stream::serve`] and [`stream::connect`] on the simulated network,
+//! and [`World::open_datagram`] is
+//! [`datagram::open`] on it.
 //!
 //! * **Virtual time.** When nothing is ready, the clock jumps to the next
 //!   timer or the next packet's arrival: a five-minute idle timeout takes
@@ -26,7 +28,7 @@
 //!   reports the failing ones; re-running one seed replays its failure.
 //!
 //! What is not simulated: the kernel's exact buffer sizes and segment
-//! boundaries, real backends' quirks, TLS, datagrams, Unix sockets, and
+//! boundaries, real backends' quirks, TLS, Unix sockets, and
 //! work on the [blocking pool](crate::BlockingPool) (real threads, real
 //! time: a simulation that waits on them is not deterministic).
 //!
@@ -89,6 +91,9 @@ use std::rc::Rc;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use crate::stream::datagram::{
+    self, DatagramId, DatagramOptions, DatagramProtocol, DatagramSocket,
+};
 use crate::stream::{self, Addr, Protocol, ServeOptions, Server, StreamSocket};
 use crate::{EventLoop, VirtualClock};
 use net::Net;
@@ -117,6 +122,9 @@ pub struct SimConfig {
     /// The chance, per million connects, that one is refused though a
     /// server listens. Default: 0.
     pub refuse_per_million: u32,
+    /// The chance, per million datagrams, that one is lost on the way.
+    /// Default: 0.
+    pub drop_per_million: u32,
     /// At most this many simulated sockets open at once (more is out of
     /// fds: `connect` fails, a server's accept refuses). Default: none.
     pub max_sockets: Option<usize>,
@@ -134,6 +142,7 @@ impl Default for SimConfig {
             max_chunk: Some(1500),
             reset_per_million: 0,
             refuse_per_million: 0,
+            drop_per_million: 0,
             max_sockets: None,
             keep_trace: false,
         }
@@ -393,6 +402,36 @@ impl World {
         Ok(())
     }
 
+    /// Opens a datagram endpoint bound to `bind` on the simulated network
+    /// (port 0 picks one), connected to `options.connect` if set, driven
+    /// by `protocol` as [`datagram::open`]
+    /// drives a UDP one. Datagrams arrive whole after a latency of their
+    /// own — so they may overtake each other — or not at all: lost
+    /// ([`SimConfig::drop_per_million`]), or dropped when the receiver's
+    /// `buffer` is full. One sent where nobody is bound is reported to a
+    /// connected sender as `ConnectionRefused` (ICMP port unreachable).
+    ///
+    /// # Errors
+    ///
+    /// `AddrInUse` if the address is bound; out of simulated sockets.
+    pub fn open_datagram<S: 'static>(
+        &self,
+        lp: &mut EventLoop<S>,
+        bind: SocketAddr,
+        options: DatagramOptions,
+        protocol: impl DatagramProtocol<S>,
+    ) -> io::Result<DatagramId<S>> {
+        let id = lock(&self.net).open_dgram(bind, options.connect)?;
+        let placeholder = File::open("/dev/null")?;
+        lock(&self.net).bind_fd(placeholder.as_raw_fd(), id);
+        let socket = SimDatagram {
+            net: self.net.clone(),
+            id,
+            placeholder,
+        };
+        datagram::attach(lp, socket, options, protocol)
+    }
+
     /// Runs `lp` until `done` says so or `limit` of virtual time has
     /// passed: whether `done` did.
     ///
@@ -523,6 +562,61 @@ impl StreamSocket for SimSocket {
 impl Drop for SimSocket {
     fn drop(&mut self) {
         lock(&self.net).close(self.id, self.placeholder.as_raw_fd());
+    }
+}
+
+/// A simulated datagram endpoint, as an endpoint drives it
+/// ([`World::open_datagram`]).
+pub struct SimDatagram {
+    net: Arc<Mutex<Net>>,
+    id: usize,
+    placeholder: File,
+}
+
+impl fmt::Debug for SimDatagram {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SimDatagram(d{})", self.id)
+    }
+}
+
+impl AsFd for SimDatagram {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.placeholder.as_fd()
+    }
+}
+
+impl DatagramSocket for SimDatagram {
+    fn recv_from(&mut self, buf: &mut [u8]) -> io::Result<(usize, Addr, bool)> {
+        let (n, from, cut) = lock(&self.net).recv_dgram(self.id, buf)?;
+        Ok((n, Addr::Inet(from), cut))
+    }
+
+    fn send_to(&mut self, data: &[u8], to: Option<&Addr>) -> io::Result<usize> {
+        let to = match to {
+            None => None,
+            Some(Addr::Inet(a)) => Some(*a),
+            Some(other) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("a simulated datagram endpoint cannot send to {other}"),
+                ));
+            }
+        };
+        lock(&self.net).send_dgram(self.id, data, to)
+    }
+
+    fn local_addr(&self) -> io::Result<Addr> {
+        Ok(Addr::Inet(lock(&self.net).dgram_addrs(self.id).0))
+    }
+
+    fn peer_addr(&self) -> Option<Addr> {
+        lock(&self.net).dgram_addrs(self.id).1.map(Addr::Inet)
+    }
+}
+
+impl Drop for SimDatagram {
+    fn drop(&mut self) {
+        lock(&self.net).close_dgram(self.id, self.placeholder.as_raw_fd());
     }
 }
 

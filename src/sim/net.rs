@@ -76,6 +76,11 @@ enum Packet {
     Fin,
     /// The connection is reset.
     Rst,
+    /// A datagram, and who sent it.
+    Datagram(Vec<u8>, SocketAddr),
+    /// A datagram found nobody: the connected sender hears of it (ICMP
+    /// port unreachable).
+    Unreachable,
 }
 
 /// A packet on its way: it arrives at `at` (virtual time since the
@@ -133,14 +138,34 @@ struct End {
     link_free: Duration,
 }
 
+/// A datagram endpoint.
+struct DEnd {
+    local: SocketAddr,
+    peer: Option<SocketAddr>,
+    /// Arrived, not read yet, with their senders.
+    recv: VecDeque<(Vec<u8>, SocketAddr)>,
+    recv_bytes: usize,
+    /// An ICMP error for a connected endpoint, for its next read.
+    refused: bool,
+    closed: bool,
+}
+
+/// A simulated socket: an end of a connection, or a datagram endpoint.
+enum Slot {
+    Stream(End),
+    Dgram(DEnd),
+}
+
 /// The network's state, shared by the world, its backend and its sockets.
 pub(super) struct Net {
     pub(super) clock: VirtualClock,
     pub(super) rng: Rng,
     pub(super) config: SimConfig,
     pub(super) trace: Trace,
-    ends: Vec<Option<End>>,
+    ends: Vec<Option<Slot>>,
     by_fd: HashMap<RawFd, usize>,
+    /// The datagram endpoints' addresses.
+    bound: std::collections::BTreeMap<SocketAddr, usize>,
     flights: BinaryHeap<Reverse<Flight>>,
     seq: u64,
     next_port: u16,
@@ -163,6 +188,7 @@ impl Net {
             config,
             ends: Vec::new(),
             by_fd: HashMap::new(),
+            bound: std::collections::BTreeMap::new(),
             flights: BinaryHeap::new(),
             seq: 0,
             next_port: 40_000,
@@ -218,7 +244,7 @@ impl Net {
             }
         }
         let now = self.now();
-        self.ends.push(Some(End {
+        self.ends.push(Some(Slot::Stream(End {
             local,
             peer,
             other: None,
@@ -230,7 +256,7 @@ impl Net {
             in_flight: 0,
             last_at: now,
             link_free: now,
-        }));
+        })));
         self.live += 1;
         Ok(self.ends.len() - 1)
     }
@@ -256,11 +282,31 @@ impl Net {
     }
 
     fn end(&self, id: usize) -> Option<&End> {
-        self.ends.get(id).and_then(Option::as_ref)
+        match self.ends.get(id) {
+            Some(Some(Slot::Stream(e))) => Some(e),
+            _ => None,
+        }
     }
 
     fn end_mut(&mut self, id: usize) -> Option<&mut End> {
-        self.ends.get_mut(id).and_then(Option::as_mut)
+        match self.ends.get_mut(id) {
+            Some(Some(Slot::Stream(e))) => Some(e),
+            _ => None,
+        }
+    }
+
+    fn dgram(&self, id: usize) -> Option<&DEnd> {
+        match self.ends.get(id) {
+            Some(Some(Slot::Dgram(d))) => Some(d),
+            _ => None,
+        }
+    }
+
+    fn dgram_mut(&mut self, id: usize) -> Option<&mut DEnd> {
+        match self.ends.get_mut(id) {
+            Some(Some(Slot::Dgram(d))) => Some(d),
+            _ => None,
+        }
     }
 
     pub(super) fn addrs(&self, id: usize) -> (SocketAddr, SocketAddr) {
@@ -275,6 +321,16 @@ impl Net {
 
     /// What the end is ready for, as a backend reports it.
     pub(super) fn readiness(&self, id: usize) -> Ready {
+        if let Some(d) = self.dgram(id) {
+            if d.closed {
+                return Ready::EMPTY;
+            }
+            let mut r = Ready::WRITABLE;
+            if !d.recv.is_empty() || d.refused {
+                r |= Ready::READABLE;
+            }
+            return r;
+        }
         let Some(e) = self.end(id) else {
             return Ready::EMPTY;
         };
@@ -365,6 +421,17 @@ impl Net {
     }
 
     fn deliver(&mut self, f: Flight) {
+        if let Packet::Datagram(data, from) = f.packet {
+            return self.deliver_datagram(f.at, f.from, f.to, data, from);
+        }
+        if let Packet::Unreachable = f.packet {
+            if let Some(d) = self.dgram_mut(f.to) {
+                d.refused = true;
+            }
+            self.trace
+                .add(f.at, format_args!("d{} arrive unreachable", f.to));
+            return;
+        }
         let len = match &f.packet {
             Packet::Data(d) => d.len(),
             _ => 0,
@@ -404,7 +471,203 @@ impl Net {
                 self.trace.add(at, format_args!("c{} arrive rst", f.to));
                 self.reset_end(f.to);
             }
+            Packet::Datagram(..) | Packet::Unreachable => {}
         }
+    }
+
+    /// A datagram arrives at whoever is bound at its destination now:
+    /// queued, dropped (nobody there, not from the connected peer, the
+    /// receive buffer full), or (nobody there, the sender connected) an
+    /// ICMP error back.
+    fn deliver_datagram(
+        &mut self,
+        at: Duration,
+        sender: usize,
+        dest: usize,
+        data: Vec<u8>,
+        from: SocketAddr,
+    ) {
+        let buffer = self.config.buffer;
+        let open = self.dgram(dest).is_some_and(|d| !d.closed);
+        if !open {
+            self.trace.add(
+                at,
+                format_args!("d{sender} datagram {} unreachable", data.len()),
+            );
+            let connected = self.dgram(sender).is_some_and(|d| d.peer.is_some());
+            if connected {
+                let latency = self.latency();
+                self.seq += 1;
+                self.flights.push(Reverse(Flight {
+                    at: at + latency,
+                    seq: self.seq,
+                    to: sender,
+                    from: dest,
+                    packet: Packet::Unreachable,
+                }));
+            }
+            return;
+        }
+        let Some(d) = self.dgram_mut(dest) else {
+            return;
+        };
+        let len = data.len();
+        let verdict = if d.peer.is_some_and(|p| p != from) {
+            "not from the peer: dropped"
+        } else if d.recv_bytes + len > buffer {
+            "buffer full: dropped"
+        } else {
+            d.recv_bytes += len;
+            d.recv.push_back((data, from));
+            "queued"
+        };
+        self.trace.add(
+            at,
+            format_args!("d{dest} arrive {len} from {from}: {verdict}"),
+        );
+    }
+
+    /// A new datagram endpoint bound to `local` (port 0: one is picked),
+    /// maybe connected to `peer`.
+    pub(super) fn open_dgram(
+        &mut self,
+        mut local: SocketAddr,
+        peer: Option<SocketAddr>,
+    ) -> io::Result<usize> {
+        if let Some(max) = self.config.max_sockets {
+            if self.live >= max {
+                self.note(format_args!("emfile datagram {local}"));
+                return Err(io::Error::from_raw_os_error(libc::EMFILE));
+            }
+        }
+        if local.port() == 0 {
+            loop {
+                let p = self.ephemeral_port();
+                local.set_port(p);
+                if !self.bound.contains_key(&local) {
+                    break;
+                }
+            }
+        }
+        if self.bound.contains_key(&local) {
+            return Err(io::Error::new(
+                io::ErrorKind::AddrInUse,
+                format!("simulated address {local} is already bound"),
+            ));
+        }
+        self.ends.push(Some(Slot::Dgram(DEnd {
+            local,
+            peer,
+            recv: VecDeque::new(),
+            recv_bytes: 0,
+            refused: false,
+            closed: false,
+        })));
+        let id = self.ends.len() - 1;
+        self.bound.insert(local, id);
+        self.live += 1;
+        self.note(format_args!("d{id} bind {local} peer {peer:?}"));
+        Ok(id)
+    }
+
+    /// The endpoint's address and peer.
+    pub(super) fn dgram_addrs(&self, id: usize) -> (SocketAddr, Option<SocketAddr>) {
+        self.dgram(id)
+            .map_or((SocketAddr::from(([0, 0, 0, 0], 0)), None), |d| {
+                (d.local, d.peer)
+            })
+    }
+
+    /// Sends one datagram from `id` to `to` (`None`: its peer); it
+    /// arrives after a latency of its own (datagrams may overtake each
+    /// other), or is lost (`SimConfig::drop_per_million`).
+    pub(super) fn send_dgram(
+        &mut self,
+        id: usize,
+        data: &[u8],
+        to: Option<SocketAddr>,
+    ) -> io::Result<usize> {
+        let Some(d) = self.dgram(id) else {
+            return Err(io::Error::from(io::ErrorKind::NotConnected));
+        };
+        let (local, peer, refused) = (d.local, d.peer, d.refused);
+        if refused {
+            if let Some(d) = self.dgram_mut(id) {
+                d.refused = false;
+            }
+            return Err(io::Error::new(
+                io::ErrorKind::ConnectionRefused,
+                format!("simulated: nobody at {peer:?} (port unreachable)"),
+            ));
+        }
+        let Some(to) = to.or(peer) else {
+            return Err(io::Error::new(
+                io::ErrorKind::NotConnected,
+                "simulated datagram endpoint without a peer: give an address",
+            ));
+        };
+        let chance = self.config.drop_per_million;
+        if self.strikes(chance) {
+            self.note(format_args!("d{id} send {} to {to}: lost", data.len()));
+            return Ok(data.len());
+        }
+        let dest = self.bound.get(&to).copied().unwrap_or(usize::MAX);
+        let at = self.now() + self.latency();
+        self.seq += 1;
+        self.flights.push(Reverse(Flight {
+            at,
+            seq: self.seq,
+            to: dest,
+            from: id,
+            packet: Packet::Datagram(data.to_vec(), local),
+        }));
+        self.note(format_args!("d{id} send {} to {to}", data.len()));
+        Ok(data.len())
+    }
+
+    /// Takes the first datagram waiting: its length (at most `buf`'s),
+    /// sender, and whether it was cut.
+    pub(super) fn recv_dgram(
+        &mut self,
+        id: usize,
+        buf: &mut [u8],
+    ) -> io::Result<(usize, SocketAddr, bool)> {
+        let Some(d) = self.dgram_mut(id) else {
+            return Err(io::Error::from(io::ErrorKind::NotConnected));
+        };
+        if d.refused {
+            d.refused = false;
+            let peer = d.peer;
+            return Err(io::Error::new(
+                io::ErrorKind::ConnectionRefused,
+                format!("simulated: nobody at {peer:?} (port unreachable)"),
+            ));
+        }
+        let Some((data, from)) = d.recv.pop_front() else {
+            return Err(io::Error::from(io::ErrorKind::WouldBlock));
+        };
+        d.recv_bytes -= data.len();
+        let n = data.len().min(buf.len());
+        buf[..n].copy_from_slice(&data[..n]);
+        let cut = data.len() > buf.len();
+        self.note(format_args!("d{id} read {n} from {from}"));
+        Ok((n, from, cut))
+    }
+
+    /// The endpoint's socket is dropped: its address is free again, and
+    /// what waited for it is gone.
+    pub(super) fn close_dgram(&mut self, id: usize, fd: RawFd) {
+        self.by_fd.remove(&fd);
+        let Some(d) = self.dgram_mut(id) else { return };
+        if d.closed {
+            return;
+        }
+        d.closed = true;
+        d.recv = VecDeque::new();
+        let local = d.local;
+        self.bound.remove(&local);
+        self.live = self.live.saturating_sub(1);
+        self.note(format_args!("d{id} close"));
     }
 
     fn reset_end(&mut self, id: usize) {

@@ -203,10 +203,35 @@ impl<S> fmt::Debug for DatagramId<S> {
     }
 }
 
+/// A datagram socket an endpoint drives that is not one of the kernel's
+/// (those are UDP and Unix-domain sockets, which [`open`] and
+/// [`open_unix`] make): a simulated one ([`crate::sim`]), a wrapper that
+/// injects faults. Give it to [`attach`]. It is non-blocking: `WouldBlock`
+/// when no datagram waits, or when there is no room for one.
+pub trait DatagramSocket: AsFd + 'static {
+    /// Receives one datagram into `buf`: how many bytes, its sender, and
+    /// whether it was longer than `buf` (and so cut).
+    fn recv_from(&mut self, buf: &mut [u8]) -> io::Result<(usize, Addr, bool)>;
+    /// Sends one datagram, whole, to `to` (`None`: the connected peer).
+    fn send_to(&mut self, data: &[u8], to: Option<&Addr>) -> io::Result<usize>;
+    /// The socket's address.
+    fn local_addr(&self) -> io::Result<Addr>;
+    /// The peer of a connected socket.
+    fn peer_addr(&self) -> Option<Addr>;
+}
+
 /// An endpoint's socket.
 enum Socket {
     Udp(UdpSocket),
     Unix(UnixDatagram),
+    Other(Box<dyn DatagramSocket>),
+}
+
+/// Where a queued datagram goes: a kernel address, or an address for a
+/// socket of another type.
+enum Dest {
+    Kernel(SockAddr),
+    Other(Addr),
 }
 
 impl Socket {
@@ -214,18 +239,33 @@ impl Socket {
         match self {
             Socket::Udp(s) => s.local_addr().map(Addr::Inet),
             Socket::Unix(s) => s.local_addr().map(Addr::Unix),
+            Socket::Other(s) => s.local_addr(),
         }
     }
 
-    /// `to` in the kernel's form, if it is of this socket's family.
-    fn name(&self, to: &Addr) -> io::Result<SockAddr> {
+    /// `to` as this socket sends to it: in the kernel's form, if it is of
+    /// this socket's family.
+    fn dest(&self, to: &Addr) -> io::Result<Dest> {
         match (self, to) {
-            (Socket::Udp(_), Addr::Inet(a)) => Ok(SockAddr::inet(a)),
-            (Socket::Unix(_), Addr::Unix(a)) => SockAddr::unix_addr(a),
+            (Socket::Udp(_), Addr::Inet(a)) => Ok(Dest::Kernel(SockAddr::inet(a))),
+            (Socket::Unix(_), Addr::Unix(a)) => SockAddr::unix_addr(a).map(Dest::Kernel),
+            (Socket::Other(_), a) => Ok(Dest::Other(a.clone())),
             _ => Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!("cannot send to {to} from a socket of the other family"),
             )),
+        }
+    }
+
+    /// Sends one datagram now.
+    fn send_one(&mut self, data: &[u8], to: Option<&Dest>) -> io::Result<usize> {
+        match (self, to) {
+            (Socket::Other(s), Some(Dest::Other(a))) => s.send_to(data, Some(a)),
+            (Socket::Other(s), _) => s.send_to(data, None),
+            (s, Some(Dest::Kernel(a))) => {
+                crate::sys::send_one(s.as_fd().as_raw_fd(), data, Some(a))
+            }
+            (s, _) => crate::sys::send_one(s.as_fd().as_raw_fd(), data, None),
         }
     }
 }
@@ -235,6 +275,66 @@ impl AsFd for Socket {
         match self {
             Socket::Udp(s) => s.as_fd(),
             Socket::Unix(s) => s.as_fd(),
+            Socket::Other(s) => s.as_fd(),
+        }
+    }
+}
+
+/// An endpoint's reads: one kernel batch (recvmmsg on Linux), or a loop
+/// over a socket of another type into slots of the same size.
+enum Reads {
+    Kernel(RecvBatch),
+    Other {
+        buf: Vec<u8>,
+        slot: usize,
+        got: Vec<(usize, Addr, bool)>,
+    },
+}
+
+impl Reads {
+    /// Reads up to a batch: how many datagrams.
+    fn read(&mut self, sock: &mut Socket) -> io::Result<usize> {
+        match (self, sock) {
+            (Reads::Other { buf, slot, got }, Socket::Other(s)) => {
+                got.clear();
+                let n = buf.len() / *slot;
+                for i in 0..n {
+                    match s.recv_from(&mut buf[i * *slot..][..*slot]) {
+                        Ok(r) => got.push(r),
+                        Err(e) if i > 0 && e.kind() == io::ErrorKind::WouldBlock => break,
+                        Err(e) => return Err(e),
+                    }
+                }
+                Ok(got.len())
+            }
+            (Reads::Kernel(batch), sock) => batch.read(sock.as_fd().as_raw_fd()),
+            (Reads::Other { .. }, _) => Err(io::Error::other("datagram reads of the wrong kind")),
+        }
+    }
+
+    /// Datagram `i` of the last read: its bytes, its sender, whether cut.
+    fn get(
+        &self,
+        i: usize,
+        unnamed: &Option<std::os::unix::net::SocketAddr>,
+    ) -> (&[u8], Addr, bool) {
+        match self {
+            Reads::Kernel(batch) => {
+                let (data, r) = batch.datagram(i);
+                let from = match (&r.from, unnamed) {
+                    (crate::sys::Sender::Inet(a), _) => Addr::Inet(*a),
+                    (crate::sys::Sender::Unix(a), _) => Addr::Unix(a.clone()),
+                    (crate::sys::Sender::Unnamed, Some(u)) => Addr::Unix(u.clone()),
+                    (crate::sys::Sender::Unnamed, None) => {
+                        Addr::Inet(SocketAddr::from(([0, 0, 0, 0], 0)))
+                    }
+                };
+                (data, from, r.truncated)
+            }
+            Reads::Other { buf, slot, got } => {
+                let (len, from, cut) = &got[i];
+                (&buf[i * slot..][..*len], from.clone(), *cut)
+            }
         }
     }
 }
@@ -244,7 +344,7 @@ struct Core {
     sock: Socket,
     connected: Option<Addr>,
     /// Datagrams and their destinations (`None`: the connected peer).
-    queue: VecDeque<(Vec<u8>, Option<SockAddr>)>,
+    queue: VecDeque<(Vec<u8>, Option<Dest>)>,
     queued: usize,
     high: usize,
     low: usize,
@@ -268,7 +368,7 @@ struct Core {
 pub struct Endpoint<S> {
     core: Core,
     protocol: Option<Box<dyn DatagramProtocol<S>>>,
-    batch: RecvBatch,
+    batch: Reads,
     made: bool,
     /// What an unbound Unix-domain sender is reported as.
     unnamed: Option<std::os::unix::net::SocketAddr>,
@@ -313,9 +413,9 @@ impl Core {
                 ),
             ));
         }
-        let to = to.map(|a| self.sock.name(a)).transpose()?;
+        let to = to.map(|a| self.sock.dest(a)).transpose()?;
         if self.queue.is_empty() && !self.corked {
-            match crate::sys::send_one(self.sock.as_fd().as_raw_fd(), data, to.as_ref()) {
+            match self.sock.send_one(data, to.as_ref()) {
                 Ok(_) => return Ok(()),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => return Err(e),
@@ -367,21 +467,31 @@ impl Core {
 
     #[cfg(any(target_os = "linux", target_os = "android"))]
     fn send_front(&mut self) -> io::Result<usize> {
+        if matches!(self.sock, Socket::Other(_)) {
+            return self.send_front_one_by_one();
+        }
         let msgs: Vec<(&[u8], Option<&SockAddr>)> = self
             .queue
             .iter()
             .take(self.batch.max(1))
-            .map(|(d, to)| (&d[..], to.as_ref()))
+            .map(|(d, to)| match to {
+                Some(Dest::Kernel(a)) => (&d[..], Some(a)),
+                _ => (&d[..], None),
+            })
             .collect();
         crate::sys::send_batch(self.sock.as_fd().as_raw_fd(), &msgs)
     }
 
     #[cfg(not(any(target_os = "linux", target_os = "android")))]
     fn send_front(&mut self) -> io::Result<usize> {
+        self.send_front_one_by_one()
+    }
+
+    /// Sends from the front of the queue, one call per datagram.
+    fn send_front_one_by_one(&mut self) -> io::Result<usize> {
         let mut sent = 0;
-        let fd = self.sock.as_fd().as_raw_fd();
         for (d, to) in self.queue.iter().take(self.batch.max(1)) {
-            match crate::sys::send_one(fd, d, to.as_ref()) {
+            match self.sock.send_one(d, to.as_ref()) {
                 Ok(_) => sent += 1,
                 Err(e) if sent == 0 => return Err(e),
                 Err(_) => break,
@@ -467,7 +577,7 @@ impl<S: 'static> DatagramTransport<'_, S> {
     pub fn udp_socket(&self) -> Option<&UdpSocket> {
         match &self.core.sock {
             Socket::Udp(s) => Some(s),
-            Socket::Unix(_) => None,
+            _ => None,
         }
     }
 
@@ -475,7 +585,7 @@ impl<S: 'static> DatagramTransport<'_, S> {
     pub fn unix_socket(&self) -> Option<&UnixDatagram> {
         match &self.core.sock {
             Socket::Unix(s) => Some(s),
-            Socket::Udp(_) => None,
+            _ => None,
         }
     }
 
@@ -778,6 +888,34 @@ pub fn open_unix<S: 'static>(
     Ok(id)
 }
 
+/// Adds an endpoint over a datagram socket of your own type (a simulated
+/// one, a wrapper) to the loop, driven by `protocol` as [`open`]'s. Reads
+/// are a loop of [`DatagramSocket::recv_from`] calls, up to
+/// [`DatagramOptions::batch`] a turn, each into `max_datagram` bytes; the
+/// options that make the socket (`connect`, `connect_path`, `broadcast`,
+/// `reuse_address`, multicast) do not apply: the socket is driven as it
+/// is.
+///
+/// # Errors
+///
+/// As [`EventLoop::add`]; the socket is dropped.
+pub fn attach<S: 'static>(
+    lp: &mut EventLoop<S>,
+    socket: impl DatagramSocket,
+    options: DatagramOptions,
+    protocol: impl DatagramProtocol<S>,
+) -> io::Result<DatagramId<S>> {
+    let connected = socket.peer_addr();
+    start(
+        lp,
+        Socket::Other(Box::new(socket)),
+        connected,
+        None,
+        &options,
+        Box::new(protocol),
+    )
+}
+
 /// Adds an endpoint over a bound (maybe connected) socket to the loop.
 fn start<S: 'static>(
     lp: &mut EventLoop<S>,
@@ -787,6 +925,7 @@ fn start<S: 'static>(
     options: &DatagramOptions,
     protocol: Box<dyn DatagramProtocol<S>>,
 ) -> io::Result<DatagramId<S>> {
+    let sock_is_other = matches!(sock, Socket::Other(_));
     let endpoint = Endpoint {
         core: Core {
             sock,
@@ -806,7 +945,14 @@ fn start<S: 'static>(
             interest: Interest::READABLE | Interest::WRITABLE,
         },
         protocol: Some(protocol),
-        batch: RecvBatch::new(options.batch, options.max_datagram),
+        batch: match sock_is_other {
+            false => Reads::Kernel(RecvBatch::new(options.batch, options.max_datagram)),
+            true => Reads::Other {
+                buf: vec![0; options.batch.max(1) * options.max_datagram.max(1)],
+                slot: options.max_datagram.max(1),
+                got: Vec::new(),
+            },
+        },
         made: false,
         unnamed,
     };
@@ -849,26 +995,18 @@ impl<S: 'static> Endpoint<S> {
         }
         let mut fatal = None;
         if readable && !self.core.closing && !self.core.aborted {
-            match self.batch.read(self.core.sock.as_fd().as_raw_fd()) {
+            match self.batch.read(&mut self.core.sock) {
                 Ok(n) => {
                     // Answers to this batch go out together after it.
                     self.core.corked = n > 1;
                     for i in 0..n {
-                        let (data, r) = self.batch.datagram(i);
-                        let from = match (&r.from, &self.unnamed) {
-                            (crate::sys::Sender::Inet(a), _) => Addr::Inet(*a),
-                            (crate::sys::Sender::Unix(a), _) => Addr::Unix(a.clone()),
-                            (crate::sys::Sender::Unnamed, Some(u)) => Addr::Unix(u.clone()),
-                            (crate::sys::Sender::Unnamed, None) => {
-                                Addr::Inet(SocketAddr::from(([0, 0, 0, 0], 0)))
-                            }
-                        };
+                        let (data, from, truncated) = self.batch.get(i, &self.unnamed);
                         let mut t = DatagramTransport {
                             core: &mut self.core,
                             lp,
                             id,
                         };
-                        if r.truncated {
+                        if truncated {
                             let e = io::Error::new(
                                 io::ErrorKind::InvalidData,
                                 format!(
